@@ -1,0 +1,57 @@
+"""The ``optscale`` command line.
+
+Each sub-command lives in its own module of this package and exposes ``add_parser(subparsers)``,
+which registers an ``argparse`` sub-parser whose ``func`` default is called with the parsed
+arguments and returns an exit code. Heavy imports happen inside those functions only, so that
+``optscale --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: sub-command modules, in the order shown by ``optscale --help``
+COMMANDS = ("run", "generate", "eval", "nstar", "pool", "predictor")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optscale",
+        description=(
+            "Compute-optimal inference-time scaling (OptScale): decide per problem how many "
+            "Best-of-N samples to draw, replay policies offline over sample pools, run them online."
+        ),
+    )
+    from optscale import __version__
+
+    parser.add_argument("--version", action="version", version=f"optscale {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        module = importlib.import_module(f"optscale.cli.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user-facing errors: one clear line, no traceback
+        from optscale.errors import OptScaleError
+
+        if isinstance(exc, OptScaleError):
+            print(f"optscale {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
