@@ -1,0 +1,453 @@
+"""OpenAI-compatible HTTP generator (chat and completions endpoints) over ``httpx.AsyncClient``.
+
+Works with vLLM, SGLang, llama.cpp's server (``python -m llama_cpp.server`` or ``llama-server``), TGI,
+OpenAI and other servers that speak the OpenAI REST API. ``httpx`` is imported when the first request
+is made, not at import time.
+
+Behaviour:
+
+* ``n`` samples per request. Some servers (llama.cpp's) ignore ``n`` and return one choice; in
+  ``n_mode="auto"`` the missing samples are then requested separately (with seeds ``seed + i``) and
+  later calls go straight to separate requests. ``"native"`` trusts ``n`` (fewer choices is an error);
+  ``"separate"`` always sends ``n`` requests with ``n=1``.
+* Per-token logprobs: chat sends ``logprobs=true, top_logprobs=k`` (llama.cpp needs ``k >= 1`` to return
+  any); completions sends ``logprobs=k``.
+* At most ``concurrency`` requests in flight (an ``asyncio.Semaphore``, held only during an attempt and
+  always released, also on cancellation).
+* Each attempt has a total deadline of ``timeout`` seconds. 408/409/429/5xx answers, connection errors
+  and timeouts are retried up to ``max_retries`` times with exponential backoff and jitter
+  (``Retry-After`` is honoured, capped at ``Backoff.max_retry_after``); then :class:`GenerationError`
+  names the URL, the last status and the number of attempts. Other 4xx answers fail at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from optscale.errors import ParameterError
+from optscale.online.generators import (
+    Completion,
+    GenerationError,
+    Generator,
+    Prompt,
+    as_messages,
+    check_generate_args,
+)
+
+__all__ = ["Backoff", "OpenAICompatGenerator"]
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429})
+"""Retried besides every 5xx status."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: attempt ``k`` (0-based) waits ``min(max, base * factor**k)`` seconds, times a
+    random factor in ``[1 - jitter, 1]``. A server's ``Retry-After`` replaces that delay (capped at
+    ``max_retry_after``)."""
+
+    base: float = 0.5
+    factor: float = 2.0
+    max: float = 8.0
+    jitter: float = 0.25
+    max_retry_after: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not (self.base >= 0 and self.factor >= 1 and self.max >= 0 and 0 <= self.jitter <= 1):
+            raise ParameterError(
+                "backoff", f"needs base >= 0, factor >= 1, max >= 0, 0 <= jitter <= 1: {self}"
+            )
+
+    def delay(
+        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        d = min(self.max, self.base * self.factor**attempt)
+        u = (rng or random).random()
+        return d * (1.0 - self.jitter * u)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class OpenAICompatGenerator(Generator):
+    """Generator for an OpenAI-compatible server.
+
+    Args:
+        base_url: API root including the version prefix, as for the OpenAI SDK, e.g.
+            ``"http://127.0.0.1:8000/v1"``; the client posts to ``{base_url}/chat/completions`` or
+            ``{base_url}/completions``.
+        model: model name sent in each request.
+        api_key: sent as ``Authorization: Bearer <key>`` when given.
+        endpoint: ``"chat"`` (prompt strings become one user message) or ``"completions"`` (raw text
+            prompts only).
+        concurrency: maximum requests in flight for this generator.
+        timeout: seconds allowed for one attempt (connect + send + full response).
+        max_retries: retries after the first attempt (so at most ``max_retries + 1`` attempts).
+        backoff: :class:`Backoff` parameters.
+        n_mode: ``"auto"``, ``"native"`` or ``"separate"`` (see module docstring).
+        top_logprobs: alternatives per position requested when ``logprobs=True`` (>= 1).
+        extra_body: extra JSON fields merged into every request (e.g. ``{"top_k": 20}``).
+        headers: extra HTTP headers.
+        trust_env: let httpx read proxy settings from the environment.
+    """
+
+    name = "openai-compat"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        endpoint: Literal["chat", "completions"] = "chat",
+        concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: Backoff | None = None,
+        n_mode: Literal["auto", "native", "separate"] = "auto",
+        top_logprobs: int = 1,
+        extra_body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ParameterError(
+                "base_url", f"must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}"
+            )
+        if not model:
+            raise ParameterError("model", "must be a non-empty model name")
+        if endpoint not in ("chat", "completions"):
+            raise ParameterError("endpoint", f"must be 'chat' or 'completions', got {endpoint!r}")
+        if n_mode not in ("auto", "native", "separate"):
+            raise ParameterError("n_mode", f"must be 'auto', 'native' or 'separate', got {n_mode!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ParameterError("concurrency", f"must be an integer >= 1, got {concurrency!r}")
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise ParameterError("timeout", f"must be > 0 seconds, got {timeout!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ParameterError("max_retries", f"must be an integer >= 0, got {max_retries!r}")
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or top_logprobs < 1:
+            raise ParameterError("top_logprobs", f"must be an integer >= 1, got {top_logprobs!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.endpoint = endpoint
+        self.concurrency = concurrency
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.n_mode = n_mode
+        self.top_logprobs = top_logprobs
+        self.extra_body = dict(extra_body or {})
+        self.headers = dict(headers or {})
+        self.trust_env = trust_env
+        # None = unknown; False once the server answered n>1 with fewer choices (auto mode)
+        self.server_honours_n: bool | None = None
+        self._client: Any = None
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
+
+    def _bind(self) -> tuple[Any, asyncio.Semaphore]:
+        """The httpx client and slot semaphore of the running event loop (recreated for a new loop)."""
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._client is None or self._client.is_closed:
+            headers = {"Content-Type": "application/json", **self.headers}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(self.timeout),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.concurrency),
+                trust_env=self.trust_env,
+            )
+            if self._loop is not loop or self._slots is None:
+                self._slots = asyncio.Semaphore(self.concurrency)
+            self._loop = loop
+        assert self._slots is not None
+        return self._client, self._slots
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and not client.is_closed:
+            try:
+                await client.aclose()
+            except RuntimeError:  # created on an event loop that is closed now
+                pass
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` with retries; the parsed JSON answer of the first successful attempt."""
+        import httpx
+
+        client, slots = self._bind()
+        url = self.url
+        attempts = 0
+        while True:
+            attempts += 1
+            status: int | None = None
+            retry_after: float | None = None
+            try:
+                async with slots:
+                    async with asyncio.timeout(self.timeout):
+                        resp = await client.post(url, json=body)
+                status = resp.status_code
+                if status == 200:
+                    try:
+                        data = resp.json()
+                    except ValueError as e:
+                        self.usage.add(failures=1)
+                        raise GenerationError(
+                            f"POST {url}: HTTP 200 with a body that is not JSON ({e}): {resp.text[:200]!r}",
+                            url=url,
+                            status=status,
+                            attempts=attempts,
+                        ) from None
+                    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+                        self.usage.add(failures=1)
+                        raise GenerationError(
+                            f"POST {url}: answer has no 'choices' list: {str(data)[:200]}",
+                            url=url,
+                            status=status,
+                            attempts=attempts,
+                        )
+                    return data
+                detail = f"HTTP {status}: {resp.text[:300].strip()}"
+                if status not in RETRY_STATUSES and status < 500:
+                    self.usage.add(failures=1)
+                    hint = ""
+                    if status == 404:
+                        hint = " (is base_url the API root including '/v1', and is the endpoint/model right?)"
+                    raise GenerationError(
+                        f"POST {url} failed (not retried): {detail}{hint}",
+                        url=url,
+                        status=status,
+                        attempts=attempts,
+                    )
+                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            except (TimeoutError, httpx.TimeoutException):
+                detail = f"no complete answer within timeout={self.timeout:g} s"
+            except httpx.TransportError as e:
+                detail = f"connection error: {type(e).__name__}: {e}".rstrip(": ")
+            if attempts > self.max_retries:
+                self.usage.add(failures=1)
+                raise GenerationError(
+                    f"POST {url} failed after {attempts} attempt{'s' if attempts > 1 else ''}: {detail}",
+                    url=url,
+                    status=status,
+                    attempts=attempts,
+                )
+            self.usage.add(retries=1)
+            await asyncio.sleep(self.backoff.delay(attempts - 1, retry_after, self._rng))
+
+    # ------------------------------------------------------------------ request / response
+    def _body(
+        self,
+        prompt: Prompt,
+        n: int,
+        seed: int | None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        logprobs: bool,
+        stop: list[str] | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "n": n,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if self.endpoint == "chat":
+            body["messages"] = as_messages(prompt)
+            if logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = self.top_logprobs
+        else:
+            body["prompt"] = prompt
+            if logprobs:
+                body["logprobs"] = self.top_logprobs
+        if seed is not None:
+            body["seed"] = seed
+        if stop:
+            body["stop"] = list(stop)
+        body.update(self.extra_body)
+        return body
+
+    def _parse(self, data: dict[str, Any], want_logprobs: bool) -> list[Completion]:
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+        usage = data.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        total_completion = usage.get("completion_tokens")
+        out: list[Completion] = []
+        for ch in choices:
+            if self.endpoint == "chat":
+                text = (ch.get("message") or {}).get("content") or ""
+                lp, top = _chat_logprobs(ch.get("logprobs"))
+            else:
+                text = ch.get("text") or ""
+                lp, top = _completion_logprobs(ch.get("logprobs"))
+            if want_logprobs and lp is None:
+                raise GenerationError(
+                    f"POST {self.url}: logprobs=True was requested but the server returned none "
+                    f"(does it support logprobs on the {self.endpoint} endpoint?)",
+                    url=self.url,
+                    status=200,
+                    attempts=1,
+                )
+            out.append(
+                Completion(
+                    text=text,
+                    tokens=0,
+                    logprobs=lp if want_logprobs else None,
+                    top_logprobs=top if want_logprobs else None,
+                    finish_reason=ch.get("finish_reason"),
+                    prompt_tokens=prompt_tokens,
+                )
+            )
+        _assign_tokens(out, total_completion)
+        completion_tokens = sum(c.tokens for c in out)
+        self.usage.add(
+            requests=1,
+            samples=len(out),
+            prompt_tokens=prompt_tokens or 0,
+            completion_tokens=completion_tokens,
+        )
+        return out
+
+    async def _request(
+        self, prompt: Prompt, n: int, seed: int | None, kw: dict[str, Any]
+    ) -> list[Completion]:
+        data = await self._post(self._body(prompt, n, seed, **kw))
+        return self._parse(data, kw["logprobs"])
+
+    async def generate(
+        self,
+        prompt: Prompt,
+        n: int,
+        *,
+        seed: int | None = None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        logprobs: bool = False,
+        stop: list[str] | None = None,
+    ) -> list[Completion]:
+        check_generate_args(n, max_tokens, temperature, top_p)
+        if self.endpoint == "completions" and not isinstance(prompt, str):
+            raise ParameterError(
+                "prompt", "the completions endpoint takes a text prompt; use endpoint='chat' for messages"
+            )
+        if self.endpoint == "chat":
+            as_messages(prompt)  # validate before any request
+        kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=logprobs, stop=stop)
+
+        def seed_of(i: int) -> int | None:
+            return None if seed is None else seed + i
+
+        separate = self.n_mode == "separate" or (self.n_mode == "auto" and self.server_honours_n is False)
+        if n == 1 or separate:
+            return await _gather([self._request(prompt, 1, seed_of(i), kw) for i in range(n)])
+        got = (await self._request(prompt, n, seed, kw))[:n]
+        if len(got) == n:
+            if self.n_mode == "auto":
+                self.server_honours_n = True
+            return got
+        if self.n_mode == "native":
+            raise GenerationError(
+                f"POST {self.url}: asked for n={n} choices, the server returned {len(got)} "
+                "(use n_mode='auto' or 'separate' for servers that ignore n)",
+                url=self.url,
+                status=200,
+                attempts=1,
+            )
+        self.server_honours_n = False
+        rest = await _gather([self._request(prompt, 1, seed_of(i), kw) for i in range(len(got), n)])
+        return got + rest
+
+
+async def _gather(coros: list) -> list[Completion]:
+    """Run request coroutines concurrently; the first failure cancels the others; results in order."""
+    if len(coros) == 1:
+        return await coros[0]
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(c) for c in coros]
+    return [c for t in tasks for c in t.result()]
+
+
+def _float(x: Any) -> float:
+    return float(x) if x is not None else math.nan
+
+
+def _chat_logprobs(obj: Any) -> tuple[list[float] | None, list[dict[str, float]] | None]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
+        return None, None
+    lps, tops = [], []
+    for item in obj["content"]:
+        lps.append(_float(item.get("logprob")))
+        tops.append(
+            {t["token"]: _float(t.get("logprob")) for t in item.get("top_logprobs") or [] if "token" in t}
+        )
+    return lps, tops
+
+
+def _completion_logprobs(obj: Any) -> tuple[list[float] | None, list[dict[str, float]] | None]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("token_logprobs"), list):
+        return None, None
+    lps = [_float(x) for x in obj["token_logprobs"]]
+    raw_top = obj.get("top_logprobs")
+    tops = (
+        [{k: _float(v) for k, v in (d or {}).items()} for d in raw_top] if isinstance(raw_top, list) else None
+    )
+    return lps, tops
+
+
+def _assign_tokens(out: list[Completion], total: int | None) -> None:
+    """Set ``tokens`` of each completion: the logprob count when available, else the usage total (one choice),
+    else the usage total split in proportion to text length (a server reports usage per request only)."""
+    if not out:
+        return
+    if all(c.logprobs is not None for c in out):
+        for c in out:
+            c.tokens = len(c.logprobs or [])
+        return
+    if total is None:
+        raise GenerationError("the server reported no usage.completion_tokens; cannot count tokens")
+    if len(out) == 1:
+        out[0].tokens = int(total)
+        return
+    lengths = [max(len(c.text), 1) for c in out]
+    scale = total / sum(lengths)
+    shares = [int(round(x * scale)) for x in lengths]
+    shares[-1] += int(total) - sum(shares)
+    for c, k in zip(out, shares, strict=True):
+        c.tokens = max(k, 0)

@@ -1,0 +1,347 @@
+"""OpenAICompatGenerator against a scripted loopback server: parsing, n fallback, retries, faults, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+from fakeserver import FakeServer
+
+from optscale.errors import OptScaleError, ParameterError
+from optscale.online.generators import Completion, GenerationError, Generator
+from optscale.online.openai_compat import Backoff, OpenAICompatGenerator, parse_retry_after
+
+FAST = Backoff(base=0.01, factor=2.0, max=0.05, jitter=0.5)
+ARGS = dict(max_tokens=8, temperature=0.7)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def gen(server: FakeServer, **kw) -> OpenAICompatGenerator:
+    kw.setdefault("backoff", FAST)
+    kw.setdefault("trust_env", False)
+    return OpenAICompatGenerator(server.base_url, "fake", **kw)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_import_is_light():
+    code = (
+        "import sys, optscale, optscale.online.generators, optscale.online.openai_compat, optscale.online.local;"
+        "bad = [m for m in ('httpx', 'llama_cpp') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_generator_is_abstract_and_async_context_manager():
+    with pytest.raises(TypeError):
+        Generator()  # type: ignore[abstract]
+
+    class Echo(Generator):
+        name, model = "echo", "echo"
+        closed = False
+
+        async def generate(
+            self, prompt, n, *, seed=None, max_tokens, temperature, top_p=1.0, logprobs=False, stop=None
+        ):
+            return [Completion(text=str(prompt), tokens=1)] * n
+
+        async def aclose(self):
+            self.closed = True
+
+    async def main():
+        async with Echo() as g:
+            out = await g.generate("hi", 2, max_tokens=1, temperature=0.0)
+        return g, out
+
+    g, out = run(main())
+    assert g.closed and [c.text for c in out] == ["hi", "hi"]
+
+
+def test_chat_native_n_logprobs_and_usage():
+    with FakeServer() as srv:
+
+        async def main():
+            async with gen(srv) as g:
+                out = await g.generate("2+2?", 3, seed=7, logprobs=True, **ARGS)
+                return g, out
+
+        g, out = run(main())
+    assert len(out) == 3 and len(srv.requests) == 1
+    body = srv.requests[0]["body"]
+    assert srv.requests[0]["path"] == "/v1/chat/completions"
+    assert body["n"] == 3 and body["seed"] == 7 and body["logprobs"] is True and body["top_logprobs"] >= 1
+    assert body["messages"] == [{"role": "user", "content": "2+2?"}]
+    for c in out:
+        assert c.tokens == 3 and len(c.logprobs) == 3 and all(math.isfinite(x) and x <= 0 for x in c.logprobs)
+        assert len(c.top_logprobs) == 3 and c.finish_reason == "stop" and c.prompt_tokens == 5
+    assert [c.text.split()[2] for c in out] == ["c0", "c1", "c2"]
+    assert g.usage.requests == 1 and g.usage.samples == 3 and g.usage.prompt_tokens == 5
+    assert g.usage.completion_tokens == 9 and g.usage.retries == 0 and g.server_honours_n is True
+
+
+def test_completions_endpoint():
+    with FakeServer() as srv:
+
+        async def main():
+            async with gen(srv, endpoint="completions", top_logprobs=2) as g:
+                out = await g.generate("Q: 1+1\nA:", 2, logprobs=True, stop=["\n"], **ARGS)
+                with pytest.raises(ParameterError, match="prompt"):
+                    await g.generate([{"role": "user", "content": "x"}], 1, **ARGS)
+                return out
+
+        out = run(main())
+    body = srv.requests[0]["body"]
+    assert srv.requests[0]["path"] == "/v1/completions" and body["logprobs"] == 2 and body["stop"] == ["\n"]
+    assert "seed" not in body and body["prompt"] == "Q: 1+1\nA:"
+    assert len(out) == 2 and all(len(c.logprobs) == 3 for c in out)
+
+
+def test_n_fallback_when_server_ignores_n():
+    with FakeServer(max_choices=1) as srv:
+
+        async def main():
+            async with gen(srv) as g:
+                first = await g.generate("hi", 4, seed=10, **ARGS)
+                n_after_first = len(srv.requests)
+                second = await g.generate("hi", 3, seed=20, **ARGS)
+                return g, first, n_after_first, second
+
+        g, first, n1, second = run(main())
+    assert len(first) == 4 and len(second) == 3
+    # one request with n=4 (answered with 1 choice), then 3 separate ones with seeds 11, 12, 13
+    assert n1 == 4
+    seeds_first = sorted(r["body"]["seed"] for r in srv.requests[1:4])
+    assert seeds_first == [11, 12, 13] and all(r["body"]["n"] == 1 for r in srv.requests[1:4])
+    assert g.server_honours_n is False
+    # later calls go straight to separate requests: seeds 20, 21, 22
+    assert sorted(r["body"]["seed"] for r in srv.requests[4:]) == [20, 21, 22]
+    assert [c.text.split()[0] for c in second] == ["s20", "s21", "s22"]  # in seed order
+
+
+def test_native_mode_rejects_short_answer_and_separate_mode():
+    with FakeServer(max_choices=1) as srv:
+
+        async def main():
+            async with gen(srv, n_mode="native") as g:
+                with pytest.raises(GenerationError, match="returned 1"):
+                    await g.generate("hi", 2, **ARGS)
+            async with gen(srv, n_mode="separate") as g:
+                return await g.generate("hi", 2, seed=0, **ARGS)
+
+        out = run(main())
+    assert len(out) == 2 and [r["body"]["n"] for r in srv.requests[1:]] == [1, 1]
+
+
+def test_500_retried_then_error():
+    with FakeServer(lambda i, b: ("status", 500)) as srv:
+        g = gen(srv, max_retries=3)
+
+        async def main():
+            async with g:
+                await g.generate("hi", 1, **ARGS)
+
+        with pytest.raises(GenerationError) as ei:
+            run(main())
+    e = ei.value
+    assert isinstance(e, OptScaleError)
+    assert len(srv.requests) == 4 and e.attempts == 4 and e.status == 500
+    assert srv.base_url in str(e) and "HTTP 500" in str(e) and "4 attempts" in str(e)
+    assert g.usage.retries == 3 and g.usage.failures == 1 and g.usage.requests == 0
+
+
+def test_non_retryable_4xx_fails_at_once():
+    with FakeServer(lambda i, b: ("status", 400)) as srv:
+
+        async def main():
+            async with gen(srv) as g:
+                await g.generate("hi", 1, **ARGS)
+
+        with pytest.raises(GenerationError, match="not retried.*HTTP 400"):
+            run(main())
+    assert len(srv.requests) == 1
+
+
+def test_429_honours_retry_after():
+    script = lambda i, b: ("status", 429, {"Retry-After": "0.6"}) if i == 0 else ("ok",)  # noqa: E731
+    with FakeServer(script) as srv:
+
+        async def main():
+            async with gen(srv, backoff=Backoff(base=0.0, max=0.0)) as g:
+                t0 = time.monotonic()
+                out = await g.generate("hi", 1, **ARGS)
+                return g, out, time.monotonic() - t0
+
+        g, out, dt = run(main())
+    assert len(out) == 1 and len(srv.requests) == 2 and g.usage.retries == 1
+    assert dt >= 0.55  # the backoff alone would not have waited
+
+
+def test_retry_after_parsing():
+    assert (
+        parse_retry_after("3") == 3.0
+        and parse_retry_after(None) is None
+        and parse_retry_after("soon") is None
+    )
+    assert 0.0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") <= 0.0  # date in the past -> 0
+    assert Backoff(max_retry_after=5).delay(0, retry_after=100) == 5
+    b = Backoff(base=0.5, factor=2, max=8, jitter=0.0)
+    assert [b.delay(k) for k in range(6)] == [0.5, 1, 2, 4, 8, 8]
+    with pytest.raises(ParameterError):
+        Backoff(factor=0.5)
+
+
+def test_stall_past_timeout_retried_then_error():
+    with FakeServer(lambda i, b: ("stall",), stall_limit=10) as srv:
+
+        async def main():
+            async with gen(srv, timeout=0.3, max_retries=2) as g:
+                await g.generate("hi", 1, **ARGS)
+
+        t0 = time.monotonic()
+        with pytest.raises(GenerationError, match="3 attempts.*timeout") as ei:
+            run(main())
+        dt = time.monotonic() - t0
+    assert len(srv.requests) == 3 and ei.value.status is None and dt < 5
+
+
+def test_dropped_connection_retried():
+    script = lambda i, b: ("drop",) if i == 0 else ("ok",)  # noqa: E731
+    with FakeServer(script) as srv:
+
+        async def main():
+            async with gen(srv) as g:
+                return g, await g.generate("hi", 1, **ARGS)
+
+        g, out = run(main())
+    assert len(out) == 1 and len(srv.requests) == 2 and g.usage.retries == 1
+
+
+def test_dropped_connection_always_gives_error():
+    with FakeServer(lambda i, b: ("drop",)) as srv:
+
+        async def main():
+            async with gen(srv, max_retries=1) as g:
+                await g.generate("hi", 1, **ARGS)
+
+        with pytest.raises(GenerationError, match="2 attempts.*connection error"):
+            run(main())
+    assert len(srv.requests) == 2
+
+
+def test_success_after_two_failures_counts_retries():
+    script = lambda i, b: ("status", 503) if i < 2 else ("ok",)  # noqa: E731
+    with FakeServer(script) as srv:
+
+        async def main():
+            async with gen(srv) as g:
+                return g, await g.generate("hi", 2, seed=1, logprobs=True, **ARGS)
+
+        g, out = run(main())
+    assert len(out) == 2 and len(srv.requests) == 3
+    assert g.usage.retries == 2 and g.usage.requests == 1 and g.usage.failures == 0 and g.usage.samples == 2
+
+
+def test_connection_refused_gives_clear_error():
+    with FakeServer() as srv:
+        url = srv.base_url
+    g = OpenAICompatGenerator(url, "fake", max_retries=1, backoff=FAST, trust_env=False)
+    with pytest.raises(GenerationError, match=r"127\.0\.0\.1.*2 attempts.*connection error"):
+        run(g.generate("hi", 1, **ARGS))
+
+
+def test_concurrency_limit_is_respected():
+    active, peak = 0, 0
+    lock = __import__("threading").Lock()
+
+    def script(i, b):
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.05)
+        with lock:
+            active -= 1
+        return ("ok",)
+
+    with FakeServer(script) as srv:
+
+        async def main():
+            async with gen(srv, concurrency=3, n_mode="separate") as g:
+                return await asyncio.gather(*[g.generate("hi", 4, **ARGS) for _ in range(3)])
+
+        outs = run(main())
+    assert [len(o) for o in outs] == [4, 4, 4] and len(srv.requests) == 12 and peak <= 3
+
+
+def test_cancellation_frees_concurrency_slots():
+    """Cancel many in-flight calls on a stalled server; a fresh call with concurrency=1 must still run.
+
+    (its-hub 1.2.0 deadlocks here: cancelled calls keep their semaphore slots.)
+    """
+    script = lambda i, b: ("stall",) if b["messages"][0]["content"] == "stall" else ("ok",)  # noqa: E731
+    with FakeServer(script, stall_limit=20) as srv:
+
+        async def main():
+            async with gen(srv, concurrency=1, timeout=30, n_mode="separate") as g:
+                tasks = [asyncio.create_task(g.generate("stall", 3, **ARGS)) for _ in range(8)]
+                await asyncio.sleep(0.3)  # one request is in flight (stalled), the others wait for the slot
+                assert srv.active_stalls == 1
+                for t in tasks:
+                    t.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                assert all(isinstance(r, asyncio.CancelledError) for r in results)
+                t0 = time.monotonic()
+                out = await asyncio.wait_for(g.generate("fresh", 2, **ARGS), timeout=5)
+                return out, time.monotonic() - t0
+
+        out, dt = run(main())
+    assert len(out) == 2 and dt < 2
+
+
+def test_parameter_errors():
+    with pytest.raises(ParameterError, match="base_url"):
+        OpenAICompatGenerator("localhost:8000", "m")
+    with pytest.raises(ParameterError, match="n_mode"):
+        OpenAICompatGenerator("http://127.0.0.1:1/v1", "m", n_mode="many")  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="concurrency"):
+        OpenAICompatGenerator("http://127.0.0.1:1/v1", "m", concurrency=0)
+    g = OpenAICompatGenerator("http://127.0.0.1:1/v1", "m")
+    with pytest.raises(ParameterError, match="'n'"):
+        run(g.generate("x", 0, **ARGS))
+    with pytest.raises(ParameterError, match="max_tokens"):
+        run(g.generate("x", 1, max_tokens=0, temperature=1.0))
+    with pytest.raises(ParameterError, match="prompt"):
+        run(g.generate([{"content": "no role"}], 1, **ARGS))
+
+
+def test_logprobs_missing_is_an_error():
+    class NoLp(FakeServer):
+        def answer(self, path, body, i):
+            body = dict(body, logprobs=False)
+            return super().answer(path, body, i)
+
+    with NoLp() as srv:
+
+        async def main():
+            async with gen(srv) as g:
+                await g.generate("hi", 1, logprobs=True, **ARGS)
+
+        with pytest.raises(GenerationError, match="logprobs"):
+            run(main())
+
+
+def test_generator_usable_across_event_loops():
+    with FakeServer() as srv:
+        g = gen(srv)
+        a = run(g.generate("a", 1, **ARGS))
+        b = run(g.generate("b", 1, **ARGS))
+        run(g.aclose())
+    assert len(a) == len(b) == 1 and g.usage.requests == 2
