@@ -1,0 +1,186 @@
+"""``optscale eval POOL``: replay policies x budgets offline over a sample pool and report accuracy vs tokens.
+
+Writes results.csv, results.json, results.md and accuracy_vs_tokens.png to ``--out`` (when given) and
+prints the markdown table (or the JSON report with ``--json``) on stdout; a progress bar over
+(method, budget) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from optscale.cli._common import add_json_flag, emit_json, progress
+
+DEFAULT_METHODS_SCORED = "bon,sc,esc,asc,dsc,optscale0,optscale0-seq"
+DEFAULT_METHODS_UNSCORED = "sc,esc,asc,dsc"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval",
+        help="replay policies x budgets over a sample pool (accuracy vs tokens, tuned on a calibration split)",
+        description=(
+            "Replay stopping/selection policies offline over a pool of sampled solutions. Each policy is "
+            "replayed at each budget N_max over the pool's own sample order plus R random orderings; "
+            "hyper-parameters of OptScale (target s*, alpha) are tuned on a calibration split of problems "
+            "and every row is reported on the held-out rest, with bootstrap 95%% intervals over problems."
+        ),
+    )
+    p.add_argument("pool", metavar="POOL", help="pool file (JSON Lines, see docs/POOL_FORMAT.md)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated policy specs, e.g. bon,sc,esc,asc,dsc,optscale0,optscale0-seq,optscalet "
+                        "or 'esc:window=4' (a spec with parameters is not tuned). Default: "
+                        f"{DEFAULT_METHODS_SCORED} (+optscalet with priors) on a scored pool, "
+                        f"{DEFAULT_METHODS_UNSCORED} otherwise")
+    p.add_argument("--budgets", default=None,
+                   help="comma-separated N_max values (default 8,16,32,... below the pool's sample count, "
+                        "then that count)")
+    p.add_argument("--orderings", type=int, default=10,
+                   help="random sample orderings per problem besides the pool's own order (default 10)")
+    p.add_argument("--ordering-mode", choices=("random", "cyclic"), default="random",
+                   help="random permutations or cyclic rotations of each problem's samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of orderings, calibration split and bootstrap")
+    p.add_argument("--calib-frac", type=float, default=0.3,
+                   help="fraction of problems used to tune hyper-parameters (default 0.3)")
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
+                   help="tune hyper-parameters on the calibration split and report on the rest (default on)")
+    p.add_argument("--select", choices=("match", "penalty"), default="match",
+                   help="tuning rule: 'match' = fewest tokens within --tolerance of the fixed-budget "
+                        "counterpart's accuracy (default); 'penalty' = max accuracy - penalty * relative tokens")
+    p.add_argument("--tolerance", type=float, default=0.005, help="accuracy tolerance of 'match' (default 0.005)")
+    p.add_argument("--token-penalty", type=float, default=0.01, help="penalty of 'penalty' (default 0.01)")
+    p.add_argument("--priors", default=None,
+                   help="JSON file of OptScale^t priors: a list of [mu0, sigma0] aligned with the problems "
+                        "or {id: [mu0, sigma0]} (default: problem meta 'prior' when every problem has one)")
+    p.add_argument("--equiv", choices=("exact", "math", "number", "choice"), default="exact",
+                   help="answer equivalence used to cluster answers (default exact)")
+    p.add_argument("--sweep", action="store_true",
+                   help="also add a full (s*, alpha) grid sweep of the OptScale methods over all problems "
+                        "(labelled not held-out; for the plot)")
+    p.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the oracle lower bound")
+    p.add_argument("--out", default=None, help="directory for results.{csv,json,md} and accuracy_vs_tokens.png")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    from optscale.errors import ParameterError
+
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ParameterError(name, f"expected comma-separated integers, got {item!r}") from None
+    if not out:
+        raise ParameterError(name, "is empty")
+    return out
+
+
+def _split_methods(text: str) -> list[str]:
+    """Split on commas that start a new method (a comma followed by 'key=' continues the parameters)."""
+    parts: list[str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if parts and "=" in item and ":" in parts[-1] and ":" not in item:
+            parts[-1] += "," + item
+        else:
+            parts.append(item)
+    return parts
+
+
+def _meta_priors(pool):
+    import numpy as np
+
+    vals = []
+    for prob in pool.problems:
+        pr = (prob.meta or {}).get("prior")
+        if pr is None:
+            return None
+        if isinstance(pr, dict):
+            pr = [pr.get("mu0", pr.get("mu")), pr.get("sigma0", pr.get("sigma"))]
+        vals.append(pr)
+    try:
+        return np.asarray(vals, dtype=float)
+    except (TypeError, ValueError):
+        return None
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from optscale import evaluate as ev
+    from optscale.errors import ParameterError
+    from optscale.pool import load_pool, to_arrays
+
+    pool = load_pool(args.pool)
+    arrays = to_arrays(pool, equiv=args.equiv)
+    P, M = arrays.answers.shape
+
+    priors = None
+    if args.priors:
+        priors = ev.load_priors(args.priors, arrays.ids or [p.id for p in pool.problems])
+    else:
+        priors = _meta_priors(pool)
+        if priors is not None:
+            priors = ev.expand_priors(priors, P)
+
+    if args.methods:
+        methods = _split_methods(args.methods)
+    else:
+        has_scores = bool(getattr(arrays, "has_scores", False)) or bool(
+            np.all(~np.isnan(arrays.scores) | (np.arange(M)[None, :] >= arrays.n[:, None])))
+        methods = (DEFAULT_METHODS_SCORED if has_scores else DEFAULT_METHODS_UNSCORED).split(",")
+        if has_scores and priors is not None:
+            methods.append("optscalet")
+    if not methods:
+        raise ParameterError("methods", "no method given")
+    budgets = _int_list(args.budgets, "budgets") if args.budgets else ev.default_budgets(M)
+
+    total = len(methods) * len(budgets) + (1 if args.oracle else 0)
+    bar = progress(total=total, desc="eval", unit="run")
+    try:
+        def tick(method: str, budget: int) -> None:
+            bar.set_postfix_str(f"{method} N={budget}", refresh=False)
+            bar.update(1)
+
+        report = ev.evaluate(
+            arrays, methods, budgets, orderings=args.orderings, seed=args.seed, calib_frac=args.calib_frac,
+            tune=args.tune, priors=priors, select=args.select, tolerance=args.tolerance,
+            token_penalty=args.token_penalty, oracle=args.oracle, ordering_mode=args.ordering_mode,
+            progress=tick,
+        )
+        if args.sweep:
+            opt = [m for m in methods if m.split(":")[0].startswith("optscale")]
+            if opt:
+                sw = ev.sweep(arrays, opt, budgets, orderings=args.orderings, seed=args.seed, priors=priors,
+                              ordering_mode=args.ordering_mode, baselines=())
+                report.extend(sw)
+                report.mark_pareto()
+    finally:
+        bar.close()
+
+    report.meta["pool"] = str(args.pool)
+    report.meta["equiv"] = args.equiv
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        report.to_csv(out / "results.csv")
+        report.to_json(out / "results.json")
+        report.to_markdown(out / "results.md")
+        ev.plot_accuracy_vs_tokens(report, out / "accuracy_vs_tokens.png", title=Path(args.pool).name)
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        sys.stdout.write(report.to_markdown())
+        if args.out:
+            sys.stdout.write(f"\nwrote results.csv, results.json, results.md, accuracy_vs_tokens.png to {args.out}\n")
+    return 0

@@ -1,0 +1,759 @@
+"""Offline evaluation engine: replay policies x budgets over a sample pool.
+
+Protocol
+--------
+* Rows of a :class:`~optscale.policies.ReplayBatch` are problems x orderings. Ordering 0 is the pool's own
+  order (the paper's protocol: sample i is the i-th drawn); orderings 1..R are seeded random permutations
+  of each problem's available samples (``ordering_mode="random"``) or cyclic rotations
+  (``ordering_mode="cyclic"``: ordering r starts at sample r mod n). Padding always stays at the end.
+* Each policy is replayed once per budget ``N_max`` (``policy.replay(batch, n_max)``). A row is correct iff
+  the answer class of the selected sample is correct (selected = -1 or an unparsable answer is wrong); its
+  cost is the tokens of the first ``n_drawn`` samples (every drawn sample counts, warm-up included).
+* Per problem, correctness / tokens / samples are averaged over orderings; the report gives their means
+  over problems with seeded bootstrap 95% intervals over problems (the same resamples for every row of a
+  split, so that rows are compared on paired resamples).
+* Oracle lower bound (per budget): per row, the fewest tokens of a clairvoyant stop, i.e. the smallest
+  prefix whose reference pick (BoN, or self-consistency on a pool without scores) has the same
+  correctness as the reference at N_max (a correct pick when the reference at N_max is correct).
+* Hyper-parameters (target s*, alpha, warm-up k for OptScale; window/threshold for ESC/ASC) are tuned on a
+  seeded calibration split of problems (``calib_frac``) and reported on the rest (split ``"test"``).
+  Selection rule (``select="match"``, default): per budget, the grid point with the fewest calibration
+  tokens whose calibration accuracy is within ``tolerance`` (0.5 pt) of the method's fixed-budget
+  counterpart (BoN for OptScale, self-consistency for the SC family) at that budget; if none is, the most
+  accurate point (fewest tokens among ties). ``select="penalty"``: maximise
+  ``accuracy - token_penalty * tokens / counterpart_tokens``.
+* :func:`sweep` evaluates a full grid over every problem (split ``"all (not held-out)"``) for plots; its
+  numbers are not held-out. One-shot OptScale grids take a fast path (one fit per variant, warm-up size
+  and row; N* for every (s*, alpha, budget) vectorized), checked to equal ``policy.replay``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optscale.errors import InputError, OptScaleError, ParameterError
+from optscale.report import (
+    KIND_ADAPTIVE,
+    KIND_FIXED,
+    KIND_ORACLE,
+    KIND_SWEEP,
+    SPLIT_ALL,
+    SPLIT_CALIB,
+    SPLIT_SWEEP,
+    SPLIT_TEST,
+    EvalReport,
+    EvalRow,
+    pareto_frontier,
+    plot_accuracy_vs_tokens,
+)
+
+__all__ = [
+    "EvalReport",
+    "EvalRow",
+    "evaluate",
+    "sweep",
+    "build_batch",
+    "bootstrap_ci",
+    "split_problems",
+    "load_priors",
+    "expand_priors",
+    "oracle_costs",
+    "pareto_frontier",
+    "plot_accuracy_vs_tokens",
+    "DEFAULT_GRIDS",
+    "SWEEP_TARGETS",
+    "SWEEP_ALPHAS",
+    "FIXED_METHODS",
+]
+
+#: policies that always draw N_max samples
+FIXED_METHODS = frozenset({"bon", "sc", "wsc", "maj", "majority"})
+#: default (s*, alpha) grid of sweeps: 6 x 8 = 48 pairs
+SWEEP_TARGETS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+SWEEP_ALPHAS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+#: default prior spreads when priors come as [mu0, sigma0] only (those of theory.fit_map)
+DEFAULT_SD_MU = 0.1
+DEFAULT_SD_SIGMA = 0.1
+
+#: default tuning grids per policy name (parameter name -> candidate values; the grid is their product)
+DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
+    "optscale0": {"target": SWEEP_TARGETS, "alpha": SWEEP_ALPHAS},
+    "optscalet": {"target": SWEEP_TARGETS, "alpha": SWEEP_ALPHAS},
+    "optscale0-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5)},
+    "optscalet-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5)},
+}
+
+#: fixed-budget counterpart of each adaptive method (reference of the "match" selection rule)
+_COUNTERPART = {
+    "optscale0": "bon",
+    "optscale0-seq": "bon",
+    "optscalet": "bon",
+    "optscalet-seq": "bon",
+    "mr-thinking": "bon",
+    "esc": "sc",
+    "asc": "sc",
+    "dsc": "sc",
+    "sc": "sc",
+    "wsc": "wsc",
+    "bon": "bon",
+}
+
+
+# ================================================================================================ batches
+def _policies():
+    import optscale.policies as pol
+
+    return pol
+
+
+@dataclass
+class Prepared:
+    """A replay batch over all problems x orderings plus what scoring needs.
+
+    Rows are ordering-major: row ``o * P + p`` is problem ``p`` in ordering ``o``.
+    """
+
+    batch: Any  # ReplayBatch
+    problem: np.ndarray  # int64[B], problem index of each row
+    ordering: np.ndarray  # int64[B], ordering id of each row (0 = pool order)
+    perm: np.ndarray  # int64[B, M], pool sample index of each draw position
+    sample_correct: np.ndarray  # bool[B, M], correctness of each sample (by answer class) in draw order
+    cumtok: np.ndarray  # float64[B, M + 1], cumulative tokens in draw order (cumtok[:, 0] = 0)
+    n_problems: int
+    n_orderings: int
+    has_scores: bool
+
+    def rows_of(self, problems: np.ndarray | None) -> np.ndarray:
+        """Row indices (ordering-major, problems in the given order) of a subset of problems."""
+        if problems is None:
+            return np.arange(self.problem.shape[0])
+        problems = np.asarray(problems, dtype=np.int64)
+        return (np.arange(self.n_orderings)[:, None] * self.n_problems + problems[None, :]).ravel()
+
+
+def _class_correct_matrix(arrays) -> np.ndarray | None:
+    cc = getattr(arrays, "class_correct", None)
+    if cc is None:
+        return None
+    if isinstance(cc, np.ndarray) and cc.ndim == 2:
+        return cc.astype(bool)
+    P = len(cc)
+    C = max([len(np.atleast_1d(c)) for c in cc] + [1])
+    out = np.zeros((P, C), dtype=bool)
+    for i, c in enumerate(cc):
+        c = np.atleast_1d(np.asarray(c, dtype=bool))
+        out[i, : c.size] = c
+    return out
+
+
+def _permutations(n: np.ndarray, M: int, orderings: int, seed: int, mode: str) -> np.ndarray:
+    """int64[n_ord, P, M]: pool sample index at each draw position; ordering 0 is the identity."""
+    P = n.shape[0]
+    n_ord = 1 + orderings
+    ar = np.arange(M)
+    perm = np.empty((n_ord, P, M), dtype=np.int64)
+    perm[0] = ar[None, :]
+    if orderings == 0:
+        return perm
+    valid = ar[None, :] < n[:, None]  # [P, M]
+    if mode == "random":
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
+        keys = rng.random((orderings, P, M))
+        keys = np.where(valid[None], keys, 2.0 + ar[None, None, :])  # padding last, in place
+        perm[1:] = np.argsort(keys, axis=2, kind="stable")
+    elif mode == "cyclic":
+        r = np.arange(1, n_ord)[:, None, None]
+        nn = np.maximum(n, 1)[None, :, None]
+        rot = (ar[None, None, :] + r) % nn
+        perm[1:] = np.where(valid[None], rot, ar[None, None, :])
+    else:
+        raise ParameterError("ordering_mode", f"must be 'random' or 'cyclic', got {mode!r}")
+    return perm
+
+
+def build_batch(
+    arrays,
+    *,
+    orderings: int = 0,
+    seed: int = 0,
+    ordering_mode: str = "random",
+    priors: np.ndarray | None = None,
+    difficulty: np.ndarray | None = None,
+) -> Prepared:
+    """Build the replay batch of every problem x (1 + ``orderings``) orderings of a :class:`PoolArrays`.
+
+    ``priors``: float[P, 2] (mu0, sigma0) or [P, 4] (mu0, sigma0, sd_mu, sd_sigma); ``difficulty``: float[P].
+    Deterministic given ``seed``; the permutation of a problem does not depend on other problems' splits.
+    """
+    if not isinstance(orderings, (int, np.integer)) or orderings < 0:
+        raise ParameterError("orderings", f"must be an integer >= 0 (random orderings besides the pool's), got {orderings!r}")
+    scores = np.asarray(arrays.scores, dtype=np.float64)
+    tokens = np.asarray(arrays.tokens, dtype=np.float64)
+    answers = np.asarray(arrays.answers, dtype=np.int64)
+    n = np.asarray(arrays.n, dtype=np.int64)
+    P, M = answers.shape
+    if P == 0:
+        raise ParameterError("pool", "has no problems")
+    n_ord = 1 + int(orderings)
+    perm3 = _permutations(n, M, int(orderings), seed, ordering_mode)  # [n_ord, P, M]
+    perm = perm3.reshape(n_ord * P, M)
+    problem = np.tile(np.arange(P, dtype=np.int64), n_ord)
+    ordering = np.repeat(np.arange(n_ord, dtype=np.int64), P)
+
+    def take(a):
+        return a[problem[:, None], perm]
+
+    ans_b = take(answers)
+    sc_b = take(scores)
+    tok_b = np.nan_to_num(take(tokens), nan=0.0)
+    valid = np.arange(M)[None, :] < n[problem][:, None]
+    tok_b = np.where(valid, tok_b, 0.0)
+
+    cc = _class_correct_matrix(arrays)
+    if cc is not None and cc.shape[1] > 0:
+        cls = np.clip(ans_b, 0, cc.shape[1] - 1)
+        sample_correct = (ans_b >= 0) & cc[problem[:, None], cls] & valid
+    else:
+        corr = getattr(arrays, "correct", None)
+        if corr is None:
+            raise ParameterError("pool", "has no correctness information (gold answers or per-sample 'correct')")
+        sample_correct = take(np.asarray(corr, dtype=bool)) & valid & (ans_b >= 0)
+
+    cumtok = np.zeros((n_ord * P, M + 1), dtype=np.float64)
+    np.cumsum(tok_b, axis=1, out=cumtok[:, 1:])
+
+    pri_b = None
+    if priors is not None:
+        pri_b = expand_priors(priors, P)[problem]
+    diff_b = None
+    if difficulty is not None:
+        d = np.asarray(difficulty, dtype=np.float64).reshape(-1)
+        if d.shape[0] != P:
+            raise ParameterError("difficulty", f"has {d.shape[0]} values for {P} problems")
+        diff_b = d[problem]
+
+    valid_scores = np.where(valid[:P], ~np.isnan(scores), True)
+    has_scores = bool(valid_scores.all()) and bool((n > 0).any())
+
+    pol = _policies()
+    batch = pol.ReplayBatch(
+        answers=ans_b, scores=sc_b, tokens=tok_b, n=n[problem].copy(), priors=pri_b, difficulty=diff_b,
+        group=ordering.copy(),
+    )
+    return Prepared(batch=batch, problem=problem, ordering=ordering, perm=perm, sample_correct=sample_correct,
+                    cumtok=cumtok, n_problems=P, n_orderings=n_ord, has_scores=has_scores)
+
+
+def _subset_batch(batch, rows: np.ndarray):
+    """The ReplayBatch restricted to ``rows`` (every array field with a leading row axis is sliced)."""
+    B = batch.n.shape[0]
+    kw = {}
+    for f in dataclasses.fields(batch):
+        v = getattr(batch, f.name)
+        if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == B:
+            v = v[rows]
+        kw[f.name] = v
+    return type(batch)(**kw)
+
+
+def expand_priors(priors, n_problems: int) -> np.ndarray:
+    """float64[P, 4] (mu0, sigma0, sd_mu, sd_sigma) from [P, 2] or [P, 4] priors."""
+    p = np.asarray(priors, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] not in (2, 4):
+        raise ParameterError("priors", f"must have shape [P, 2] or [P, 4], got {p.shape}")
+    if p.shape[0] != n_problems:
+        raise ParameterError("priors", f"has {p.shape[0]} rows for {n_problems} problems")
+    if p.shape[1] == 2:
+        p = np.concatenate([p, np.tile([DEFAULT_SD_MU, DEFAULT_SD_SIGMA], (p.shape[0], 1))], axis=1)
+    if not np.isfinite(p).all():
+        bad = int(np.flatnonzero(~np.isfinite(p).all(axis=1))[0])
+        raise ParameterError("priors", f"row {bad} is not finite: {p[bad].tolist()}")
+    if (p[:, 1:] <= 0).any():
+        bad = int(np.flatnonzero((p[:, 1:] <= 0).any(axis=1))[0])
+        raise ParameterError("priors", f"row {bad}: sigma0, sd_mu, sd_sigma must be > 0, got {p[bad].tolist()}")
+    return p
+
+
+def load_priors(path: str | Path, ids: Sequence[str]) -> np.ndarray:
+    """Priors from a JSON file: a list of [mu0, sigma0] (or 4 values) aligned with the problems, or an
+    object {problem id: [mu0, sigma0]} covering every problem. Returns float64[P, 2 or 4]."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(str(path), None, None, "file not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+    ids = [str(i) for i in ids]
+    if isinstance(data, dict):
+        missing = [i for i in ids if i not in data]
+        if missing:
+            raise InputError(str(path), None, missing[0], f"no prior for problem {missing[0]!r} "
+                             f"({len(missing)} of {len(ids)} problems missing)")
+        rows = [data[i] for i in ids]
+    elif isinstance(data, list):
+        if len(data) != len(ids):
+            raise InputError(str(path), None, None, f"has {len(data)} priors for {len(ids)} problems")
+        rows = data
+    else:
+        raise InputError(str(path), None, None, "must be a JSON list of [mu0, sigma0] or an object {id: [mu0, sigma0]}")
+    width = None
+    for i, r in enumerate(rows):
+        if isinstance(r, dict):
+            r = [r.get("mu0", r.get("mu")), r.get("sigma0", r.get("sigma"))]
+            rows[i] = r
+        if not isinstance(r, (list, tuple)) or len(r) not in (2, 4) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in r
+        ):
+            raise InputError(str(path), None, ids[i], f"prior must be [mu0, sigma0] or 4 numbers, got {r!r}")
+        if width is None:
+            width = len(r)
+        elif len(r) != width:
+            raise InputError(str(path), None, ids[i], "all priors must have the same length")
+    arr = np.asarray(rows, dtype=np.float64)
+    try:
+        return expand_priors(arr, len(ids))[:, : arr.shape[1]]
+    except ParameterError as exc:
+        raise InputError(str(path), None, None, str(exc)) from None
+
+
+# ================================================================================================ scoring
+@dataclass
+class RowMetrics:
+    """Per-row outcome of one replay."""
+
+    correct: np.ndarray  # bool[B]
+    tokens: np.ndarray  # float64[B]
+    samples: np.ndarray  # int64[B]
+
+
+def _check_result(name: str, result, batch) -> tuple[np.ndarray, np.ndarray]:
+    nd = np.asarray(result.n_drawn, dtype=np.int64)
+    sel = np.asarray(result.selected, dtype=np.int64)
+    B = batch.n.shape[0]
+    if nd.shape != (B,) or sel.shape != (B,):
+        raise OptScaleError(f"policy {name!r} returned arrays of shape {nd.shape}/{sel.shape} for {B} rows")
+    bad = (nd < 0) | (nd > batch.n)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise OptScaleError(f"policy {name!r} drew {nd[r]} samples in row {r} with {batch.n[r]} available")
+    bad = (sel >= nd) | (sel < -1)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise OptScaleError(f"policy {name!r} selected sample {sel[r]} in row {r} after drawing {nd[r]}")
+    return nd, sel
+
+
+def _metrics(prep: Prepared, rows: np.ndarray, n_drawn: np.ndarray, selected: np.ndarray) -> RowMetrics:
+    sc = prep.sample_correct[rows]
+    ok = selected >= 0
+    corr = np.zeros(rows.shape[0], dtype=bool)
+    corr[ok] = sc[np.flatnonzero(ok), selected[ok]]
+    tok = prep.cumtok[rows, n_drawn]
+    return RowMetrics(correct=corr, tokens=tok, samples=n_drawn)
+
+
+def _per_problem(m: RowMetrics, n_orderings: int) -> np.ndarray:
+    """float64[3, P']: per-problem mean (over orderings) of correctness, tokens, samples."""
+    stack = np.stack([m.correct.astype(np.float64), m.tokens, m.samples.astype(np.float64)])
+    return stack.reshape(3, n_orderings, -1).mean(axis=1)
+
+
+def bootstrap_weights(n_problems: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """int32[n_boot, P]: how often each problem is drawn in each bootstrap resample (seeded)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB007]))
+    idx = rng.integers(0, n_problems, size=(n_boot, n_problems))
+    flat = idx + (np.arange(n_boot, dtype=np.int64) * n_problems)[:, None]
+    return np.bincount(flat.ravel(), minlength=n_boot * n_problems).reshape(n_boot, n_problems).astype(np.int32)
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean over problems (last axis of ``values``), vectorized.
+
+    Returns (mean, low, high) with the leading shape of ``values``. ``weights`` (from
+    :func:`bootstrap_weights`) lets several statistics share the same resamples.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    P = v.shape[-1]
+    if P == 0:
+        nan = np.full(v.shape[:-1], np.nan)
+        return nan, nan, nan
+    W = bootstrap_weights(P, n_boot, seed) if weights is None else weights
+    means = (v.reshape(-1, P) @ W.T.astype(np.float64)) / P  # [K, n_boot]
+    q = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [q, 1.0 - q], axis=1)
+    shape = v.shape[:-1]
+    return v.mean(axis=-1), low.reshape(shape), high.reshape(shape)
+
+
+# ================================================================================================ splits
+def split_problems(n_problems: int, calib_frac: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded disjoint (calib, test) problem indices, each sorted; ``round(calib_frac * P)`` calibration
+    problems, at least one in each split."""
+    if not (0.0 < calib_frac < 1.0):
+        raise ParameterError("calib_frac", f"must be in (0, 1), got {calib_frac!r}")
+    if n_problems < 2:
+        raise ParameterError("calib_frac", f"a calibration split needs >= 2 problems, the pool has {n_problems}")
+    n_cal = int(min(max(round(calib_frac * n_problems), 1), n_problems - 1))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xCA1B]))
+    p = rng.permutation(n_problems)
+    return np.sort(p[:n_cal]), np.sort(p[n_cal:])
+
+
+# ================================================================================================ policies
+def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    if rest.strip():
+        for item in rest.split(","):
+            k, eq, v = item.partition("=")
+            if not eq:
+                raise ParameterError("methods", f"bad parameter {item!r} in {spec!r} (expected key=value)")
+            params[k.strip()] = _parse_value(v.strip())
+    return name.strip().lower(), params
+
+
+def _parse_value(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return v
+
+
+def _make(name: str, params: Mapping[str, Any]):
+    try:
+        return _policies().make_policy(name, **dict(params))
+    except OptScaleError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ParameterError("methods", f"cannot build method {name!r} with {dict(params)}: {exc}") from None
+
+
+def _needs_prior(policy, name: str) -> bool:
+    v = getattr(policy, "needs_prior", None)
+    if v is None:
+        v = getattr(policy, "needs_priors", None)
+    if v is None:
+        v = name.startswith("optscalet")
+    return bool(v)
+
+
+def _kind(name: str) -> str:
+    return KIND_FIXED if name in FIXED_METHODS else KIND_ADAPTIVE
+
+
+def _replay(prep: Prepared, rows: np.ndarray, policy, name: str, n_max: int, _cache: dict | None = None):
+    sub = _subset_batch(prep.batch, rows)
+    res = policy.replay(sub, int(n_max))
+    nd, sel = _check_result(name, res, sub)
+    return _metrics(prep, rows, nd, sel)
+
+
+# ================================================================================================ oracle
+def oracle_costs(prep: Prepared, rows: np.ndarray, budgets: Sequence[int], reference) -> dict[int, RowMetrics]:
+    """Clairvoyant lower bound per budget: per row, the smallest prefix n <= N_max whose ``reference``
+    pick has the same correctness as the reference at N_max; its tokens and n (accuracy = reference's)."""
+    budgets = sorted({int(b) for b in budgets})
+    top = budgets[-1]
+    sub = _subset_batch(prep.batch, rows)
+    corr = np.zeros((top, rows.shape[0]), dtype=bool)
+    drawn = np.zeros((top, rows.shape[0]), dtype=np.int64)
+    for n in range(1, top + 1):
+        res = reference.replay(sub, n)
+        nd, sel = _check_result(getattr(reference, "name", "reference"), res, sub)
+        m = _metrics(prep, rows, nd, sel)
+        corr[n - 1] = m.correct
+        drawn[n - 1] = nd
+    out = {}
+    for b in budgets:
+        target = corr[b - 1]
+        first = np.argmax(corr[:b] == target[None, :], axis=0)  # always found: prefix b matches itself
+        nd = drawn[first, np.arange(rows.shape[0])]
+        out[b] = RowMetrics(correct=target.copy(), tokens=prep.cumtok[rows, nd], samples=nd)
+    return out
+
+
+# ================================================================================================ engine
+def _row(method, label, params, budget, split, kind, pp: np.ndarray, W: np.ndarray, n_orderings: int,
+         level: float) -> EvalRow:
+    mean, low, high = bootstrap_ci(pp, weights=W, level=level)
+    return EvalRow(
+        method=method, label=label, params=dict(params), budget=int(budget), split=split, kind=kind,
+        accuracy=float(mean[0]), acc_ci_low=float(low[0]), acc_ci_high=float(high[0]),
+        tokens=float(mean[1]), tok_ci_low=float(low[1]), tok_ci_high=float(high[1]),
+        samples=float(mean[2]), samples_ci_low=float(low[2]), samples_ci_high=float(high[2]),
+        n_problems=int(pp.shape[1]), n_orderings=int(n_orderings),
+    )
+
+
+def _grid(grid: Mapping[str, Iterable]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    vals = [list(grid[k]) for k in keys]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*vals)]
+
+
+def _choose(acc: np.ndarray, tok: np.ndarray, ref_acc: float, ref_tok: float, select: str,
+            tolerance: float, token_penalty: float) -> int:
+    """Index of the chosen grid point (see module docstring for the rules)."""
+    if select == "match":
+        ok = acc >= ref_acc - tolerance - 1e-12
+        if ok.any():
+            cand = np.flatnonzero(ok)
+            return int(cand[np.lexsort((-acc[cand], tok[cand]))[0]])
+        return int(np.lexsort((tok, -acc))[0])
+    if select == "penalty":
+        score = acc - token_penalty * tok / max(ref_tok, 1e-12)
+        return int(np.lexsort((tok, -score))[0])
+    raise ParameterError("select", f"must be 'match' or 'penalty', got {select!r}")
+
+
+def default_budgets(max_samples: int) -> list[int]:
+    """Powers of two from 8 below ``max_samples``, then ``max_samples`` itself."""
+    out = [b for b in (8, 16, 32, 64, 128, 256, 512) if b < max_samples]
+    return out + [int(max_samples)]
+
+
+def evaluate(
+    arrays,
+    methods: Sequence[str],
+    budgets: Sequence[int] | None = (8, 16, 32, 64),
+    *,
+    orderings: int = 10,
+    seed: int = 0,
+    calib_frac: float = 0.3,
+    tune: bool = True,
+    priors: np.ndarray | None = None,
+    difficulty: np.ndarray | None = None,
+    grids: Mapping[str, Mapping[str, Iterable]] | None = None,
+    select: str = "match",
+    tolerance: float = 0.005,
+    token_penalty: float = 0.01,
+    oracle: bool = True,
+    ordering_mode: str = "random",
+    n_boot: int = 1000,
+    level: float = 0.95,
+    include_calib: bool = False,
+    fast: bool = True,
+    progress: Callable[[str, int], None] | None = None,
+) -> EvalReport:
+    """Replay ``methods`` x ``budgets`` over ``arrays`` (a :class:`~optscale.pool.PoolArrays`).
+
+    ``methods``: policy specs for :func:`optscale.policies.make_policy` (``"optscale0"``,
+    ``"esc:window=4"``, ...). A method given without explicit parameters that has a tuning grid (``grids``,
+    default :data:`DEFAULT_GRIDS`) is tuned per budget on the calibration split when ``tune`` is true, and
+    every row is then reported on the held-out split. ``priors``: float[P, 2|4] for OptScale^t (e.g. from
+    :func:`load_priors` or ``optscale.predictor``); ``difficulty``: float[P] for DSC if wanted.
+    ``progress(method, budget)`` is called after each (method, budget). Returns an :class:`EvalReport`.
+    """
+    P, M = np.asarray(arrays.answers).shape
+    if budgets is None:
+        budgets = default_budgets(M)
+    budgets = _check_budgets(budgets, M)
+    if not methods:
+        raise ParameterError("methods", "no method given")
+    grids = dict(DEFAULT_GRIDS if grids is None else grids)
+
+    prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors,
+                       difficulty=difficulty)
+    specs = [_parse_spec(m) if isinstance(m, str) else (getattr(m, "name", "policy"), {}) for m in methods]
+    policies = {}
+    for m, (name, params) in zip(methods, specs, strict=True):
+        pol = _make(name, params) if isinstance(m, str) else m
+        _check_method(prep, pol, name, priors)
+        policies[m if isinstance(m, str) else id(m)] = pol
+
+    tuned_any = tune and any(not params and name in grids for name, params in specs)
+    if tuned_any:
+        calib, test = split_problems(P, calib_frac, seed)
+        report_split, report_problems = SPLIT_TEST, test
+    else:
+        calib, test = None, None
+        report_split, report_problems = SPLIT_ALL, np.arange(P)
+    rows_rep = prep.rows_of(report_problems)
+    W_rep = bootstrap_weights(report_problems.shape[0], n_boot, seed)
+    rows_cal = prep.rows_of(calib) if calib is not None else None
+    W_cal = bootstrap_weights(calib.shape[0], n_boot, seed) if calib is not None else None
+    n_ord = prep.n_orderings
+
+    report = EvalReport(meta={
+        "problems": int(P), "max_samples": int(M), "orderings": int(n_ord), "ordering_mode": ordering_mode,
+        "seed": int(seed), "budgets": list(budgets), "methods": [str(m) for m in methods],
+        "split": report_split, "calib_frac": calib_frac if tuned_any else None,
+        "calib_problems": calib.tolist() if calib is not None else None,
+        "test_problems": test.tolist() if test is not None else None,
+        "selection": (f"{select} (tolerance {tolerance})" if select == "match" else
+                      f"{select} (token_penalty {token_penalty})") if tuned_any else None,
+        "n_boot": n_boot, "level": level, "tuned": {},
+    })
+
+    ref_cache: dict[tuple[str, str, int], RowMetrics] = {}
+
+    def reference(name: str, split_rows: np.ndarray, tag: str, b: int) -> RowMetrics:
+        key = (name, tag, b)
+        if key not in ref_cache:
+            ref_cache[key] = _replay(prep, split_rows, _make(name, {}), name, b)
+        return ref_cache[key]
+
+    for m, (name, params) in zip(methods, specs, strict=True):
+        pol = policies[m if isinstance(m, str) else id(m)]
+        label = str(m) if isinstance(m, str) else name
+        tunable = tuned_any and not params and name in grids
+        if tunable:
+            grid = _grid(grids[name])
+            cal = _grid_metrics(prep, rows_cal, name, grid, budgets, fast=fast)  # {(gi, b): RowMetrics}
+            cp = _COUNTERPART.get(name, "bon" if prep.has_scores else "sc")
+            for b in budgets:
+                pps = np.stack([_per_problem(cal[(gi, b)], n_ord) for gi in range(len(grid))])  # [G, 3, Pc]
+                acc, tok = pps[:, 0].mean(axis=1), pps[:, 1].mean(axis=1)
+                ref = _per_problem(reference(cp, rows_cal, "calib", b), n_ord)
+                gi = _choose(acc, tok, float(ref[0].mean()), float(ref[1].mean()), select, tolerance,
+                             token_penalty)
+                chosen = grid[gi]
+                report.meta["tuned"].setdefault(label, {})[str(b)] = {
+                    "params": chosen, "calib_accuracy": float(acc[gi]), "calib_tokens": float(tok[gi]),
+                    "reference": cp, "reference_calib_accuracy": float(ref[0].mean()),
+                    "reference_calib_tokens": float(ref[1].mean()), "grid_size": len(grid),
+                }
+                if include_calib:
+                    report.rows.append(_row(name, f"{label} (tuned)", chosen, b, SPLIT_CALIB, KIND_ADAPTIVE,
+                                            pps[gi], W_cal, n_ord, level))
+                pol_b = _make(name, chosen)
+                mt = _replay(prep, rows_rep, pol_b, name, b)
+                report.rows.append(_row(name, f"{label} (tuned)", chosen, b, report_split, KIND_ADAPTIVE,
+                                        _per_problem(mt, n_ord), W_rep, n_ord, level))
+                if progress:
+                    progress(label, b)
+        else:
+            for b in budgets:
+                mt = _replay(prep, rows_rep, pol, name, b)
+                report.rows.append(_row(name, label, params, b, report_split, _kind(name),
+                                        _per_problem(mt, n_ord), W_rep, n_ord, level))
+                if progress:
+                    progress(label, b)
+
+    if oracle:
+        ref_name = "bon" if prep.has_scores else "sc"
+        orc = oracle_costs(prep, rows_rep, budgets, _make(ref_name, {}))
+        for b in budgets:
+            report.rows.append(_row("oracle", f"oracle ({ref_name}, clairvoyant stop)", {"reference": ref_name},
+                                    b, report_split, KIND_ORACLE, _per_problem(orc[b], n_ord), W_rep, n_ord, level))
+        if progress:
+            progress("oracle", budgets[-1])
+    report.mark_pareto()
+    return report
+
+
+def _check_budgets(budgets: Sequence[int], M: int) -> list[int]:
+    out = []
+    for b in budgets:
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
+            raise ParameterError("budgets", f"each budget must be an integer >= 1, got {b!r}")
+        if b > M:
+            raise ParameterError("budgets", f"budget {b} exceeds the {M} samples per problem of the pool")
+        out.append(int(b))
+    if not out:
+        raise ParameterError("budgets", "no budget given")
+    return sorted(set(out))
+
+
+def _check_method(prep: Prepared, pol, name: str, priors) -> None:
+    if getattr(pol, "needs_scores", False) and not prep.has_scores:
+        raise ParameterError("methods", f"method {name!r} needs verifier scores, but the pool has samples "
+                                        "without a score")
+    if _needs_prior(pol, name) and prep.batch.priors is None:
+        raise ParameterError("methods", f"method {name!r} needs priors (mu0, sigma0) per problem: pass "
+                                        "--priors FILE, put meta.prior in the pool, or use a predictor")
+
+
+# ================================================================================================ grids
+def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[str, Any]],
+                  budgets: Sequence[int], *, fast: bool = True) -> dict[tuple[int, int], RowMetrics]:
+    """RowMetrics of every (grid point, budget) on ``rows``: fast path for one-shot OptScale, else replay."""
+    if fast:
+        res = _fast_optscale(prep, rows, name, grid, budgets)
+        if res is not None:
+            return res
+    out = {}
+    for gi, params in enumerate(grid):
+        pol = _make(name, params)
+        for b in budgets:
+            out[(gi, b)] = _replay(prep, rows, pol, name, b)
+    return out
+
+
+def _fast_optscale(prep, rows, name, grid, budgets):  # filled in once optscale.policies has landed
+    return None
+
+
+def sweep(
+    arrays,
+    methods: Sequence[str] = ("optscale0", "optscalet"),
+    budgets: Sequence[int] = (8, 16, 32, 64),
+    *,
+    targets: Sequence[float] = SWEEP_TARGETS,
+    alphas: Sequence[float] = SWEEP_ALPHAS,
+    extra: Mapping[str, Iterable] | None = None,
+    orderings: int = 10,
+    seed: int = 0,
+    priors: np.ndarray | None = None,
+    ordering_mode: str = "random",
+    n_boot: int = 1000,
+    level: float = 0.95,
+    fast: bool = True,
+    baselines: Sequence[str] = ("bon",),
+    progress: Callable[[str, int], None] | None = None,
+) -> EvalReport:
+    """Every (target s*, alpha) pair (x ``extra`` grid) x budget of each method over ALL problems, like
+    the paper's grid. Rows have split ``"all (not held-out)"`` and kind ``"sweep"``: for plots only, as no
+    point is held-out. ``baselines`` (fixed-budget methods) are added as split-``"all"`` rows."""
+    P, M = np.asarray(arrays.answers).shape
+    budgets = _check_budgets(budgets, M)
+    prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors)
+    rows = prep.rows_of(None)
+    W = bootstrap_weights(P, n_boot, seed)
+    n_ord = prep.n_orderings
+    report = EvalReport(meta={"problems": int(P), "orderings": int(n_ord), "seed": int(seed),
+                              "budgets": list(budgets), "split": SPLIT_SWEEP,
+                              "note": "grid sweep over all problems: not held-out, for plots only"})
+    g: dict[str, Iterable] = {"target": list(targets), "alpha": list(alphas)}
+    if extra:
+        g.update(extra)
+    grid = _grid(g)
+    for spec in methods:
+        name, params = _parse_spec(spec)
+        _check_method(prep, _make(name, params), name, priors)
+        full = [{**params, **p} for p in grid]
+        res = _grid_metrics(prep, rows, name, full, budgets, fast=fast)
+        for gi, p in enumerate(full):
+            for b in budgets:
+                report.rows.append(_row(name, f"{spec} sweep", p, b, SPLIT_SWEEP, KIND_SWEEP,
+                                        _per_problem(res[(gi, b)], n_ord), W, n_ord, level))
+        if progress:
+            progress(spec, budgets[-1])
+    for spec in baselines:
+        name, params = _parse_spec(spec)
+        pol = _make(name, params)
+        _check_method(prep, pol, name, priors)
+        for b in budgets:
+            m = _replay(prep, rows, pol, name, b)
+            report.rows.append(_row(name, spec, params, b, SPLIT_ALL, _kind(name), _per_problem(m, n_ord), W, n_ord, level))
+    report.mark_pareto()
+    return report
+
+
+def _isfinite(x: float) -> bool:
+    return math.isfinite(x)
