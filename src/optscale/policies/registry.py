@@ -1,0 +1,98 @@
+"""Policy registry and the ``"name:key=val,key=val"`` spec parser (:func:`make_policy`)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from optscale.errors import ParameterError
+from optscale.policies.base import Policy
+from optscale.policies.bon import BoN
+from optscale.policies.consistency import ASC, ESC, SelfConsistency, WeightedSC
+from optscale.policies.dsc import DSC
+from optscale.policies.optscale import OptScale0, OptScaleT
+from optscale.policies.refine import MRThinking
+
+__all__ = ["POLICIES", "make_policy", "parse_spec"]
+
+# registry name -> factory (a Policy class, or a partial fixing the mode)
+POLICIES: dict[str, Callable[..., Policy]] = {
+    "bon": BoN,
+    "optscale0": partial(OptScale0, mode="one-shot"),
+    "optscale0-seq": partial(OptScale0, mode="sequential"),
+    "optscalet": partial(OptScaleT, mode="one-shot"),
+    "optscalet-seq": partial(OptScaleT, mode="sequential"),
+    "sc": SelfConsistency,
+    "wsc": WeightedSC,
+    "esc": ESC,
+    "asc": ASC,
+    "dsc": DSC,
+    "mr-thinking": MRThinking,
+}
+
+
+def _keys(factory: Callable[..., Policy]) -> list[str]:
+    fixed: dict[str, Any] = {}
+    if isinstance(factory, partial):
+        fixed = factory.keywords or {}
+        factory = factory.func
+    sig = inspect.signature(factory)
+    return [k for k in sig.parameters if k != "self" and k not in fixed]
+
+
+def _value(text: str) -> Any:
+    t = text.strip()
+    low = t.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    if "/" in t:  # tuples such as prior=0.6/0.2
+        return tuple(_value(part) for part in t.split("/"))
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"name:key=val,key=val"`` into the name and typed values (int, float, bool, None, a/b tuple,
+    else str)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ParameterError("policy", f"expected a policy spec such as 'esc:window=5', got {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip().lower()
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            raise ParameterError("policy", f"bad parameter {item!r} in {spec!r}: expected key=value")
+        kwargs[key.strip()] = _value(val)
+    return name, kwargs
+
+
+def make_policy(spec: str, **kw: Any) -> Policy:
+    """Build a policy from ``"name"`` or ``"name:key=val,key=val"``; keyword arguments override the spec.
+
+    Names: bon, optscale0, optscale0-seq, optscalet, optscalet-seq, sc, wsc, esc, asc, dsc, mr-thinking.
+    ``make_policy(p.name)`` rebuilds a policy equal to ``p``.
+    """
+    name, kwargs = parse_spec(spec)
+    kwargs.update(kw)
+    factory = POLICIES.get(name)
+    if factory is None:
+        raise ParameterError("policy", f"unknown policy {name!r}; valid names: {', '.join(POLICIES)}")
+    valid = _keys(factory)
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise ParameterError(
+            "policy",
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for {name!r}; valid: {', '.join(valid) or '(none)'}",
+        )
+    return factory(**kwargs)
