@@ -1,0 +1,294 @@
+"""``optscale run``: adaptive Best-of-N online — a policy decides per problem how many samples to draw.
+
+Without ``--base-url`` the embedded model (llama.cpp, SmolLM2-135M-Instruct) and the self-certainty
+scorer are used, so ``optscale run --demo`` works on a fresh machine with no server. Results go to
+``--out`` (one JSON line per problem) with a per-sample checkpoint beside it; running the same command
+again resumes an interrupted run. A progress bar goes to stderr and a summary table (or ``--json``)
+to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from optscale.cli._common import add_json_flag, emit_json
+
+
+def add_problem_args(p: argparse.ArgumentParser) -> None:
+    """Options choosing the problems (shared by ``run`` and ``generate``)."""
+    p.add_argument(
+        "problems",
+        metavar="PROBLEMS",
+        nargs="?",
+        help="problem file: JSON or JSON Lines of question/answer records (the paper's math500_test.json, "
+        "gsm8k_test.json, aime24.json, aime25.json, amc23.json, or any such file; a sample pool also works)",
+    )
+    p.add_argument(
+        "--demo", action="store_true", help="use the built-in demo set (20 easy arithmetic word problems)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="only the first LIMIT problems")
+    p.add_argument(
+        "--question-field", default=None, help="field holding the question (default: found automatically)"
+    )
+    p.add_argument(
+        "--answer-field", default=None, help="field holding the gold answer (default: found automatically)"
+    )
+    p.add_argument(
+        "--id-field", default=None, help="field holding the problem id (default: id/unique_id or position)"
+    )
+
+
+def add_generation_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 1024) -> None:
+    """Options of the model, the scorer and sampling (shared by ``run`` and ``generate``)."""
+    g = p.add_argument_group("model (default: the embedded SmolLM2-135M-Instruct via llama.cpp)")
+    g.add_argument(
+        "--base-url",
+        default=None,
+        help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp server, OpenAI)",
+    )
+    g.add_argument("--model", default=None, help="model name served at --base-url (required with it)")
+    g.add_argument(
+        "--api-key", default=None, help="API key for --base-url (default: $OPENAI_API_KEY if set, else none)"
+    )
+    g.add_argument(
+        "--model-path", default=None, help="GGUF file for the embedded model instead of SmolLM2-135M"
+    )
+    g.add_argument(
+        "--scorer",
+        default="self-certainty",
+        help="verifier: self-certainty (default; mean token log-probability of the sample), "
+        "prm:<hf-model>[,device=cuda], reward-endpoint:<url>, judge, or 'none' (policies without scores)",
+    )
+    s = p.add_argument_group("sampling")
+    s.add_argument(
+        "--max-tokens",
+        type=int,
+        default=default_max_tokens,
+        help=f"tokens per sample (default {default_max_tokens})",
+    )
+    s.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling top-p (default 1.0)")
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="run seed; each sample's seed is derived from (seed, problem id, sample index), so runs are "
+        "reproducible and resumable (default 0)",
+    )
+    s.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="problems in flight at once (default 4; samples of a wave run together)",
+    )
+    s.add_argument(
+        "--prompt-template",
+        default=None,
+        help="prompt with a {question} placeholder (default: step-by-step reasoning, final answer in \\boxed{})",
+    )
+    s.add_argument("--prompt-file", default=None, help="read the prompt template from this file")
+    o = p.add_argument_group("output")
+    o.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over, overwriting --out and its checkpoint (default: resume an interrupted run)",
+    )
+    o.add_argument(
+        "--no-texts", dest="save_texts", action="store_false", help="do not store completion texts"
+    )
+    o.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
+    add_json_flag(p)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "run",
+        help="adaptive Best-of-N online: a policy decides per problem how many samples to draw",
+        description=(
+            "Solve problems with adaptive Best-of-N: for each problem the policy (--method) decides waves "
+            "of samples until it stops, then picks the answer. Samples are generated by the embedded "
+            "model or an OpenAI-compatible server and scored by --scorer. Each finished problem is "
+            "appended to --out (JSON Lines) and each sample to <out>.samples.jsonl, so running the same "
+            "command again resumes an interrupted run."
+        ),
+    )
+    add_problem_args(p)
+    p.add_argument(
+        "--method",
+        default="optscale0",
+        help="policy spec for make_policy: optscale0 (default), optscale0-seq, optscalet, bon, sc, wsc, esc, "
+        "asc, mr-thinking, with options as 'name:key=val,key=val'",
+    )
+    p.add_argument("--n-max", type=int, default=16, help="most samples per problem, N_max (default 16)")
+    p.add_argument(
+        "--equiv",
+        choices=("math", "exact", "number", "choice"),
+        default="math",
+        help="answer equivalence used to cluster sampled answers (default math, via math-verify)",
+    )
+    p.add_argument(
+        "--out",
+        default="results.jsonl",
+        help="results file, one JSON line per problem (default results.jsonl)",
+    )
+    add_generation_args(p)
+    p.set_defaults(func=main)
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def load_cli_problems(args):
+    """The problems chosen by PROBLEMS / --demo / --limit / --*-field."""
+    from optscale.errors import ParameterError
+    from optscale.online.data import load_demo, load_problems
+
+    if args.limit is not None and args.limit < 1:
+        raise ParameterError("--limit", f"must be >= 1, got {args.limit}")
+    if args.demo and args.problems:
+        raise ParameterError("PROBLEMS", "give either a problem file or --demo, not both")
+    if args.demo:
+        return load_demo(limit=args.limit)
+    if not args.problems:
+        raise ParameterError("PROBLEMS", "give a problem file (JSON / JSON Lines) or --demo")
+    problems = load_problems(
+        args.problems,
+        limit=args.limit,
+        question_field=args.question_field,
+        answer_field=args.answer_field,
+        id_field=args.id_field,
+    )
+    if not problems:
+        from optscale.errors import InputError
+
+        raise InputError(args.problems, None, None, "no problems in the file")
+    return problems
+
+
+def prompt_template(args) -> str:
+    from optscale.errors import ParameterError
+    from optscale.online.runner import DEFAULT_PROMPT_TEMPLATE
+
+    if args.prompt_template and args.prompt_file:
+        raise ParameterError("--prompt-file", "give either --prompt-template or --prompt-file, not both")
+    if args.prompt_file:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as fh:
+                return fh.read()
+        except OSError as exc:
+            from optscale.errors import InputError
+
+            raise InputError(
+                args.prompt_file, None, None, f"cannot read the prompt template: {exc.strerror}"
+            ) from None
+    return args.prompt_template or DEFAULT_PROMPT_TEMPLATE
+
+
+def make_generator(args):
+    """The generator chosen by --base-url/--model/--api-key/--model-path (embedded model by default)."""
+    import os
+
+    from optscale.online.generators import default_generator
+
+    if args.base_url:
+        api_key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY")
+        return default_generator(args.base_url, args.model, api_key=api_key)
+    return default_generator(model_path=args.model_path)
+
+
+def make_cli_scorer(args):
+    """The scorer chosen by --scorer (None for 'none')."""
+    if args.scorer.strip().lower() in ("none", "off", ""):
+        return None
+    from optscale.online.scorers import make_scorer
+
+    return make_scorer(args.scorer)
+
+
+def print_summary(summary, args, *, what: str = "run") -> None:
+    if args.json:
+        emit_json(summary.to_dict())
+    else:
+        print(summary.to_table())
+
+
+def _prior_fn(policy):
+    """Priors for OptScale^t from the bundled predictor, or None for policies that do not use them."""
+    name = getattr(policy, "name", "")
+    if not str(name).startswith("optscalet"):
+        return None
+    try:
+        from optscale.predictor import Predictor
+    except ImportError as exc:  # pragma: no cover - depends on the predictor package
+        from optscale.errors import OptScaleError
+
+        raise OptScaleError(
+            f"--method {name} needs the prior predictor (optscale.predictor): {exc}"
+        ) from None
+    predictor = Predictor.load_default()
+
+    def fn(question: str):
+        p = predictor.predict([question])
+        return tuple(
+            float(x[0]) if hasattr(x, "__len__") else float(x) for x in (p.mu0, p.sigma0, p.sd_mu, p.sd_sigma)
+        )
+
+    return fn
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------
+
+
+def main(args) -> int:
+    from optscale.errors import ParameterError
+    from optscale.online.runner import run
+    from optscale.policies import make_policy
+
+    problems = load_cli_problems(args)
+    template = prompt_template(args)
+    policy = make_policy(args.method)
+    if args.n_max < 1:
+        raise ParameterError("--n-max", f"must be >= 1, got {args.n_max}")
+    scorer = make_cli_scorer(args)
+    if scorer is None and getattr(policy, "needs_scores", False):
+        raise ParameterError(
+            "--scorer", f"--method {args.method} needs scores; choose a scorer other than 'none'"
+        )
+    prior_fn = _prior_fn(policy)
+    generator = make_generator(args)
+    summary = run(
+        problems,
+        generator,
+        scorer,
+        policy,
+        args.n_max,
+        prompt_template=template,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        equiv=args.equiv,
+        results_path=args.out,
+        resume=args.resume,
+        progress=args.progress,
+        save_texts=args.save_texts,
+        prior_fn=prior_fn,
+    )
+    print_summary(summary, args)
+    if summary.completed < summary.problems:  # pragma: no cover - run() raises before this
+        print(f"optscale run: {summary.problems - summary.completed} problems unfinished", file=sys.stderr)
+        return 1
+    return 0
