@@ -412,26 +412,8 @@ def split_problems(n_problems: int, calib_frac: float = 0.3, seed: int = 0) -> t
 
 # ================================================================================================ policies
 def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    name, _, rest = spec.partition(":")
-    params: dict[str, Any] = {}
-    if rest.strip():
-        for item in rest.split(","):
-            k, eq, v = item.partition("=")
-            if not eq:
-                raise ParameterError("methods", f"bad parameter {item!r} in {spec!r} (expected key=value)")
-            params[k.strip()] = _parse_value(v.strip())
-    return name.strip().lower(), params
-
-
-def _parse_value(v: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    return v
+    """``"name:key=val,..."`` -> (name, params), with the policies' own parser."""
+    return _policies().parse_spec(spec)
 
 
 def _make(name: str, params: Mapping[str, Any]):
@@ -450,6 +432,14 @@ def _needs_prior(policy, name: str) -> bool:
     if v is None:
         v = name.startswith("optscalet")
     return bool(v)
+
+
+def _policy_params(pol, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters defining a policy (its ``params()``, None values dropped), else those given."""
+    try:
+        return {k: v for k, v in pol.params().items() if v is not None}
+    except Exception:  # a duck-typed policy without params()
+        return dict(given)
 
 
 def _kind(name: str) -> str:
@@ -610,7 +600,8 @@ def evaluate(
 
     for m, (name, params) in zip(methods, specs, strict=True):
         pol = policies[m if isinstance(m, str) else id(m)]
-        label = str(m) if isinstance(m, str) else name
+        display = getattr(pol, "display", name)
+        label = str(m) if (params or not isinstance(m, str)) else display
         tunable = tuned_any and not params and name in grids
         if tunable:
             grid = _grid(grids[name])
@@ -633,14 +624,15 @@ def evaluate(
                                             pps[gi], W_cal, n_ord, level))
                 pol_b = _make(name, chosen)
                 mt = _replay(prep, rows_rep, pol_b, name, b)
-                report.rows.append(_row(name, f"{label} (tuned)", chosen, b, report_split, KIND_ADAPTIVE,
+                report.rows.append(_row(name, f"{label} (tuned)", _policy_params(pol_b, chosen), b, report_split,
+                                        KIND_ADAPTIVE,
                                         _per_problem(mt, n_ord), W_rep, n_ord, level))
                 if progress:
                     progress(label, b)
         else:
             for b in budgets:
                 mt = _replay(prep, rows_rep, pol, name, b)
-                report.rows.append(_row(name, label, params, b, report_split, _kind(name),
+                report.rows.append(_row(name, label, _policy_params(pol, params), b, report_split, _kind(name),
                                         _per_problem(mt, n_ord), W_rep, n_ord, level))
                 if progress:
                     progress(label, b)
@@ -695,8 +687,102 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
     return out
 
 
-def _fast_optscale(prep, rows, name, grid, budgets):  # filled in once optscale.policies has landed
-    return None
+def best_picks(prep: Prepared) -> np.ndarray:
+    """int64[B, M + 1]: the Best-of-N pick after each prefix length n (column n; -1 for n = 0), computed
+    once per batch with the policies' own selection rule (``_vec.best_score``) so that a replay's
+    ``selected`` equals ``picks[row, n_drawn]`` for every score-based Best-of-N selection."""
+    cached = getattr(prep, "_best_picks", None)
+    if cached is not None:
+        return cached
+    from optscale.policies._vec import best_score
+
+    b = prep.batch
+    B, M = b.answers.shape
+    picks = np.full((B, M + 1), -1, dtype=np.int64)
+    for n in range(1, M + 1):  # one vectorized call per prefix length (not per sample or row)
+        picks[:, n] = best_score(b.answers, b.scores, np.full(B, n, dtype=np.int64))
+    prep._best_picks = picks  # type: ignore[attr-defined]
+    return picks
+
+
+_FAST_KEYS = {"target", "alpha", "k"}
+
+
+def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[str, Any]],
+                   budgets: Sequence[int]) -> dict[tuple[int, int], RowMetrics] | None:
+    """Grid x budgets of a ONE-SHOT OptScale policy in one pass, or None if not applicable.
+
+    The one-shot decision depends on the first ``k' = min(k, N_max)`` scores of a row only, not on
+    (s*, alpha, N_max): the policy's own estimator (``_fit``) runs once per (k', row set); N* is then
+    evaluated for every (s*, alpha, N_max) at once (``theory.n_star`` broadcast), the draw count is
+    ``min(max(N*, k'), N_max, n)`` exactly as in ``policy.replay``, and the selection is read from the
+    precomputed Best-of-N prefix picks. A test checks equality with ``policy.replay``.
+    """
+    from optscale import theory
+
+    if not grid:
+        return None
+    if not name.startswith("optscale") or name.endswith("-seq"):
+        return None
+    others = [{k: v for k, v in p.items() if k not in _FAST_KEYS} for p in grid]
+    if any(o != others[0] for o in others):  # only (target, alpha, k) may vary over the grid
+        return None
+    pols = [_make(name, params) for params in grid]
+    base = pols[0]
+    if not (hasattr(base, "_fit") and hasattr(base, "_batch_priors") and getattr(base, "mode", None) == "one-shot"):
+        return None
+    if any(type(p) is not type(base) or p.mode != "one-shot" for p in pols):
+        return None
+    sub = _subset_batch(prep.batch, rows)
+    priors = base._batch_priors(sub)
+    picks = best_picks(prep)[rows]
+    sc_rows = prep.sample_correct[rows]
+    cum = prep.cumtok[rows]
+    R = rows.shape[0]
+    ar = np.arange(R)
+    targets = np.array([p.target for p in pols])
+    alphas = np.array([p.alpha for p in pols])
+    ks = np.array([p.k for p in pols])
+    out: dict[tuple[int, int], RowMetrics] = {}
+    u_targets, t_index = np.unique(targets, return_inverse=True)
+    fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k' -> (rows fitted with finite fit, log F [T, rows])
+    for b in budgets:
+        b = int(b)
+        budget = np.minimum(sub.n, b)
+        kb = np.minimum(ks, b)
+        for kk in np.unique(kb):
+            kk = int(kk)
+            if kk not in fits:
+                # the policy fits the rows with budget >= k' <=> n >= k' (as N_max >= k'): same for all b
+                fit_rows = np.flatnonzero(budget >= kk)
+                good = np.zeros(0, dtype=np.int64)
+                log_f = np.zeros((u_targets.size, 0))
+                if fit_rows.size:
+                    scores = sub.scores[fit_rows, :kk]
+                    mask = ~np.isnan(scores)
+                    mu, sigma = base._fit(np.where(mask, scores, 0.0), mask,
+                                          None if priors is None else priors[fit_rows])
+                    ok = np.isfinite(mu) & np.isfinite(sigma)
+                    good = fit_rows[ok]
+                    log_f = theory.logcdf(u_targets[:, None], mu[ok][None, :], sigma[ok][None, :])
+                fits[kk] = (fit_rows, good, log_f)
+            fit_rows, good, log_f = fits[kk]
+            gi = np.flatnonzero(kb == kk)
+            nd = np.broadcast_to(budget, (gi.size, R)).copy()
+            if fit_rows.size:
+                ns = np.full((gi.size, R), b, dtype=np.int64)  # no finite fit: N* = N_max (as the policy)
+                if good.size:
+                    ns[:, good] = theory.n_star_from_logcdf(log_f[t_index[gi]], alphas[gi][:, None], b).n
+                nd[:, fit_rows] = np.minimum(np.minimum(np.maximum(ns[:, fit_rows], kk), b),
+                                             budget[fit_rows][None, :])
+            sel = picks[ar[None, :], nd]  # [G', R]
+            ok_sel = sel >= 0
+            corr = np.zeros(nd.shape, dtype=bool)
+            corr[ok_sel] = sc_rows[np.broadcast_to(ar, nd.shape)[ok_sel], sel[ok_sel]]
+            tok = cum[ar[None, :], nd]
+            for j, g in enumerate(gi):
+                out[(int(g), b)] = RowMetrics(correct=corr[j], tokens=tok[j], samples=nd[j])
+    return out
 
 
 def sweep(

@@ -28,7 +28,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "and every row is reported on the held-out rest, with bootstrap 95%% intervals over problems."
         ),
     )
-    p.add_argument("pool", metavar="POOL", help="pool file (JSON Lines, see docs/POOL_FORMAT.md)")
+    p.add_argument("pool", metavar="POOL",
+                   help="pool file (JSON Lines, docs/POOL_FORMAT.md) or a published format optscale can import")
+    p.add_argument("--format", default="auto",
+                   help="format of POOL: auto (sniffed, default), pool, optscale, search-and-learn, selfconsistency")
     p.add_argument("--methods", default=None,
                    help="comma-separated policy specs, e.g. bon,sc,esc,asc,dsc,optscale0,optscale0-seq,optscalet "
                         "or 'esc:window=4' (a spec with parameters is not tuned). Default: "
@@ -115,13 +118,16 @@ def _meta_priors(pool):
 
 
 def run(args) -> int:
+    import importlib
+
     import numpy as np
 
-    from optscale import evaluate as ev
     from optscale.errors import ParameterError
-    from optscale.pool import load_pool, to_arrays
+    from optscale.importers import import_pool
+    from optscale.pool import to_arrays
 
-    pool = load_pool(args.pool)
+    ev = importlib.import_module("optscale.evaluate")  # (optscale.evaluate is also a lazy function export)
+    pool = import_pool(args.pool, args.format)
     arrays = to_arrays(pool, equiv=args.equiv)
     P, M = arrays.answers.shape
 

@@ -1,0 +1,324 @@
+"""Tests of the offline evaluation engine (optscale.evaluate) and its reports (optscale.report)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+from optscale.errors import InputError, ParameterError
+from optscale.policies import ReplayResult, make_policy
+from optscale.pool import PoolArrays
+from optscale.report import EvalReport, EvalRow, pareto_frontier
+
+# the module (``optscale.evaluate`` the attribute is the lazily exported function evaluate())
+ev = importlib.import_module("optscale.evaluate")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def synthetic_arrays(P=60, M=16, seed=0, short=True, scores=True) -> PoolArrays:
+    """P problems x M samples: scores ~ clipped normal with random (mu, sigma) per problem; a sample is
+    correct with probability = its score (class 0), else one of 3 wrong classes; some problems have fewer
+    samples (padding) when ``short``."""
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(0.2, 0.9, P)
+    sigma = rng.uniform(0.05, 0.3, P)
+    sc = np.clip(rng.normal(mu[:, None], sigma[:, None], (P, M)), 0.0, 1.0)
+    corr = rng.random((P, M)) < sc
+    ans = np.where(corr, 0, rng.integers(1, 4, (P, M)))
+    ans[rng.random((P, M)) < 0.05] = -1
+    corr &= ans >= 0
+    tok = rng.integers(50, 500, (P, M)).astype(float)
+    n = np.full(P, M)
+    if short:
+        n[: P // 5] = rng.integers(M // 2, M, P // 5)
+    pad = np.arange(M)[None, :] >= n[:, None]
+    sc[pad] = np.nan
+    tok[pad] = 0.0
+    ans[pad] = -1
+    corr[pad] = False
+    if not scores:
+        sc[:] = np.nan
+    cc = np.zeros((P, 4), dtype=bool)
+    cc[:, 0] = True
+    return PoolArrays(scores=sc, tokens=tok, answers=ans.astype(np.int64), correct=corr, n=n.astype(np.int64),
+                      class_correct=cc, ids=[f"p{i}" for i in range(P)], has_scores=scores, has_tokens=True)
+
+
+class FirstK:
+    """Draw min(k, n_max) samples, select the last drawn one."""
+
+    name = "firstk"
+    needs_scores = False
+
+    def __init__(self, k):
+        self.k = k
+
+    def replay(self, batch, n_max):
+        nd = np.minimum(np.minimum(self.k, n_max), batch.n)
+        return ReplayResult(nd.astype(np.int64), (nd - 1).astype(np.int64), {})
+
+
+# ------------------------------------------------------------------------------------------ batches
+def test_build_batch_orderings_are_permutations_of_available_samples():
+    a = synthetic_arrays(P=30, M=12, seed=1)
+    prep = ev.build_batch(a, orderings=5, seed=3)
+    P, M = a.answers.shape
+    assert prep.batch.answers.shape == (6 * P, M)
+    assert (prep.perm[:P] == np.arange(M)).all()  # ordering 0 = pool order
+    for r in range(prep.perm.shape[0]):
+        p = prep.problem[r]
+        k = a.n[p]
+        assert sorted(prep.perm[r, :k]) == list(range(k))
+        assert (prep.perm[r, k:] == np.arange(k, M)).all()  # padding stays at the end
+    # arrays permuted consistently
+    r = 4 * P + 7
+    assert np.array_equal(prep.batch.answers[r], a.answers[7, prep.perm[r]])
+    assert np.allclose(prep.cumtok[r, -1], a.tokens[7].sum())
+    assert (prep.batch.group == prep.ordering).all()
+    # deterministic, seed-dependent, not all orderings equal
+    assert np.array_equal(ev.build_batch(a, orderings=5, seed=3).perm, prep.perm)
+    assert not np.array_equal(ev.build_batch(a, orderings=5, seed=4).perm, prep.perm)
+    assert not np.array_equal(prep.perm[P:2 * P], prep.perm[2 * P:3 * P])
+
+
+def test_cyclic_orderings_put_every_sample_first_once():
+    a = synthetic_arrays(P=10, M=8, seed=2, short=False)
+    prep = ev.build_batch(a, orderings=7, ordering_mode="cyclic")
+    firsts = prep.perm[:, 0].reshape(8, 10)
+    assert (np.sort(firsts, axis=0) == np.arange(8)[:, None]).all()
+    with pytest.raises(ParameterError, match="ordering_mode"):
+        ev.build_batch(a, orderings=1, ordering_mode="bogus")
+
+
+def test_metrics_correctness_and_cumsum_cost():
+    a = synthetic_arrays(P=20, M=10, seed=5)
+    prep = ev.build_batch(a, orderings=2, seed=0)
+    rows = prep.rows_of(None)
+    m = ev._replay(prep, rows, FirstK(3), "firstk", 8)
+    for r in range(0, rows.size, 7):
+        p = prep.problem[r]
+        nd = min(3, a.n[p])
+        drawn = prep.perm[r, :nd]
+        assert m.samples[r] == nd
+        assert m.tokens[r] == pytest.approx(a.tokens[p, drawn].sum())
+        cls = a.answers[p, drawn[-1]]
+        assert m.correct[r] == (cls >= 0 and a.class_correct[p, cls])
+
+
+def test_policy_result_is_validated():
+    a = synthetic_arrays(P=5, M=6, seed=5)
+    prep = ev.build_batch(a)
+
+    class Bad(FirstK):
+        def replay(self, batch, n_max):
+            return ReplayResult(np.full(batch.n.size, 99), np.zeros(batch.n.size, dtype=np.int64), {})
+
+    with pytest.raises(Exception, match="drew 99"):
+        ev._replay(prep, prep.rows_of(None), Bad(1), "bad", 4)
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+def test_bootstrap_ci_coverage_and_determinism():
+    rng = np.random.default_rng(0)
+    p_true, P, reps = 0.7, 300, 200
+    vals = (rng.random((reps, P)) < p_true).astype(float)
+    mean, lo, hi = ev.bootstrap_ci(vals, n_boot=500, seed=1)
+    assert (lo <= mean).all() and (mean <= hi).all()
+    coverage = np.mean((lo <= p_true) & (p_true <= hi))
+    assert 0.88 <= coverage <= 0.99, coverage
+    width = np.mean(hi - lo)
+    assert width == pytest.approx(2 * 1.96 * np.sqrt(p_true * (1 - p_true) / P), rel=0.15)
+    again = ev.bootstrap_ci(vals, n_boot=500, seed=1)
+    assert np.array_equal(again[1], lo) and np.array_equal(again[2], hi)
+    # constant values: degenerate interval
+    m, lo2, hi2 = ev.bootstrap_ci(np.ones(50), n_boot=100)
+    assert m == lo2 == hi2 == 1.0
+
+
+def test_bootstrap_weights_sum_to_problem_count():
+    W = ev.bootstrap_weights(37, n_boot=64, seed=2)
+    assert W.shape == (64, 37) and (W.sum(axis=1) == 37).all()
+
+
+# ------------------------------------------------------------------------------------------ splits
+def test_calibration_split_disjoint_and_deterministic():
+    calib, test = ev.split_problems(101, 0.3, seed=7)
+    assert len(calib) == 30 and len(test) == 71
+    assert not set(calib) & set(test)
+    assert sorted(set(calib) | set(test)) == list(range(101))
+    c2, t2 = ev.split_problems(101, 0.3, seed=7)
+    assert np.array_equal(c2, calib) and np.array_equal(t2, test)
+    assert not np.array_equal(ev.split_problems(101, 0.3, seed=8)[0], calib)
+    with pytest.raises(ParameterError, match="calib_frac"):
+        ev.split_problems(10, 1.5)
+
+
+def test_tuning_never_sees_the_reported_split():
+    a = synthetic_arrays(P=80, M=16, seed=11)
+    kw = dict(orderings=2, seed=3, grids={"optscale0": {"target": (0.6, 0.8, 0.9), "alpha": (0.1, 0.5)}},
+              oracle=False, n_boot=100)
+    rep = ev.evaluate(a, ["bon", "optscale0"], [8, 16], **kw)
+    calib = rep.meta["calib_problems"]
+    test = rep.meta["test_problems"]
+    assert not set(calib) & set(test) and len(calib) + len(test) == 80
+    assert {r.split for r in rep.rows} == {"test"}
+    assert all(r.n_problems == len(test) for r in rep.rows)
+    # scramble the reported problems: the tuned parameters must not change
+    b = synthetic_arrays(P=80, M=16, seed=99)
+    t = np.asarray(test)
+    for f in ("scores", "tokens", "answers", "correct", "n", "class_correct"):
+        getattr(a, f)[t] = getattr(b, f)[t]
+    rep2 = ev.evaluate(a, ["bon", "optscale0"], [8, 16], **kw)
+    assert rep2.meta["tuned"] == rep.meta["tuned"]
+
+
+# ------------------------------------------------------------------------------------------ oracle / pareto
+def test_oracle_matches_bon_accuracy_with_fewer_tokens():
+    a = synthetic_arrays(P=50, M=16, seed=4)
+    rep = ev.evaluate(a, ["bon"], [4, 8, 16], orderings=3, tune=False, n_boot=100)
+    for b in (4, 8, 16):
+        bon = rep.get(method="bon", budget=b)
+        orc = rep.get(method="oracle", budget=b)
+        assert orc.accuracy == pytest.approx(bon.accuracy)
+        assert orc.tokens <= bon.tokens + 1e-9
+        assert orc.samples <= bon.samples + 1e-9
+    prep = ev.build_batch(a, orderings=3)
+    rows = prep.rows_of(None)
+    orc = ev.oracle_costs(prep, rows, [16], make_policy("bon"))[16]
+    bon = ev._replay(prep, rows, make_policy("bon"), "bon", 16)
+    assert (orc.tokens <= bon.tokens + 1e-9).all()
+    assert np.array_equal(orc.correct, bon.correct)
+
+
+def test_pareto_frontier():
+    def row(acc, tok):
+        return EvalRow("m", "m", {}, 8, "all", "adaptive", acc, acc, acc, tok, tok, tok, 1, 1, 1, 10, 1)
+
+    rows = [row(0.5, 100), row(0.6, 200), row(0.55, 250), row(0.6, 150), row(0.4, 100), row(0.9, 1000)]
+    front = pareto_frontier(rows)
+    assert [(r.accuracy, r.tokens) for r in front] == [(0.5, 100), (0.6, 150), (0.9, 1000)]
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+def test_evaluate_report_rows_and_outputs(tmp_path):
+    a = synthetic_arrays(P=40, M=16, seed=6)
+    rep = ev.evaluate(a, ["bon", "sc", "esc"], [8, 16], orderings=2, tune=False, n_boot=200)
+    assert {(r.method, r.budget) for r in rep.rows} >= {("bon", 8), ("sc", 16), ("esc", 8), ("oracle", 16)}
+    for r in rep.rows:
+        assert 0 <= r.acc_ci_low <= r.accuracy <= r.acc_ci_high <= 1
+        assert r.tok_ci_low <= r.tokens <= r.tok_ci_high
+        assert r.split == "all" and r.n_problems == 40 and r.n_orderings == 3
+    bon8 = rep.get(method="bon", budget=8)
+    assert bon8.kind == "fixed"
+    assert bon8.samples == pytest.approx(np.minimum(a.n, 8).mean())
+    assert any(r.pareto for r in rep.rows)
+    md = rep.to_markdown(tmp_path / "r.md")
+    assert "| BoN * |" in md or "| BoN |" in md and (tmp_path / "r.md").exists()
+    csv_text = rep.to_csv(tmp_path / "r.csv")
+    assert csv_text.splitlines()[0].startswith("method,label,params,budget,split")
+    assert len(csv_text.strip().splitlines()) == len(rep.rows) + 1
+    js = json.loads(rep.to_json(tmp_path / "r.json"))
+    assert len(js["rows"]) == len(rep.rows) and js["meta"]["orderings"] == 3
+    png = ev.plot_accuracy_vs_tokens(rep, tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_deterministic():
+    a = synthetic_arrays(P=30, M=8, seed=8)
+    r1 = ev.evaluate(a, ["bon", "asc"], [4, 8], orderings=3, seed=5, tune=False, n_boot=100)
+    r2 = ev.evaluate(a, ["bon", "asc"], [4, 8], orderings=3, seed=5, tune=False, n_boot=100)
+    assert r1.to_json() == r2.to_json()
+
+
+def test_method_needing_scores_on_unscored_pool_is_a_clear_error():
+    a = synthetic_arrays(P=10, M=8, seed=8, scores=False)
+    with pytest.raises(ParameterError, match="'bon' needs verifier scores"):
+        ev.evaluate(a, ["sc", "bon"], [4], tune=False)
+    rep = ev.evaluate(a, ["sc"], [4, 8], tune=False, n_boot=50)  # oracle falls back to self-consistency
+    assert rep.get(method="oracle", budget=8).params == {"reference": "sc"}
+
+
+def test_optscalet_needs_priors_and_accepts_them():
+    a = synthetic_arrays(P=20, M=8, seed=8)
+    with pytest.raises(ParameterError, match="'optscalet' needs priors"):
+        ev.evaluate(a, ["optscalet"], [8], tune=False)
+    pri = np.column_stack([np.full(20, 0.6), np.full(20, 0.2)])
+    rep = ev.evaluate(a, ["optscalet"], [8], tune=False, priors=pri, n_boot=50, oracle=False)
+    assert rep.rows[0].method == "optscalet"
+
+
+def test_budget_validation():
+    a = synthetic_arrays(P=10, M=8, seed=8)
+    with pytest.raises(ParameterError, match="budget 16 exceeds"):
+        ev.evaluate(a, ["bon"], [8, 16], tune=False)
+    assert ev.default_budgets(40) == [8, 16, 32, 40]
+    assert ev.default_budgets(64) == [8, 16, 32, 64]
+
+
+def test_load_priors(tmp_path):
+    f = tmp_path / "pri.json"
+    f.write_text(json.dumps([[0.5, 0.1], [0.6, 0.2]]))
+    assert ev.load_priors(f, ["a", "b"]).tolist() == [[0.5, 0.1], [0.6, 0.2]]
+    f.write_text(json.dumps({"b": [0.6, 0.2], "a": [0.5, 0.1]}))
+    assert ev.load_priors(f, ["a", "b"]).tolist() == [[0.5, 0.1], [0.6, 0.2]]
+    with pytest.raises(InputError, match="no prior for problem 'c'"):
+        ev.load_priors(f, ["a", "c"])
+    f.write_text(json.dumps([[0.5, -0.1], [0.6, 0.2]]))
+    with pytest.raises(InputError, match="sigma0"):
+        ev.load_priors(f, ["a", "b"])
+    assert ev.expand_priors([[0.5, 0.1]], 1).shape == (1, 4)
+
+
+# ------------------------------------------------------------------------------------------ sweep
+def test_sweep_fast_path_equals_policy_replay():
+    a = synthetic_arrays(P=40, M=16, seed=12)
+    pri = np.column_stack([np.random.default_rng(0).uniform(0.3, 0.8, 40), np.full(40, 0.15)])
+    prep = ev.build_batch(a, orderings=2, seed=1, priors=pri)
+    rows = prep.rows_of(None)
+    for name in ("optscale0", "optscalet"):
+        grid = ev._grid({"target": (0.6, 0.85, 0.95), "alpha": (0.05, 0.5)})
+        fast = ev._fast_optscale(prep, rows, name, grid, [4, 8, 16])
+        assert fast is not None
+        slow = ev._grid_metrics(prep, rows, name, grid, [4, 8, 16], fast=False)
+        for key, m in slow.items():
+            f = fast[key]
+            assert np.array_equal(f.samples, m.samples), (name, key)
+            assert np.array_equal(f.correct, m.correct), (name, key)
+            assert np.allclose(f.tokens, m.tokens), (name, key)
+
+
+def test_sweep_report_is_labelled_not_held_out():
+    a = synthetic_arrays(P=30, M=16, seed=13)
+    rep = ev.sweep(a, ["optscale0"], [8, 16], targets=(0.7, 0.9), alphas=(0.1, 0.5), orderings=1, n_boot=50)
+    sw = [r for r in rep.rows if r.kind == "sweep"]
+    assert len(sw) == 2 * 2 * 2
+    assert all(r.split == "all (not held-out)" for r in sw)
+    assert "NOT held-out" in rep.to_markdown()
+
+
+# ------------------------------------------------------------------------------------------ real pool
+def test_real_addsub_pool_majority_and_single_sample(shared_data):
+    from optscale.importers import import_pool
+    from optscale.pool import to_arrays
+
+    path = shared_data / "pools" / "selfconsistency-codex" / "addsub_output_sc_002.normalized.jsonl"
+    arrays = to_arrays(import_pool(path))
+    assert arrays.answers.shape == (395, 40)
+    prep = ev.build_batch(arrays, orderings=39, ordering_mode="cyclic")
+    pool_order = np.arange(395)  # rows 0..394 = ordering 0 (the pool's order: ties go to the first seen)
+    maj = ev._replay(prep, pool_order, make_policy("sc"), "sc", 40)
+    assert int(maj.correct.sum()) == 362
+    assert maj.correct.mean() == pytest.approx(0.9165, abs=1e-4)
+    single = ev._replay(prep, prep.rows_of(None), make_policy("sc"), "sc", 1)
+    assert int(single.correct.sum()) == 12983
+    assert single.correct.mean() == pytest.approx(0.8217, abs=1e-4)
+    rep = ev.evaluate(arrays, ["sc"], [1, 40], orderings=0, tune=False, n_boot=200)
+    assert rep.get(method="sc", budget=40).accuracy == pytest.approx(362 / 395)
+    rep = ev.evaluate(arrays, ["sc"], [1], orderings=39, ordering_mode="cyclic", tune=False, n_boot=200)
+    assert isinstance(rep, EvalReport)
+    row = rep.get(method="sc", budget=1)
+    assert row.accuracy == pytest.approx(12983 / 15800)
+    assert row.acc_ci_low < row.accuracy < row.acc_ci_high
