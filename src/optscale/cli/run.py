@@ -225,7 +225,7 @@ def print_summary(summary, args, *, what: str = "run") -> None:
 def _prior_fn(policy):
     """Priors for OptScale^t from the bundled predictor, or None for policies that do not use them."""
     name = getattr(policy, "name", "")
-    if not str(name).startswith("optscalet"):
+    if not getattr(policy, "needs_prior", False):
         return None
     try:
         from optscale.predictor import Predictor

@@ -239,33 +239,42 @@ def _describe(obj: Any) -> dict | None:
     return d
 
 
-def _policy_info(policy: Any, obs: Any) -> dict | None:
-    """Fitted parameters / diagnostics a policy reports for ``obs`` (``policy.info(obs)`` or
-    ``policy.diagnostics(obs)``, or its ``last_info`` attribute), as a JSON-able dict, else None."""
+def _policy_info(policy: Any, obs: Any, n_max: int) -> dict | None:
+    """Fitted parameters / diagnostics the policy reports for the final observation of a problem.
+
+    Uses ``policy.info(obs)`` when the policy has one, else replays the policy on a one-row batch
+    holding ``obs`` (``ReplayResult.info``: e.g. the fitted ``mu``/``sigma`` and ``n_star`` of
+    OptScale). Returns a JSON-able dict, or None when the policy reports nothing."""
+    import numpy as np
+
     info = None
-    for name in ("info", "diagnostics", "describe"):
-        fn = getattr(policy, name, None)
-        if callable(fn):
-            try:
-                info = fn(obs)
-            except TypeError:
-                continue
-            break
-    if info is None:
-        info = getattr(policy, "last_info", None)
+    fn = getattr(policy, "info", None)
+    if callable(fn):
+        info = fn(obs)
+    elif callable(getattr(policy, "replay", None)) and len(obs.answers):
+        from optscale.policies import ReplayBatch
+
+        prior = None if obs.prior is None else np.asarray(obs.prior, dtype=np.float64)[None, :]
+        batch = ReplayBatch(
+            answers=obs.answers[None, :],
+            scores=obs.scores[None, :],
+            tokens=obs.tokens[None, :],
+            n=np.asarray([len(obs.answers)]),
+            priors=prior,
+        )
+        try:
+            res = policy.replay(batch, n_max)
+        except Exception:  # diagnostics only: never fail a run over them
+            return None
+        info = {k: v[0] for k, v in (res.info or {}).items() if np.ndim(v) >= 1 and len(v) == 1}
     if not isinstance(info, dict) or not info:
         return None
     out = {}
     for k, v in info.items():
-        try:
-            import numpy as np
-
-            if isinstance(v, np.ndarray):
-                v = v.tolist() if v.ndim else v.item()
-            elif isinstance(v, np.generic):
-                v = v.item()
-        except ImportError:  # pragma: no cover
-            pass
+        if isinstance(v, np.ndarray):
+            v = v.tolist() if v.ndim else v.item()
+        elif isinstance(v, np.generic):
+            v = v.item()
         if isinstance(v, float) and not math.isfinite(v):
             v = None
         out[str(k)] = v
@@ -341,6 +350,16 @@ class _Runner:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ParameterError(
                 "problems", f"duplicate problem id {dup!r} (ids key the results and checkpoints)"
+            )
+        if getattr(policy, "batch_only", False):
+            raise ParameterError(
+                "policy",
+                f"{getattr(policy, 'name', policy)!r} decides over a whole problem set at once and cannot run "
+                "online; replay it offline (optscale eval) instead",
+            )
+        if getattr(policy, "needs_prior", False) and prior_fn is None:
+            raise ParameterError(
+                "prior_fn", f"policy {getattr(policy, 'name', policy)!r} needs per-problem priors"
             )
         if getattr(policy, "needs_scores", False) and scorer is None:
             raise ParameterError(
@@ -574,7 +593,7 @@ class _Runner:
             "waves": waves,
             "method": self.policy_name,
             "n_max": self.n_max,
-            "fit": _policy_info(self.policy, o),
+            "fit": _policy_info(self.policy, o, self.n_max),
             "reused_samples": reused,
             "controller_ms": ctrl * 1e3,
             "wall_s": time.perf_counter() - t_start,
@@ -592,6 +611,7 @@ class _Runner:
     async def run(self) -> RunSummary:
         from tqdm.auto import tqdm
 
+        self._warm_up()
         t_start = time.perf_counter()
         self._open_files()
         todo = [p for p in self.problems if str(p.id) not in self.results]
@@ -639,6 +659,29 @@ class _Runner:
             if self.ckpt is not None:
                 self.ckpt.close()
         return self._summary(time.perf_counter() - t_start)
+
+    def _warm_up(self) -> None:
+        """Call the policy once on a synthetic observation so that one-time costs (lazy imports of
+        scipy and the estimators) are not counted as controller time. Policies are pure, so this
+        changes nothing; errors are ignored here (they surface in the real calls)."""
+        import numpy as np
+
+        from optscale.policies import Observation
+
+        n = self.n_max
+        prior = (0.5, 0.2, 0.1, 0.1) if getattr(self.policy, "needs_prior", False) else None
+        obs = Observation(
+            answers=np.arange(n, dtype=np.int64) % 3,
+            scores=np.linspace(0.2, 0.8, n),
+            tokens=np.ones(n),
+            prior=prior,
+        )
+        try:
+            for m in sorted({1, min(4, n), n}):
+                self.policy.next_wave(obs.head(m) if hasattr(obs, "head") else obs, n)
+            self.policy.select(obs)
+        except Exception:
+            pass
 
     def _done_records(self) -> list[dict]:
         return [self.results[str(p.id)] for p in self.problems if str(p.id) in self.results]
