@@ -614,7 +614,7 @@ def evaluate(
                 gi = _choose(acc, tok, float(ref[0].mean()), float(ref[1].mean()), select, tolerance,
                              token_penalty)
                 chosen = grid[gi]
-                report.meta["tuned"].setdefault(label, {})[str(b)] = {
+                report.meta["tuned"].setdefault(str(m) if isinstance(m, str) else label, {})[str(b)] = {
                     "params": chosen, "calib_accuracy": float(acc[gi]), "calib_tokens": float(tok[gi]),
                     "reference": cp, "reference_calib_accuracy": float(ref[0].mean()),
                     "reference_calib_tokens": float(ref[1].mean()), "grid_size": len(grid),

@@ -1,0 +1,120 @@
+"""Tests of ``optscale eval`` (optscale.cli.eval)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from optscale.pool import Pool, Problem, Sample, save_pool
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(argv: list[str]) -> int:
+    """``optscale`` with ``argv``: the real dispatcher when every sub-command imports, else a parser
+    holding only ``eval`` with the dispatcher's error handling."""
+    try:
+        from optscale.cli import build_parser, main
+
+        build_parser()
+    except ImportError:
+        from optscale.cli import eval as eval_cli
+        from optscale.errors import OptScaleError
+
+        parser = argparse.ArgumentParser(prog="optscale")
+        sub = parser.add_subparsers(dest="command")
+        eval_cli.add_parser(sub)
+        args = parser.parse_args(argv)
+        try:
+            return int(args.func(args) or 0)
+        except OptScaleError as exc:
+            import sys
+
+            print(f"optscale {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+    return main(argv)
+
+
+def write_pool(path, P=24, M=16, seed=0, scores=True, priors=False):
+    rng = np.random.default_rng(seed)
+    problems = []
+    for i in range(P):
+        mu, sigma = rng.uniform(0.3, 0.9), rng.uniform(0.05, 0.25)
+        samples = []
+        for _ in range(M):
+            s = float(np.clip(rng.normal(mu, sigma), 0, 1))
+            ok = bool(rng.random() < s)
+            ans = "42" if ok else str(int(rng.integers(0, 5)))
+            samples.append(Sample(answer=ans, score=s if scores else None, tokens=int(rng.integers(20, 300)),
+                                  correct=ok))
+        meta = {"prior": [mu, sigma]} if priors else {}
+        problems.append(Problem(id=f"q{i}", question=f"question {i}", gold="42", samples=samples, meta=meta))
+    save_pool(Pool(problems=problems), path)
+    return path
+
+
+def test_cli_eval_writes_all_four_files(tmp_path, capsys):
+    pool = write_pool(tmp_path / "pool.jsonl")
+    out = tmp_path / "out"
+    code = run_cli(["eval", str(pool), "--methods", "bon,sc,esc,optscale0", "--budgets", "4,8,16",
+                    "--orderings", "2", "--out", str(out)])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "| BoN" in stdout and "OptScale0 (tuned)" in stdout and "held-out" in stdout
+    for name in ("results.csv", "results.json", "results.md", "accuracy_vs_tokens.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "accuracy_vs_tokens.png").read_bytes()[:8] == PNG_SIGNATURE
+    data = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in data["rows"]}
+    assert methods == {"bon", "sc", "esc", "optscale0", "oracle"}
+    assert all(r["split"] == "test" for r in data["rows"])
+    assert set(data["meta"]["tuned"]["optscale0"]) == {"4", "8", "16"}
+    csv_lines = (out / "results.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + len(data["rows"])
+
+
+def test_cli_eval_json_no_tune_and_meta_priors(tmp_path, capsys):
+    pool = write_pool(tmp_path / "pool.jsonl", priors=True)
+    code = run_cli(["eval", str(pool), "--methods", "bon,optscalet:k=2", "--budgets", "8",
+                    "--orderings", "1", "--no-tune", "--json", "--no-oracle"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in data["rows"]] == ["bon", "optscalet"]
+    assert all(r["split"] == "all" for r in data["rows"])
+
+
+def test_cli_eval_priors_file(tmp_path, capsys):
+    pool = write_pool(tmp_path / "pool.jsonl", P=6)
+    pri = tmp_path / "pri.json"
+    pri.write_text(json.dumps({f"q{i}": [0.6, 0.2] for i in range(6)}))
+    code = run_cli(["eval", str(pool), "--methods", "optscalet", "--budgets", "8", "--no-tune",
+                    "--orderings", "0", "--priors", str(pri), "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["rows"][0]["method"] == "optscalet"
+
+
+def test_cli_eval_clear_errors(tmp_path, capsys):
+    pool = write_pool(tmp_path / "pool.jsonl", P=6, scores=False)
+    assert run_cli(["eval", str(pool), "--methods", "sc,bon", "--budgets", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "'bon' needs verifier scores" in err and "Traceback" not in err
+    pool2 = write_pool(tmp_path / "pool2.jsonl", P=6)
+    assert run_cli(["eval", str(pool2), "--methods", "optscalet", "--budgets", "8"]) == 2
+    assert "'optscalet' needs priors" in capsys.readouterr().err
+    assert run_cli(["eval", str(pool2), "--methods", "bon", "--budgets", "8,x"]) == 2
+    assert "budgets" in capsys.readouterr().err
+
+
+def test_cli_eval_real_selfconsistency_pool(shared_data, tmp_path, capsys):
+    path = shared_data / "pools" / "selfconsistency-codex" / "addsub_output_sc_002.normalized.jsonl"
+    code = run_cli(["eval", str(path), "--methods", "sc,esc,asc", "--budgets", "8,40", "--orderings", "2",
+                    "--no-tune", "--json"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    sc40 = next(r for r in rows if r["method"] == "sc" and r["budget"] == 40)
+    assert sc40["accuracy"] == pytest.approx(0.9165, abs=0.01)
+    orc = next(r for r in rows if r["method"] == "oracle" and r["budget"] == 40)
+    assert orc["params"] == {"reference": "sc"} and orc["tokens"] < sc40["tokens"]
