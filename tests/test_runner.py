@@ -39,10 +39,19 @@ class FakeGenerator(Generator):
 
     name = "fake"
 
-    def __init__(self, *, fail_after: int | None = None, delay: float = 0.002, model: str = "fake-1"):
+    def __init__(
+        self,
+        *,
+        fail_after: int | None = None,
+        delay: float = 0.002,
+        model: str = "fake-1",
+        batched: bool = False,
+    ):
         super().__init__()
         self.model = model
+        self.seed_per_sample = batched  # sample i of a call uses seed + i: the runner may batch calls
         self.calls = 0
+        self.samples = 0
         self.fail_after = fail_after
         self.delay = delay
         self.cancelled = 0
@@ -60,6 +69,7 @@ class FakeGenerator(Generator):
             if self.fail_after is not None and self.calls >= self.fail_after:
                 raise GenerationError("fake server went away", url="fake://", status=503)
             self.calls += 1
+            self.samples += n
             for i in range(n):
                 rng = random.Random(None if seed is None else seed + i)
                 await asyncio.sleep(rng.random() * self.delay)
@@ -137,6 +147,8 @@ def test_prompt_and_seed():
         build_prompt("no placeholder", "x")
     assert sample_seed(0, "a", 1) == sample_seed(0, "a", 1)
     assert len({sample_seed(0, "a", i) for i in range(100)}) == 100
+    assert sample_seed(0, "a", 5) == sample_seed(0, "a", 0) + 5  # generators' "seed + i" convention
+    assert sample_seed(0, "a", 0) != sample_seed(0, "b", 0)
     assert sample_seed(0, "a", 1) != sample_seed(1, "a", 1)
     assert sample_seed(None, "a", 1) is None
     assert 0 <= sample_seed(123, "x", 5) < 2**31
@@ -186,6 +198,22 @@ def test_deterministic_across_concurrency_and_in_memory(tmp_path):
         [x["text"] for x in s3.results[i]["samples"]] != [x["text"] for x in s2.results[i]["samples"]]
         for i in range(len(PROBLEMS))
     )
+
+
+def test_batched_calls_give_the_same_samples(tmp_path):
+    s1, g1, _ = _run(None)
+    s2, g2, _ = _run(None, generator=FakeGenerator(batched=True))
+    assert [[x["text"] for x in r["samples"]] for r in s1.results] == [
+        [x["text"] for x in r["samples"]] for r in s2.results
+    ]
+    assert g1.calls == g1.samples == g2.samples and g2.calls < g1.calls
+    # crash mid-run with batching, resume without: still the same samples
+    with pytest.raises(GenerationError):
+        _run(tmp_path, generator=FakeGenerator(batched=True, fail_after=5), concurrency=2)
+    s3, g3, _ = _run(tmp_path, generator=FakeGenerator(batched=True))
+    assert [[x["text"] for x in r["samples"]] for r in s3.results] == [
+        [x["text"] for x in r["samples"]] for r in s1.results
+    ]
 
 
 def test_n_max_caps_the_policy():

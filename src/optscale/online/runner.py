@@ -67,11 +67,13 @@ def build_prompt(template: str, question: str) -> list[dict]:
 
 def sample_seed(seed: int | None, problem_id: str, index: int) -> int | None:
     """Seed of sample ``index`` of problem ``problem_id`` under run seed ``seed`` (None -> None, i.e.
-    unseeded). A 31-bit integer from SHA-256, stable across processes and platforms."""
+    unseeded): ``base + index`` where ``base`` < 2**30 comes from SHA-256 of (seed, problem id), stable
+    across processes and platforms. Consecutive samples get consecutive seeds, matching the generators'
+    convention that sample ``i`` of a multi-sample call uses ``seed + i``."""
     if seed is None:
         return None
-    h = hashlib.sha256(f"{seed}\x1f{problem_id}\x1f{index}".encode()).digest()
-    return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
+    h = hashlib.sha256(f"{seed}\x1f{problem_id}".encode()).digest()
+    return (int.from_bytes(h[:4], "big") & 0x3FFFFFFF) + int(index)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,6 +294,22 @@ def _stats(r: dict) -> tuple[int, int, bool | None]:
     return len(samples), int(sum(s.get("tokens") or 0 for s in samples)), None if c is None else bool(c)
 
 
+def _batches_by_seed(generator) -> bool:
+    """Whether one ``generate(n=m, seed=s)`` call of ``generator`` yields exactly the samples of ``m``
+    calls ``generate(n=1, seed=s+i)`` (then the runner draws each run of consecutive samples in one
+    call). True for the embedded llama.cpp generator (batched decoding, one RNG per sample seeded
+    ``seed + i``), or when the generator sets ``seed_per_sample = True``; OpenAI-compatible servers
+    with native ``n`` draw all samples of a request from one seed, so they get one call per sample."""
+    flag = getattr(generator, "seed_per_sample", None)
+    if flag is not None:
+        return bool(flag)
+    try:
+        from optscale.online.local import LlamaCppGenerator
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(generator, LlamaCppGenerator)
+
+
 def _finite_or_none(x) -> float | None:
     if x is None:
         return None
@@ -339,6 +357,7 @@ class _Runner:
         save_texts: bool,
         prior_fn,
         record_fn,
+        batch_samples: bool | None = None,
     ):
         from optscale.answers import extract_answer, get_equivalence, grade
 
@@ -381,6 +400,7 @@ class _Runner:
         self.results_path = Path(results_path) if results_path is not None else None
         self.resume, self.progress, self.save_texts = resume, progress, save_texts
         self.prior_fn, self.record_fn = prior_fn, record_fn
+        self.batch_samples = _batches_by_seed(generator) if batch_samples is None else bool(batch_samples)
         self.want_logprobs = scorer is not None and getattr(scorer, "needs_logprobs", True)
         # statistics of this call
         self.decisions = 0
@@ -448,45 +468,65 @@ class _Runner:
             self.ckpt = SampleCheckpoint(ck_path, self.config(), resume=False)
         self.out = JsonlAppender(self.results_path)
 
-    # -- one sample ---------------------------------------------------------------------------------
-    async def _draw_one(self, problem, messages, index: int, loop, pool) -> dict:
-        s = sample_seed(self.seed, str(problem.id), index)
+    # -- samples ----------------------------------------------------------------------------------
+    async def _draw(self, problem, messages, start: int, count: int, loop, pool) -> dict[int, dict]:
+        """Generate, score and checkpoint samples ``start .. start+count-1`` of ``problem`` with one
+        generator call (``count`` > 1 only for generators that seed sample ``i`` of a call with
+        ``seed + i``, so the texts equal those of one call per sample)."""
+        pid = str(problem.id)
+        s = sample_seed(self.seed, pid, start)
         comps = await self.generator.generate(
             messages,
-            1,
+            count,
             seed=s,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             logprobs=self.want_logprobs,
         )
-        if len(comps) != 1:
-            raise OptScaleError(f"generator {self.generator!r} returned {len(comps)} completions for n=1")
-        c = comps[0]
-        score = None
+        if len(comps) != count:
+            raise OptScaleError(
+                f"generator {self.generator!r} returned {len(comps)} completions for n={count}"
+            )
+        scores: list[float | None] = [None] * count
         if self.scorer is not None:
-            scores = await loop.run_in_executor(pool, self.scorer.score, problem.question, [c])
-            if len(scores) != 1:
+            got = await loop.run_in_executor(pool, self.scorer.score, problem.question, list(comps))
+            if len(got) != count:
                 raise OptScaleError(
-                    f"scorer {type(self.scorer).__name__} returned {len(scores)} scores for 1 sample"
+                    f"scorer {type(self.scorer).__name__} returned {len(got)} scores for {count} samples"
                 )
-            score = _finite_or_none(scores[0])
-        t0 = time.perf_counter()
-        answer = self._extract(c.text)
-        self.answer_s += time.perf_counter() - t0
-        rec = {
-            "answer": answer,
-            "score": score,
-            "tokens": int(c.tokens),
-            "finish_reason": c.finish_reason,
-            "seed": s,
-            "text": c.text,
-        }
-        self.new_samples += 1
-        self.new_tokens += int(c.tokens)
-        if self.ckpt is not None:
-            rec = self.ckpt.add(str(problem.id), index, rec)
-        return rec
+            scores = [_finite_or_none(x) for x in got]
+        out = {}
+        for j, (c, score) in enumerate(zip(comps, scores, strict=True)):
+            t0 = time.perf_counter()
+            answer = self._extract(c.text)
+            self.answer_s += time.perf_counter() - t0
+            rec = {
+                "answer": answer,
+                "score": score,
+                "tokens": int(c.tokens),
+                "finish_reason": c.finish_reason,
+                "seed": sample_seed(self.seed, pid, start + j),
+                "text": c.text,
+            }
+            self.new_samples += 1
+            self.new_tokens += int(c.tokens)
+            if self.ckpt is not None:
+                rec = self.ckpt.add(pid, start + j, rec)
+            out[start + j] = rec
+        return out
+
+    def _calls(self, missing: list[int]) -> list[tuple[int, int]]:
+        """(start, count) of the generator calls that draw the ``missing`` sample indices."""
+        if not self.batch_samples:
+            return [(i, 1) for i in missing]
+        runs: list[tuple[int, int]] = []
+        for i in missing:
+            if runs and runs[-1][0] + runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((i, 1))
+        return runs
 
     # -- one problem --------------------------------------------------------------------------------
     async def _solve(self, problem, loop, pool) -> dict:
@@ -534,13 +574,14 @@ class _Runner:
             if missing:
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        tasks = {
-                            i: tg.create_task(self._draw_one(problem, messages, i, loop, pool))
-                            for i in missing
-                        }
+                        tasks = [
+                            tg.create_task(self._draw(problem, messages, a, m, loop, pool))
+                            for a, m in self._calls(missing)
+                        ]
                 except BaseExceptionGroup as eg:
                     raise _first_error(eg) from None
-                new = {i: t.result() for i, t in tasks.items()}
+                for t in tasks:
+                    new.update(t.result())
             for i in idxs:
                 rec = new.get(i)
                 if rec is None:
@@ -769,6 +810,7 @@ async def arun(
     progress: bool | None = True,
     save_texts: bool = True,
     prior_fn: Callable[[str], tuple[float, float, float, float] | None] | None = None,
+    batch_samples: bool | None = None,
 ) -> RunSummary:
     """Run ``policy`` online on ``problems`` (objects with ``id``, ``question``, ``gold``); see the
     module docstring.
@@ -784,6 +826,9 @@ async def arun(
     keep results in memory only. ``resume``: continue from those files (False: overwrite them).
     ``progress``: tqdm bar on stderr (None: only on a terminal). ``save_texts``: keep completion texts in
     the results. ``prior_fn(question) -> (mu0, sigma0, sd_mu, sd_sigma)`` supplies priors (OptScale^t).
+    ``batch_samples``: draw each run of consecutive samples of a wave in one generator call (only
+    valid for generators that seed sample ``i`` of a call with ``seed + i``; None: decided by
+    :func:`_batches_by_seed`); otherwise each sample is its own call (all of a wave in flight at once).
 
     Returns a :class:`RunSummary` whose ``results`` hold the per-problem records. The generator is not
     closed. Raises ParameterError / InputError / GenerationError / ScoringError; samples and finished
@@ -814,6 +859,7 @@ async def arun(
         save_texts=save_texts,
         prior_fn=prior_fn,
         record_fn=None,
+        batch_samples=batch_samples,
     )
     return await runner.run()
 
@@ -870,6 +916,7 @@ async def agenerate(
     resume: bool = True,
     progress: bool | None = True,
     save_texts: bool = True,
+    batch_samples: bool | None = None,
 ) -> RunSummary:
     """Draw ``k`` samples per problem, score them (``scorer`` may be None: scores null) and write a
     sample pool to ``out_path`` (JSON Lines, ``optscale.pool`` schema, one problem per line, appended
@@ -899,6 +946,7 @@ async def agenerate(
         save_texts=save_texts,
         prior_fn=None,
         record_fn=_pool_record,
+        batch_samples=batch_samples,
     )
     summary = await runner.run()
     summary.method = "generate"
