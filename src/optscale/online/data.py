@@ -160,7 +160,9 @@ def load_problems(
         qf = _pick(keys, QUESTION_FIELDS, question_field)
         if qf is None or qf not in rec:
             wanted = question_field or "/".join(QUESTION_FIELDS)
-            raise InputError(file, where, wanted, f"{item}no question field (have: {', '.join(sorted(keys))})")
+            raise InputError(
+                file, where, wanted, f"{item}no question field (have: {', '.join(sorted(keys))})"
+            )
         question = rec[qf]
         if not isinstance(question, str) or not question.strip():
             raise InputError(file, where, qf, f"{item}the question must be a non-empty string")
