@@ -165,9 +165,14 @@ class _TransformersPRM(Scorer):
     # -- shared ------------------------------------------------------------------------------------------
     @staticmethod
     def _from_pretrained(loader: Any, name: str, torch_dtype: Any, trust_remote_code: bool) -> Any:
+        import transformers
+
+        # transformers >= 4.56 names the argument ``dtype``; older versions ``torch_dtype``
+        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+        key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
         kwargs: dict[str, Any] = {
             "trust_remote_code": trust_remote_code,
-            "dtype": torch_dtype if torch_dtype is not None else "auto",
+            key: torch_dtype if torch_dtype is not None else "auto",
         }
         try:
             return loader.from_pretrained(name, **kwargs)
