@@ -405,3 +405,71 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_endpoint_client_survives_event_loops_and_threads():
+    with Server(lambda p, b, n: (200, {"data": [{"index": 0, "data": [0.3, 0.6]}]}, None)) as srv:
+        s = RewardEndpointScorer(srv.url)
+        # sync calls each run their own event loop (as the runner does from a worker thread)
+        assert s.score("q", [comp("a")]) == [0.6]
+        assert s.score("q", [comp("a")]) == [0.6]
+        box = []
+        t = threading.Thread(target=lambda: box.append(s.score("q", [comp("a"), comp("b")])))
+        t.start()
+        t.join()
+        assert box == [[0.6, 0.6]]
+
+        async def twice():
+            a = await s.ascore("q", [comp("a")])
+            client = s._client
+            b = await s.ascore("q", [comp("b")])
+            assert s._client is client  # one client per loop, reused
+            await s.aclose()
+            return a + b
+
+        assert asyncio.run(twice()) == [0.6, 0.6]
+        assert asyncio.run(twice()) == [0.6, 0.6]
+
+
+def test_judge_spec_on_openai_compatible_server():
+    def respond(path, body, n):
+        assert path == "/v1/chat/completions" and body["model"] == "judge-model"
+        assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 7
+        good = "Solution:\ngood\n" in body["messages"][-1]["content"]
+        tops = [("Yes", math.log(0.7)), ("No", math.log(0.2)), ("I", math.log(0.1))]
+        if not good:
+            tops = [("No", math.log(0.6)), ("yes", math.log(0.3)), ("I", math.log(0.1))]
+        content = [
+            {
+                "token": tops[0][0],
+                "logprob": tops[0][1],
+                "top_logprobs": [{"token": t, "logprob": lp} for t, lp in tops],
+            }
+        ]
+        return (
+            200,
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "model": "judge-model",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": tops[0][0]},
+                        "logprobs": {"content": content},
+                        "finish_reason": "length",
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+            },
+            None,
+        )
+
+    with Server(respond) as srv:
+        j = make_scorer(f"judge:{srv.url}/v1,model=judge-model,top_k=7,api_key=k")
+        assert j.generator.top_logprobs == 7
+        got = j.score("q", [comp("good"), comp("bad")])
+        j.close()
+    assert got == [pytest.approx(0.7 / 0.9), pytest.approx(0.3 / 0.9)]
+    with pytest.raises(ParameterError, match="model"):
+        make_scorer("judge:http://127.0.0.1:1/v1")

@@ -521,6 +521,7 @@ class RewardEndpointScorer(Scorer):
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.name = name or "reward-endpoint"
         self._client: Any = None
+        self._client_loop: Any = None
 
     # -- request building --------------------------------------------------------------------------------
     def response_text(self, text: str) -> str:
@@ -593,10 +594,14 @@ class RewardEndpointScorer(Scorer):
 
     # -- HTTP ----------------------------------------------------------------------------------------------
     def _get_client(self) -> Any:
-        if self._client is None:
+        # An httpx.AsyncClient belongs to the event loop that created it; score() runs each call in a fresh
+        # loop (asyncio.run), so a client from another loop is dropped and a new one made.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
             import httpx
 
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=self.headers)
+            self._client_loop = loop
         return self._client
 
     async def _post(self, body: dict[str, Any], index: int | None) -> Any:
@@ -677,10 +682,22 @@ class RewardEndpointScorer(Scorer):
 
         return list(await asyncio.gather(*(one(i, t) for i, t in enumerate(texts))))
 
+    def score(self, question: str, completions: Sequence[Completion]) -> list[float]:
+        """Synchronous :meth:`ascore` (in its own event loop, whose HTTP client is closed at the end)."""
+
+        async def once() -> list[float]:
+            try:
+                return await self.ascore(question, completions)
+            finally:
+                await self.aclose()
+
+        return _run_sync(once(), self.name)
+
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        client, self._client = self._client, None
+        if client is not None and self._client_loop is asyncio.get_running_loop():
+            await client.aclose()
+        self._client_loop = None
 
 
 def _short(obj: Any, n: int = 120) -> str:
@@ -747,6 +764,21 @@ def _parse_options(parts: Sequence[str], spec: str) -> dict[str, Any]:
     return opts
 
 
+def _judge_generator(base_url: str, opts: dict[str, Any]) -> Generator:
+    """An OpenAI-compatible judge generator built from make_scorer options (pops its own keys)."""
+    import os
+
+    from optscale.online.openai_compat import OpenAICompatGenerator
+
+    model = opts.pop("model", None)
+    if not model:
+        raise ParameterError(
+            "model", "the judge needs the served model's name: 'judge:<base_url>,model=<name>'"
+        )
+    api_key = opts.pop("api_key", None) or os.environ.get("OPENAI_API_KEY")
+    return OpenAICompatGenerator(base_url, str(model), api_key, top_logprobs=int(opts.get("top_k", 20)))
+
+
 def make_scorer(spec: str, **kw: Any) -> Scorer:
     """Build a scorer from a spec string; keyword arguments override options given in the spec.
 
@@ -757,7 +789,9 @@ def make_scorer(spec: str, **kw: Any) -> Scorer:
     ``prm-shepherd:<model>[,..]``       :class:`~optscale.online.prm.CausalPRMScorer`, Math-Shepherd layout
     ``prm-rlhflow:<model>[,..]``        :class:`~optscale.online.prm.CausalPRMScorer`, RLHFlow layout
     ``reward-endpoint:<url>[,..]``      :class:`RewardEndpointScorer`
-    ``judge[:key=val,..]``              :class:`JudgeScorer`; needs ``generator=`` as a keyword argument
+    ``judge:<base_url>,model=<name>``   :class:`JudgeScorer` on an OpenAI-compatible server (``api_key=`` or
+                                        ``$OPENAI_API_KEY``; top_logprobs = ``top_k``, 20 by default)
+    ``judge[:key=val,..]``              :class:`JudgeScorer` with ``generator=`` given as a keyword argument
     ==================================  =====================================================================
 
     ``<model>`` is a Hugging Face model name or a local path; options are ``key=value`` pairs separated by
@@ -783,11 +817,18 @@ def make_scorer(spec: str, **kw: Any) -> Scorer:
                 opts.setdefault("method", "mean-logprob")
             return SelfCertaintyScorer(**opts)
         if name == "judge":
-            opts = {**_parse_options(parts, spec), **kw}
+            first = parts[0].strip() if parts else ""
+            url_given = first.startswith(("http://", "https://"))
+            opts = {**_parse_options(parts[1:] if url_given else parts, spec), **kw}
             if "generator" not in opts:
-                raise ParameterError(
-                    "generator", "the 'judge' scorer needs a judge model: make_scorer('judge', generator=...)"
-                )
+                base_url = first if url_given else opts.pop("base_url", None)
+                if base_url is None:
+                    raise ParameterError(
+                        "generator",
+                        "the 'judge' scorer needs a judge model: 'judge:<base_url>,model=<name>' (an "
+                        "OpenAI-compatible server) or make_scorer('judge', generator=...)",
+                    )
+                opts["generator"] = _judge_generator(base_url, opts)
             return JudgeScorer(**opts)
         if name == "reward-endpoint":
             url, opts = with_target("url")
