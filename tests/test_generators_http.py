@@ -380,3 +380,16 @@ def test_default_generator_with_base_url_needs_model():
         default_generator("http://127.0.0.1:9/v1")
     g = default_generator("http://127.0.0.1:9/v1", "m", concurrency=2)
     assert isinstance(g, OpenAICompatGenerator) and g.concurrency == 2
+
+
+def test_failure_of_one_separate_request_raises_generation_error():
+    script = lambda i, b: ("status", 500) if b["seed"] == 2 else ("ok",)  # noqa: E731
+    with FakeServer(script) as srv:
+
+        async def main():
+            async with gen(srv, n_mode="separate", max_retries=1) as g:
+                await g.generate("hi", 3, seed=0, **ARGS)
+
+        with pytest.raises(GenerationError, match="2 attempts.*HTTP 500"):
+            run(main())
+    assert len(srv.requests) == 4

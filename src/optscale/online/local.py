@@ -300,6 +300,8 @@ class LlamaCppGenerator(Generator):
             self._load_locked()
             tokens = self._prompt_tokens(prompt)
             n_prompt = len(tokens)
+            if n_prompt == 0:
+                raise ParameterError("prompt", "is empty (no tokens to condition on)")
             if n_prompt + max_tokens > self.n_ctx:
                 raise GenerationError(
                     f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceed n_ctx={self.n_ctx}",

@@ -399,9 +399,21 @@ async def _gather(coros: list) -> list[Completion]:
     """Run request coroutines concurrently; the first failure cancels the others; results in order."""
     if len(coros) == 1:
         return await coros[0]
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(c) for c in coros]
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(c) for c in coros]
+    except BaseExceptionGroup as group:  # surface the request's own error, not an ExceptionGroup
+        errors = list(_leaves(group))
+        raise next((e for e in errors if isinstance(e, GenerationError)), errors[0]) from None
     return [c for t in tasks for c in t.result()]
+
+
+def _leaves(group: BaseExceptionGroup):
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from _leaves(e)
+        else:
+            yield e
 
 
 def _float(x: Any) -> float:
