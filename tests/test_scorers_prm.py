@@ -351,3 +351,20 @@ def test_causal_registry_from_checkpoint(llama_parts, tmp_path):
     assert rl.score(QUESTION, comps(SOLUTIONS)) == pytest.approx(
         ref.score(QUESTION, comps(SOLUTIONS)), abs=1e-5
     )
+
+
+def test_device_and_dtype(qwen_parts):
+    model, tok = qwen_parts
+    if not torch.cuda.is_available():
+        with pytest.raises(ParameterError, match="CUDA is not available"):
+            QwenPRMScorer(model, tokenizer=tok, device="cuda")
+    with pytest.raises(ParameterError, match="device"):
+        QwenPRMScorer(model, tokenizer=tok, device="toaster")
+    import copy
+
+    ref = QwenPRMScorer(model, tokenizer=tok).step_scores(QUESTION, comps(SOLUTIONS[:2]))
+    half = QwenPRMScorer(copy.deepcopy(model), tokenizer=tok, dtype="bfloat16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    got = half.step_scores(QUESTION, comps(SOLUTIONS[:2]))
+    for a, b in zip(got, ref, strict=True):
+        assert a == pytest.approx(b, abs=0.05)

@@ -71,7 +71,18 @@ def _import_torch() -> tuple[Any, Any]:
 
 
 class _TransformersPRM(Scorer):
-    """Shared machinery: loading, device/dtype, batching, step extraction and aggregation."""
+    """Shared machinery: loading, device/dtype, batching, step extraction and aggregation.
+
+    Common parameters: ``model`` (name, path or loaded module) and ``tokenizer`` (name, path or object;
+    defaults to ``model`` when that is a name); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``); ``dtype``
+    (``"auto"``: the checkpoint's dtype on GPU, float32 on CPU; or ``"float32"``, ``"bfloat16"``,
+    ``"float16"``, a torch.dtype); ``aggregation`` (``mean``, ``min``, ``last``, ``product``);
+    ``batch_size`` (samples per forward pass); ``step_split`` (``"\\n\\n"``); ``max_length`` (longest input
+    in tokens, default the model's ``max_position_embeddings``; longer samples raise ScoringError rather than
+    being truncated); ``on_empty`` (``"error"``: a completion without steps raises ScoringError; ``"zero"``:
+    it scores 0.0 with no step scores); ``trust_remote_code``; ``name``.
+    Use :meth:`step_scores` for the per-step scores and :meth:`score` for the aggregated ones.
+    """
 
     def __init__(
         self,
