@@ -15,6 +15,8 @@ _BLOCK_ELEMENTS = 1 << 22
 def first_index(mask: np.ndarray, default: np.ndarray | int) -> np.ndarray:
     """Per row, the first column where ``mask`` is True, else ``default``."""
     mask = np.asarray(mask, dtype=bool)
+    if mask.shape[1] == 0:
+        return np.broadcast_to(np.asarray(default, dtype=np.int64), mask.shape[:1]).copy()
     hit = mask.any(axis=1)
     return np.where(hit, mask.argmax(axis=1), default).astype(np.int64)
 

@@ -230,8 +230,9 @@ class Policy(ABC):
 
     key: str = "policy"
     display: str = "Policy"
-    needs_scores: bool = False
-    batch_only: bool = False
+    needs_scores: bool = False  # uses verifier scores (the online runner needs a scorer)
+    needs_prior: bool = False  # uses per-problem priors (Observation.prior / ReplayBatch.priors)
+    batch_only: bool = False  # no per-problem next_wave: replay() over a problem set only (DSC)
 
     def params(self) -> dict[str, Any]:
         """Parameters that define this policy (in constructor order)."""

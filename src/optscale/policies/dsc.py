@@ -10,12 +10,12 @@ DSC is a *batch* policy: it looks at a whole problem set ranked by difficulty.
 2. **Problem partition.** A problem is *easy-judged* when its first ``window`` pre-samples already meet
    the Adaptive-Consistency Beta criterion (``I_{1/2}(v2+1, v1+1) >= threshold``; with window 5 and
    0.95 that means five equal answers, or four plus one unparsable). A binary search over the ranking
-   finds the longest easy prefix: the midpoint is accepted when the ``judge`` problems centred on it
-   are all easy-judged. Easy-prefix problems are answered with a single sample.
+   finds the longest easy prefix: the midpoint is accepted when it and the ``judge - 1`` problems
+   ranked just before it are all easy-judged. Easy-prefix problems are answered with a single sample.
    A second binary search over the rest finds the hard suffix: a problem is *hard-judged* when ASC
    window expansion (checks at window, 2 window, ...) needs at least half of the budget (rounded down to
-   whole windows); when the ``judge`` problems around the midpoint are all hard-judged the suffix from
-   there gets the full budget.
+   whole windows); when the midpoint and the ``judge - 1`` problems ranked just after it are all
+   hard-judged, the suffix from the midpoint gets the full budget.
 3. **Sample-size pre-allocation.** Each remaining problem, in difficulty order, starts with a first
    wave of ``w0`` samples, ``w0`` = the mean ASC stopping size of the previous ``interp`` such problems
    rounded to a multiple of ``window`` (``window`` when there is no history), then expands by
@@ -31,7 +31,8 @@ Simplifications with respect to the paper/reference code, on purpose:
 * the easy answer is the first sample of the pool (the reference code uses a separate greedy decode);
 * the pre-allocation history uses the stopping sizes of earlier *middle* problems, computed from the
   samples actually drawn (the smallest prefix meeting the criterion), rather than an oracle over all
-  samples; the judge windows are centred (``[mid - judge//2, mid - judge//2 + judge)``, clipped);
+  samples; the judge windows end (easy search) or start (hard search) at the midpoint, clipped to the
+  range searched, where the reference code uses ``[mid - judge//2, mid + judge//2)``;
 * selection is the plain majority vote (-1 never wins while a parsable answer exists, ties -> the answer
   seen first).
 """
@@ -151,16 +152,12 @@ class DSC(Policy):
             L = len(order)
             drawn = {}  # row -> samples drawn so far by judgements
 
-            def window_of(mid: int, lo: int, hi: int) -> range:
-                start = mid - self.judge // 2
-                return range(max(start, lo), min(start + self.judge, hi))
-
             # easy prefix: binary search on "all judged problems around mid are easy"
             lo, hi = 0, L
             while lo < hi:
                 mid = (lo + hi) // 2
                 all_easy = True
-                for i in window_of(mid, 0, L):
+                for i in range(max(mid - self.judge + 1, 0), mid + 1):
                     b = int(order[i])
                     drawn[b] = max(drawn.get(b, 0), int(p[b]))
                     all_easy &= bool(easy_judged[b])
@@ -175,7 +172,7 @@ class DSC(Policy):
             while lo < hi:
                 mid = (lo + hi) // 2
                 all_hard = True
-                for i in window_of(mid, easy_end, L):
+                for i in range(mid, min(mid + self.judge, L)):
                     b = int(order[i])
                     s = expand(b, w)
                     drawn[b] = max(drawn.get(b, 0), s)

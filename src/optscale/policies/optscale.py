@@ -222,6 +222,7 @@ class OptScaleT(_OptScale):
     base_key = "optscalet"
     display = "OptScaleT"
     min_k = 0
+    needs_prior = True
 
     def __init__(
         self,

@@ -34,12 +34,8 @@ POLICIES: dict[str, Callable[..., Policy]] = {
 
 
 def _keys(factory: Callable[..., Policy]) -> list[str]:
-    fixed: dict[str, Any] = {}
-    if isinstance(factory, partial):
-        fixed = factory.keywords or {}
-        factory = factory.func
-    sig = inspect.signature(factory)
-    return [k for k in sig.parameters if k != "self" and k not in fixed]
+    func = factory.func if isinstance(factory, partial) else factory
+    return [k for k in inspect.signature(func).parameters if k != "self"]
 
 
 def _value(text: str) -> Any:
