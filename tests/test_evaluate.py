@@ -274,20 +274,36 @@ def test_load_priors(tmp_path):
 
 # ------------------------------------------------------------------------------------------ sweep
 def test_sweep_fast_path_equals_policy_replay():
-    a = synthetic_arrays(P=40, M=16, seed=12)
-    pri = np.column_stack([np.random.default_rng(0).uniform(0.3, 0.8, 40), np.full(40, 0.15)])
-    prep = ev.build_batch(a, orderings=2, seed=1, priors=pri)
+    a = synthetic_arrays(P=30, M=16, seed=12)
+    pri = np.column_stack([np.random.default_rng(0).uniform(0.3, 0.8, 30), np.full(30, 0.15)])
+    prep = ev.build_batch(a, orderings=1, seed=1, priors=pri)
     rows = prep.rows_of(None)
-    for name in ("optscale0", "optscalet"):
-        grid = ev._grid({"target": (0.6, 0.85, 0.95), "alpha": (0.05, 0.5)})
-        fast = ev._fast_optscale(prep, rows, name, grid, [4, 8, 16])
+    for name in ("optscale0", "optscalet", "optscale0-seq", "optscalet-seq"):
+        big = name == "optscale0"  # the reference replays of the others (MAP fits, refits) are slower
+        grid = ev._grid({"target": (0.6, 0.85, 0.95) if big else (0.6, 0.9), "alpha": (0.05, 0.5),
+                         "k": (2, 4) if name.startswith("optscale0") else (2,)})
+        budgets = [3, 8, 16] if big else [3, 8]
+        fast = ev._fast_optscale(prep, rows, name, grid, budgets)
         assert fast is not None
-        slow = ev._grid_metrics(prep, rows, name, grid, [4, 8, 16], fast=False)
+        slow = ev._grid_metrics(prep, rows, name, grid, budgets, fast=False)
         for key, m in slow.items():
             f = fast[key]
             assert np.array_equal(f.samples, m.samples), (name, key)
             assert np.array_equal(f.correct, m.correct), (name, key)
             assert np.allclose(f.tokens, m.tokens), (name, key)
+
+
+def test_fast_path_sequential_with_waves_equals_policy_replay():
+    a = synthetic_arrays(P=30, M=16, seed=14)
+    prep = ev.build_batch(a, orderings=1, seed=2)
+    rows = prep.rows_of(np.arange(5, 25))
+    grid = ev._grid({"target": (0.7, 0.9), "alpha": (0.1, 0.6), "wave": (3,)})
+    fast = ev._fast_optscale(prep, rows, "optscale0-seq", grid, [5, 16])
+    slow = ev._grid_metrics(prep, rows, "optscale0-seq", grid, [5, 16], fast=False)
+    for key, m in slow.items():
+        assert np.array_equal(fast[key].samples, m.samples) and np.array_equal(fast[key].correct, m.correct)
+    assert ev._fast_optscale(prep, rows, "optscale0-seq", ev._grid({"wave": (1, 2)}), [8]) is None
+    assert ev._fast_optscale(prep, rows, "esc", [{}], [8]) is None
 
 
 def test_sweep_report_is_labelled_not_held_out():
@@ -296,7 +312,8 @@ def test_sweep_report_is_labelled_not_held_out():
     sw = [r for r in rep.rows if r.kind == "sweep"]
     assert len(sw) == 2 * 2 * 2
     assert all(r.split == "all (not held-out)" for r in sw)
-    assert "NOT held-out" in rep.to_markdown()
+    assert "NOT held-out" in rep.to_markdown(include_sweep=True)
+    assert "not held-out" in rep.to_markdown() and "target=0.7" not in rep.to_markdown()
 
 
 # ------------------------------------------------------------------------------------------ real pool

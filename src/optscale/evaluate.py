@@ -478,16 +478,39 @@ def oracle_costs(prep: Prepared, rows: np.ndarray, budgets: Sequence[int], refer
 
 
 # ================================================================================================ engine
-def _row(method, label, params, budget, split, kind, pp: np.ndarray, W: np.ndarray, n_orderings: int,
-         level: float) -> EvalRow:
-    mean, low, high = bootstrap_ci(pp, weights=W, level=level)
-    return EvalRow(
-        method=method, label=label, params=dict(params), budget=int(budget), split=split, kind=kind,
-        accuracy=float(mean[0]), acc_ci_low=float(low[0]), acc_ci_high=float(high[0]),
-        tokens=float(mean[1]), tok_ci_low=float(low[1]), tok_ci_high=float(high[1]),
-        samples=float(mean[2]), samples_ci_low=float(low[2]), samples_ci_high=float(high[2]),
-        n_problems=int(pp.shape[1]), n_orderings=int(n_orderings),
-    )
+class _RowSink:
+    """Collects rows and computes their bootstrap intervals at the end, in one matrix product per set of
+    bootstrap weights (one small product per row costs far more than one large one)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[dict[str, Any], np.ndarray, np.ndarray, float]] = []
+
+    def add(self, method, label, params, budget, split, kind, pp: np.ndarray, W: np.ndarray, n_orderings: int,
+            level: float) -> None:
+        meta = dict(method=method, label=label, params=dict(params), budget=int(budget), split=split, kind=kind,
+                    n_problems=int(pp.shape[1]), n_orderings=int(n_orderings))
+        self._pending.append((meta, pp, W, level))
+
+    def finish(self) -> list[EvalRow]:
+        out: list[EvalRow | None] = [None] * len(self._pending)
+        groups: dict[tuple[int, float], list[int]] = {}
+        for i, (_, _, W, level) in enumerate(self._pending):
+            groups.setdefault((id(W), level), []).append(i)
+        for (_, level), idx in groups.items():
+            W = self._pending[idx[0]][2]
+            stack = np.stack([self._pending[i][1] for i in idx])  # [K, 3, P]
+            mean, low, high = bootstrap_ci(stack, weights=W, level=level)
+            for j, i in enumerate(idx):
+                meta = self._pending[i][0]
+                out[i] = EvalRow(
+                    **{k: meta[k] for k in ("method", "label", "params", "budget", "split", "kind")},
+                    accuracy=float(mean[j, 0]), acc_ci_low=float(low[j, 0]), acc_ci_high=float(high[j, 0]),
+                    tokens=float(mean[j, 1]), tok_ci_low=float(low[j, 1]), tok_ci_high=float(high[j, 1]),
+                    samples=float(mean[j, 2]), samples_ci_low=float(low[j, 2]), samples_ci_high=float(high[j, 2]),
+                    n_problems=meta["n_problems"], n_orderings=meta["n_orderings"],
+                )
+        self._pending = []
+        return [r for r in out if r is not None]
 
 
 def _grid(grid: Mapping[str, Iterable]) -> list[dict[str, Any]]:
@@ -590,6 +613,7 @@ def evaluate(
         "n_boot": n_boot, "level": level, "tuned": {},
     })
 
+    sink = _RowSink()
     ref_cache: dict[tuple[str, str, int], RowMetrics] = {}
 
     def reference(name: str, split_rows: np.ndarray, tag: str, b: int) -> RowMetrics:
@@ -620,20 +644,19 @@ def evaluate(
                     "reference_calib_tokens": float(ref[1].mean()), "grid_size": len(grid),
                 }
                 if include_calib:
-                    report.rows.append(_row(name, f"{label} (tuned)", chosen, b, SPLIT_CALIB, KIND_ADAPTIVE,
-                                            pps[gi], W_cal, n_ord, level))
+                    sink.add(name, f"{label} (tuned)", chosen, b, SPLIT_CALIB, KIND_ADAPTIVE, pps[gi], W_cal,
+                             n_ord, level)
                 pol_b = _make(name, chosen)
                 mt = _replay(prep, rows_rep, pol_b, name, b)
-                report.rows.append(_row(name, f"{label} (tuned)", _policy_params(pol_b, chosen), b, report_split,
-                                        KIND_ADAPTIVE,
-                                        _per_problem(mt, n_ord), W_rep, n_ord, level))
+                sink.add(name, f"{label} (tuned)", _policy_params(pol_b, chosen), b, report_split, KIND_ADAPTIVE,
+                         _per_problem(mt, n_ord), W_rep, n_ord, level)
                 if progress:
                     progress(label, b)
         else:
             for b in budgets:
                 mt = _replay(prep, rows_rep, pol, name, b)
-                report.rows.append(_row(name, label, _policy_params(pol, params), b, report_split, _kind(name),
-                                        _per_problem(mt, n_ord), W_rep, n_ord, level))
+                sink.add(name, label, _policy_params(pol, params), b, report_split, _kind(name),
+                         _per_problem(mt, n_ord), W_rep, n_ord, level)
                 if progress:
                     progress(label, b)
 
@@ -641,10 +664,11 @@ def evaluate(
         ref_name = "bon" if prep.has_scores else "sc"
         orc = oracle_costs(prep, rows_rep, budgets, _make(ref_name, {}))
         for b in budgets:
-            report.rows.append(_row("oracle", f"oracle ({ref_name}, clairvoyant stop)", {"reference": ref_name},
-                                    b, report_split, KIND_ORACLE, _per_problem(orc[b], n_ord), W_rep, n_ord, level))
+            sink.add("oracle", f"oracle ({ref_name}, clairvoyant stop)", {"reference": ref_name},
+                     b, report_split, KIND_ORACLE, _per_problem(orc[b], n_ord), W_rep, n_ord, level)
         if progress:
             progress("oracle", budgets[-1])
+    report.rows.extend(sink.finish())
     report.mark_pareto()
     return report
 
@@ -705,33 +729,36 @@ def best_picks(prep: Prepared) -> np.ndarray:
     return picks
 
 
-_FAST_KEYS = {"target", "alpha", "k"}
+_FAST_KEYS = {"target", "alpha", "k"}  # parameters a fast-path grid may vary
 
 
 def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[str, Any]],
                    budgets: Sequence[int]) -> dict[tuple[int, int], RowMetrics] | None:
-    """Grid x budgets of a ONE-SHOT OptScale policy in one pass, or None if not applicable.
+    """Grid x budgets of an OptScale policy (one-shot or sequential) in one pass, or None if the grid is
+    not such a policy with only (target, alpha, k) varying.
 
-    The one-shot decision depends on the first ``k' = min(k, N_max)`` scores of a row only, not on
-    (s*, alpha, N_max): the policy's own estimator (``_fit``) runs once per (k', row set); N* is then
-    evaluated for every (s*, alpha, N_max) at once (``theory.n_star`` broadcast), the draw count is
-    ``min(max(N*, k'), N_max, n)`` exactly as in ``policy.replay``, and the selection is read from the
-    precomputed Best-of-N prefix picks. A test checks equality with ``policy.replay``.
+    A fit on the first ``c`` scores of a row does not depend on (s*, alpha, N_max): the policy's own
+    estimator (``_fit``) runs once per checkpoint ``c`` (one-shot: ``c = k' = min(k, N_max)``; sequential:
+    every checkpoint ``k', k' + wave, ...``) over the rows having ``c`` samples, log F(s*) once per target;
+    N* then follows for every (s*, alpha, N_max) at once, the draw counts follow the policy's rules exactly
+    (``policy.replay``), and the selection is read from the precomputed Best-of-N prefix picks. Fits are
+    row-independent, so the numbers equal ``policy.replay``'s (a test checks it).
     """
     from optscale import theory
 
-    if not grid:
-        return None
-    if not name.startswith("optscale") or name.endswith("-seq"):
+    if not grid or not name.startswith("optscale"):
         return None
     others = [{k: v for k, v in p.items() if k not in _FAST_KEYS} for p in grid]
-    if any(o != others[0] for o in others):  # only (target, alpha, k) may vary over the grid
+    if any(o != others[0] for o in others):
         return None
     pols = [_make(name, params) for params in grid]
     base = pols[0]
-    if not (hasattr(base, "_fit") and hasattr(base, "_batch_priors") and getattr(base, "mode", None) == "one-shot"):
+    if not all(hasattr(base, a) for a in ("_fit", "_batch_priors", "mode", "target", "alpha", "k", "wave")):
         return None
-    if any(type(p) is not type(base) or p.mode != "one-shot" for p in pols):
+    mode = base.mode
+    if mode not in ("one-shot", "sequential") or any(
+        type(p) is not type(base) or p.mode != mode or p.wave != base.wave for p in pols
+    ):
         return None
     sub = _subset_batch(prep.batch, rows)
     priors = base._batch_priors(sub)
@@ -743,38 +770,59 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     targets = np.array([p.target for p in pols])
     alphas = np.array([p.alpha for p in pols])
     ks = np.array([p.k for p in pols])
-    out: dict[tuple[int, int], RowMetrics] = {}
     u_targets, t_index = np.unique(targets, return_inverse=True)
-    fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k' -> (rows fitted with finite fit, log F [T, rows])
+    fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def fit_at(c: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows with a finite fit on their first c scores, log F(s*) [T, those rows]); rows with fewer
+        than c samples are never fitted at c by the policy (their budget is below c)."""
+        if c not in fits:
+            fit_rows = np.flatnonzero(sub.n >= c)
+            good = np.zeros(0, dtype=np.int64)
+            log_f = np.zeros((u_targets.size, 0))
+            if fit_rows.size:
+                scores = sub.scores[fit_rows, :c]
+                mask = ~np.isnan(scores)
+                mu, sigma = base._fit(np.where(mask, scores, 0.0), mask, None if priors is None else priors[fit_rows])
+                ok = np.isfinite(mu) & np.isfinite(sigma)
+                good = fit_rows[ok]
+                log_f = theory.logcdf(u_targets[:, None], mu[ok][None, :], sigma[ok][None, :])
+            fits[c] = (good, log_f)
+        return fits[c]
+
+    def n_star_at(c: int, gi: np.ndarray, b: int) -> np.ndarray:
+        good, log_f = fit_at(c)
+        ns = np.full((gi.size, R), b, dtype=np.int64)  # no finite fit: N* = N_max (as the policy)
+        if good.size:
+            ns[:, good] = theory.n_star_from_logcdf(log_f[t_index[gi]], alphas[gi][:, None], b).n
+        return ns
+
+    out: dict[tuple[int, int], RowMetrics] = {}
     for b in budgets:
         b = int(b)
         budget = np.minimum(sub.n, b)
         kb = np.minimum(ks, b)
         for kk in np.unique(kb):
             kk = int(kk)
-            if kk not in fits:
-                # the policy fits the rows with budget >= k' <=> n >= k' (as N_max >= k'): same for all b
-                fit_rows = np.flatnonzero(budget >= kk)
-                good = np.zeros(0, dtype=np.int64)
-                log_f = np.zeros((u_targets.size, 0))
-                if fit_rows.size:
-                    scores = sub.scores[fit_rows, :kk]
-                    mask = ~np.isnan(scores)
-                    mu, sigma = base._fit(np.where(mask, scores, 0.0), mask,
-                                          None if priors is None else priors[fit_rows])
-                    ok = np.isfinite(mu) & np.isfinite(sigma)
-                    good = fit_rows[ok]
-                    log_f = theory.logcdf(u_targets[:, None], mu[ok][None, :], sigma[ok][None, :])
-                fits[kk] = (fit_rows, good, log_f)
-            fit_rows, good, log_f = fits[kk]
             gi = np.flatnonzero(kb == kk)
             nd = np.broadcast_to(budget, (gi.size, R)).copy()
-            if fit_rows.size:
-                ns = np.full((gi.size, R), b, dtype=np.int64)  # no finite fit: N* = N_max (as the policy)
-                if good.size:
-                    ns[:, good] = theory.n_star_from_logcdf(log_f[t_index[gi]], alphas[gi][:, None], b).n
-                nd[:, fit_rows] = np.minimum(np.minimum(np.maximum(ns[:, fit_rows], kk), b),
-                                             budget[fit_rows][None, :])
+            if mode == "one-shot":
+                fitted = budget >= kk  # <=> n >= k' (as N_max >= k')
+                ns = n_star_at(kk, gi, b)
+                nd = np.where(fitted[None, :], np.minimum(np.minimum(np.maximum(ns, kk), b), budget[None, :]), nd)
+            else:
+                active = np.broadcast_to(budget >= kk, (gi.size, R)).copy()
+                c = kk
+                while active.any():
+                    at_c = active & (budget >= c)[None, :]
+                    if at_c.any():
+                        stop = at_c & ((c >= n_star_at(c, gi, b)) | (c >= b))
+                        nd[stop] = c
+                        active &= ~stop
+                    active &= (budget > c)[None, :]
+                    if c >= b:
+                        break
+                    c = min(c + base.wave, b)
             sel = picks[ar[None, :], nd]  # [G', R]
             ok_sel = sel >= 0
             corr = np.zeros(nd.shape, dtype=bool)
@@ -815,6 +863,7 @@ def sweep(
     report = EvalReport(meta={"problems": int(P), "orderings": int(n_ord), "seed": int(seed),
                               "budgets": list(budgets), "split": SPLIT_SWEEP,
                               "note": "grid sweep over all problems: not held-out, for plots only"})
+    sink = _RowSink()
     g: dict[str, Iterable] = {"target": list(targets), "alpha": list(alphas)}
     if extra:
         g.update(extra)
@@ -826,8 +875,8 @@ def sweep(
         res = _grid_metrics(prep, rows, name, full, budgets, fast=fast)
         for gi, p in enumerate(full):
             for b in budgets:
-                report.rows.append(_row(name, f"{spec} sweep", p, b, SPLIT_SWEEP, KIND_SWEEP,
-                                        _per_problem(res[(gi, b)], n_ord), W, n_ord, level))
+                sink.add(name, f"{spec} sweep", p, b, SPLIT_SWEEP, KIND_SWEEP,
+                         _per_problem(res[(gi, b)], n_ord), W, n_ord, level)
         if progress:
             progress(spec, budgets[-1])
     for spec in baselines:
@@ -836,7 +885,8 @@ def sweep(
         _check_method(prep, pol, name, priors)
         for b in budgets:
             m = _replay(prep, rows, pol, name, b)
-            report.rows.append(_row(name, spec, params, b, SPLIT_ALL, _kind(name), _per_problem(m, n_ord), W, n_ord, level))
+            sink.add(name, spec, params, b, SPLIT_ALL, _kind(name), _per_problem(m, n_ord), W, n_ord, level)
+    report.rows.extend(sink.finish())
     report.mark_pareto()
     return report
 

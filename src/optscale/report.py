@@ -121,9 +121,11 @@ class EvalReport:
             Path(path).write_text(text, encoding="utf-8")
         return text
 
-    def to_markdown(self, path: str | Path | None = None, *, include_calib: bool = False) -> str:
+    def to_markdown(self, path: str | Path | None = None, *, include_calib: bool = False,
+                    include_sweep: bool = False) -> str:
         """A markdown table per split (accuracy in %, 95% bootstrap intervals in brackets; ``*`` marks the
-        Pareto frontier). Also written to ``path`` when given."""
+        Pareto frontier). Calibration and sweep rows are left out unless asked for (a line counts the sweep
+        rows). Also written to ``path`` when given."""
         lines: list[str] = []
         m = self.meta
         if m:
@@ -138,6 +140,12 @@ class EvalReport:
         splits = sorted({r.split for r in self.rows}, key=lambda s: order.index(s) if s in order else 99)
         for split in splits:
             if split == SPLIT_CALIB and not include_calib:
+                continue
+            if split == SPLIT_SWEEP and not include_sweep:
+                n_sweep = sum(r.split == SPLIT_SWEEP for r in self.rows)
+                lines.append(f"({n_sweep} grid-sweep rows over all problems - not held-out - are in the CSV/JSON "
+                             "output and the plot.)")
+                lines.append("")
                 continue
             rows = [r for r in self.rows if r.split == split]
             n_prob = rows[0].n_problems if rows else 0
