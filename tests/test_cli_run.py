@@ -103,7 +103,7 @@ def test_run_and_generate_via_server(tmp_path, capsys):
         argv = ["generate", "--demo", "--limit", "2", "-k", "3", "-o", str(pool), "--base-url", url]
         argv += ["--model", "fake", "--max-tokens", "16", "--no-progress"]
         assert main(argv) == 0
-        assert "accuracy" in capsys.readouterr().out
+        assert "sample accuracy" in capsys.readouterr().out
     from optscale.pool import load_pool
 
     p = load_pool(pool)

@@ -16,6 +16,7 @@ from optscale.cli.run import (
     load_cli_problems,
     make_cli_scorer,
     make_generator,
+    max_tokens,
     print_summary,
     prompt_template,
 )
@@ -57,7 +58,7 @@ def main(args) -> int:
         args.k,
         out_path=args.out,
         prompt_template=template,
-        max_tokens=args.max_tokens,
+        max_tokens=max_tokens(args),
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,

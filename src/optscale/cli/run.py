@@ -39,7 +39,12 @@ def add_problem_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_generation_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 1024) -> None:
+#: default --max-tokens with a server / with the embedded CPU model
+MAX_TOKENS_SERVER = 1024
+MAX_TOKENS_EMBEDDED = 256
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
     """Options of the model, the scorer and sampling (shared by ``run`` and ``generate``)."""
     g = p.add_argument_group("model (default: the embedded SmolLM2-135M-Instruct via llama.cpp)")
     g.add_argument(
@@ -64,8 +69,9 @@ def add_generation_args(p: argparse.ArgumentParser, *, default_max_tokens: int =
     s.add_argument(
         "--max-tokens",
         type=int,
-        default=default_max_tokens,
-        help=f"tokens per sample (default {default_max_tokens})",
+        default=None,
+        help=f"most tokens per sample (default {MAX_TOKENS_SERVER} with --base-url, {MAX_TOKENS_EMBEDDED} for "
+        "the small embedded CPU model)",
     )
     s.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling top-p (default 1.0)")
@@ -194,6 +200,13 @@ def prompt_template(args) -> str:
     return args.prompt_template or DEFAULT_PROMPT_TEMPLATE
 
 
+def max_tokens(args) -> int:
+    """--max-tokens, or its default for the chosen backend."""
+    if args.max_tokens is not None:
+        return args.max_tokens
+    return MAX_TOKENS_SERVER if args.base_url else MAX_TOKENS_EMBEDDED
+
+
 def make_generator(args):
     """The generator chosen by --base-url/--model/--api-key/--model-path (embedded model by default)."""
     import os
@@ -275,7 +288,7 @@ def main(args) -> int:
         policy,
         args.n_max,
         prompt_template=template,
-        max_tokens=args.max_tokens,
+        max_tokens=max_tokens(args),
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,

@@ -116,6 +116,7 @@ class RunSummary:
     wall_s: float = 0.0
     tokens_per_s: float | None = None
     results_path: str | None = None
+    kind: str = "run"
     results: list[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, with_results: bool = False) -> dict:
@@ -130,6 +131,28 @@ class RunSummary:
         def f(x, fmt="{:.3f}"):
             return "-" if x is None else fmt.format(x)
 
+        if self.kind == "generate":
+            rows = [
+                ("samples per problem", str(self.n_max)),
+                (
+                    "problems",
+                    f"{self.completed}/{self.problems} done ({self.resumed_problems} from an earlier run)",
+                ),
+                (
+                    "sample accuracy",
+                    f"{f(self.accuracy, '{:.1%}')} ({self.correct}/{self.graded} samples graded)",
+                ),
+                ("mean tokens / problem", f"{self.mean_tokens:.1f}"),
+                (
+                    "new samples / tokens",
+                    f"{self.new_samples} / {self.new_tokens} (reused {self.reused_samples})",
+                ),
+                ("wall time", f"{self.wall_s:.1f} s"),
+                ("throughput", f"{f(self.tokens_per_s, '{:.1f}')} tokens/s"),
+                ("pool", str(self.results_path)),
+            ]
+            w = max(len(k) for k, _ in rows)
+            return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
         rows = [
             ("method", f"{self.method} (N_max={self.n_max})"),
             (
@@ -754,7 +777,12 @@ class _Runner:
 
     def _summary(self, wall: float) -> RunSummary:
         recs = self._done_records()
-        graded = [c for c in (_stats(r)[2] for r in recs) if c is not None]
+        if self.kind == "generate":  # accuracy of single samples (pass@1 estimate)
+            graded = [
+                s["correct"] for r in recs for s in r.get("samples", []) if s.get("correct") is not None
+            ]
+        else:
+            graded = [c for c in (_stats(r)[2] for r in recs) if c is not None]
         correct = sum(graded)
         mean_tokens, bon, saved = self._savings(recs)
         return RunSummary(
@@ -781,6 +809,7 @@ class _Runner:
             wall_s=wall,
             tokens_per_s=(self.new_tokens / wall) if wall > 0 else None,
             results_path=str(self.results_path) if self.results_path is not None else None,
+            kind=self.kind,
             results=recs,
         )
 
