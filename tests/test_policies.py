@@ -119,6 +119,20 @@ def test_vectorized_replay_equals_step_loop(spec, seed):
         assert np.all(fast.selected < np.maximum(fast.n_drawn, 1))
 
 
+def test_every_policy_is_checked_against_the_loop():
+    checked = {spec.partition(":")[0] for spec in STEP_SPECS}
+    assert checked | {"dsc"} == set(POLICIES)  # dsc: batch-only, checked against dsc_reference below
+
+
+@pytest.mark.parametrize("spec", ["optscalet:k=2,prior=0.6/0.15", "optscalet-seq:k=1,wave=3,prior=0.6/0.15"])
+def test_optscalet_fallback_prior_replay_equals_loop(spec):
+    batch = random_batch(np.random.default_rng(4))
+    batch.priors[::3] = np.nan  # these rows use the constant fallback prior
+    policy = make_policy(spec + ",target=0.85,alpha=0.1")
+    for n_max in (5, 16):
+        assert_same(policy.replay(batch, n_max), replay_loop(policy, batch, n_max), spec)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     data=st.data(),

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# cap on the elements of one [rows, M, M] one-hot block in prefix_top2 (int32 -> 16 MiB)
-_BLOCK_ELEMENTS = 1 << 22
-
 
 def first_index(mask: np.ndarray, default: np.ndarray | int) -> np.ndarray:
     """Per row, the first column where ``mask`` is True, else ``default``."""
@@ -100,7 +97,9 @@ def prefix_top2(answers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vote counts of the leading and the runner-up answer after each prefix.
 
     Returns ``(v1, v2)``, int64 [B, M]: after drawing columns ``0..t`` of row b, the largest and the
-    second largest number of votes held by one answer (answers -1 do not vote).
+    second largest number of votes held by one answer (answers -1 do not vote). One pass over the
+    columns, vectorized over rows: a new vote for answer c (now x votes) either raises the leader
+    (c leads), takes the lead (x > v1: the old leader becomes the runner-up) or raises the runner-up.
     """
     answers = np.asarray(answers, dtype=np.int64)
     B, M = answers.shape
@@ -109,16 +108,23 @@ def prefix_top2(answers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if B == 0 or M == 0:
         return v1, v2
     rep = class_reps(answers)
-    rows_per_block = max(1, _BLOCK_ELEMENTS // (M * M))
-    classes = np.arange(M)
-    for lo in range(0, B, rows_per_block):
-        hi = min(B, lo + rows_per_block)
-        onehot = (rep[lo:hi, :, None] == classes[None, None, :]).astype(np.int32)
-        counts = np.cumsum(onehot, axis=1)  # [rows, t, class]
-        if M >= 2:
-            top = np.partition(counts, M - 2, axis=2)
-            v1[lo:hi] = top[:, :, M - 1]
-            v2[lo:hi] = top[:, :, M - 2]
-        else:
-            v1[lo:hi] = counts[:, :, 0]
+    counts = np.zeros((B, M), dtype=np.int64)
+    lead = np.full(B, -1, dtype=np.int64)
+    top1 = np.zeros(B, dtype=np.int64)
+    top2 = np.zeros(B, dtype=np.int64)
+    for t in range(M):
+        c = rep[:, t]
+        rows = np.flatnonzero(c >= 0)
+        if rows.size:
+            cv = c[rows]
+            counts[rows, cv] += 1
+            x = counts[rows, cv]
+            old1, old2 = top1[rows], top2[rows]
+            is_lead = cv == lead[rows]
+            takes = ~is_lead & (x > old1)
+            top1[rows] = np.where(is_lead | takes, x, old1)
+            top2[rows] = np.where(is_lead, old2, np.where(takes, old1, np.maximum(old2, x)))
+            lead[rows] = np.where(takes, cv, lead[rows])
+        v1[:, t] = top1
+        v2[:, t] = top2
     return v1, v2

@@ -217,10 +217,10 @@ class ASC(Policy):
 
     def replay(self, batch: ReplayBatch, n_max: int) -> ReplayResult:
         budget = effective_budget(batch, n_max)
-        M = batch.answers.shape[1]
-        v1, v2 = prefix_top2(batch.answers)
+        T = int(budget.max(initial=0))  # columns that can be drawn at all
+        v1, v2 = prefix_top2(batch.answers[:, :T])
         stop = asc_confidence(v1, v2) >= self.threshold
-        stop &= np.arange(M)[None, :] < budget[:, None]
+        stop &= np.arange(T)[None, :] < budget[:, None]
         t = first_index(stop, -1)
         n_drawn = np.where(t >= 0, t + 1, budget).astype(np.int64)
         info = {"stopped_early": t >= 0}

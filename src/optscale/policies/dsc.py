@@ -111,11 +111,12 @@ class DSC(Policy):
         if np.isnan(difficulty).any():
             raise ParameterError("difficulty", "contains NaN")
 
-        B, M = batch.answers.shape
+        B = batch.size
         budget = effective_budget(batch, n_max)
+        M = int(budget.max(initial=0))  # columns that can be drawn at all
         w = self.window
         # ok[b, t]: the Beta criterion holds after the first t + 1 samples of row b
-        v1, v2 = prefix_top2(batch.answers)
+        v1, v2 = prefix_top2(batch.answers[:, :M])
         ok = asc_confidence(v1, v2) >= self.threshold
         ok &= np.arange(M)[None, :] < budget[:, None]
         # smallest prefix length meeting the criterion (M + 1 if none)
