@@ -577,6 +577,10 @@ def test_dsc_is_batch_only_and_needs_difficulty():
     r = DSC().replay(one_row([0, 0, 0, 0, 0, 1]), 8, difficulty=np.array([0.5]))
     assert r.n_drawn[0] == 5  # a lone easy problem keeps its pre-samples
     assert DSC.batch_only and not ESC.batch_only
+    r = DSC().replay(
+        ReplayBatch(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)), [0, 0], difficulty=[0, 1]), 4
+    )
+    assert r.n_drawn.tolist() == [0, 0] and r.selected.tolist() == [-1, -1]
 
 
 # ----------------------------------------------------------------------------------------- registry

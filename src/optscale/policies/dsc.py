@@ -114,6 +114,14 @@ class DSC(Policy):
         B = batch.size
         budget = effective_budget(batch, n_max)
         M = int(budget.max(initial=0))  # columns that can be drawn at all
+        if M == 0:
+            empty = np.zeros(B, dtype=np.int64)
+            info = {
+                "dsc_class": np.full(B, HARD, dtype=np.int64),
+                "w0": empty.copy(),
+                "presampled": empty.copy(),
+            }
+            return ReplayResult(empty, np.full(B, -1, dtype=np.int64), info)
         w = self.window
         # ok[b, t]: the Beta criterion holds after the first t + 1 samples of row b
         v1, v2 = prefix_top2(batch.answers[:, :M])
