@@ -393,3 +393,13 @@ def test_failure_of_one_separate_request_raises_generation_error():
         with pytest.raises(GenerationError, match="2 attempts.*HTTP 500"):
             run(main())
     assert len(srv.requests) == 4
+
+
+def test_seed_per_sample_flag():
+    with FakeServer(max_choices=1) as srv:
+        g = gen(srv)
+        assert g.seed_per_sample is False  # unknown yet: a native n request shares one seed
+        run(g.generate("hi", 2, seed=0, **ARGS))
+        assert g.seed_per_sample is True  # server ignores n: every sample is its own request, seed + i
+    assert OpenAICompatGenerator("http://127.0.0.1:9/v1", "m", n_mode="separate").seed_per_sample is True
+    assert OpenAICompatGenerator("http://127.0.0.1:9/v1", "m", n_mode="native").seed_per_sample is False

@@ -184,3 +184,25 @@ def test_local_errors(smol_gguf, tmp_path):
     asyncio.run(gen.aclose())
     assert isinstance(default_generator(n_threads=1), LlamaCppGenerator)
     assert isinstance(default_generator("http://127.0.0.1:9/v1", "m"), OpenAICompatGenerator)
+
+
+def test_local_batched_equals_one_call_per_sample(local_gen):
+    """generate(n=4, seed=s) gives the samples of generate(n=1, seed=s+i), also with other prompts between
+    (the runner relies on this: seed_per_sample)."""
+    assert local_gen.seed_per_sample is True
+
+    async def main():
+        batched = await local_gen.generate(
+            QUESTION, 4, seed=40, max_tokens=16, temperature=1.0, logprobs=True
+        )
+        single = []
+        for i in range(4):
+            await local_gen.generate("Say hi.", 1, seed=0, max_tokens=2, temperature=1.0)
+            single += await local_gen.generate(
+                QUESTION, 1, seed=40 + i, max_tokens=16, temperature=1.0, logprobs=True
+            )
+        return batched, single
+
+    batched, single = asyncio.run(main())
+    assert [c.text for c in batched] == [c.text for c in single]
+    assert [c.logprobs for c in batched] == [c.logprobs for c in single]

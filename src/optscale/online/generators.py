@@ -110,13 +110,16 @@ class Usage:
 class Generator(ABC):
     """Asynchronous sample generator.
 
-    Subclasses set ``name`` (backend name, e.g. ``"openai-compat"``) and ``model`` and keep a
-    :class:`Usage` in ``usage``. ``generate`` is safe to call concurrently from many tasks; cancelling
+    Subclasses set ``name`` (backend name, e.g. ``"openai-compat"``), ``model`` and
+    ``seed_per_sample``, and keep a :class:`Usage` in ``usage``. ``generate`` is safe to call concurrently from many tasks; cancelling
     a call cancels its in-flight work and frees its concurrency slots.
     """
 
     name: str = "generator"
     model: str = ""
+    seed_per_sample: bool = False
+    """True when sample ``i`` of ``generate(n=m, seed=s)`` equals the sample of ``generate(n=1, seed=s+i)``
+    (so a caller may draw consecutive samples in one call without changing them)."""
 
     def __init__(self) -> None:
         self.usage = Usage()

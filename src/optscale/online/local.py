@@ -82,6 +82,7 @@ class LlamaCppGenerator(Generator):
     """
 
     name = "llama-cpp"
+    seed_per_sample = True  # one RNG per sample seeded seed + i; batched logits equal single-sequence ones
 
     def __init__(
         self,
@@ -259,28 +260,30 @@ class LlamaCppGenerator(Generator):
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()  # float32; buffer is reused
 
     def _prefill(self, tokens: list[int]) -> np.ndarray:
-        """Put ``tokens`` into sequence 0 (reusing the cached common prefix); logits after the last one."""
+        """Put ``tokens`` into sequence 0 of the KV cache; the logits after the last one.
+
+        The prompt minus its last token is decoded in chunks without logits, then the last token alone.
+        The cache is reused only when the previous call had exactly the same prompt, and then only
+        the last token is decoded again: llama.cpp's results depend slightly on batch shapes, and this
+        way the logits of a prompt never depend on which prompts came before (resume-safe seeds).
+        """
         import llama_cpp
 
         mem = llama_cpp.llama_get_memory(self._ctx)
-        for s in range(1, self.max_parallel + 1):
-            llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
-        common = 0
-        for a, b in zip(self._cached, tokens, strict=False):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # always re-decode the last token to get its logits
-        if not llama_cpp.llama_memory_seq_rm(mem, 0, common, -1):
+        prefix = tokens[:-1]
+        if self._cached == prefix:
+            for s in range(1, self.max_parallel + 1):
+                llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
+            llama_cpp.llama_memory_seq_rm(mem, 0, len(prefix), -1)
+        else:
             llama_cpp.llama_memory_clear(mem, True)
-            common = 0
-        self._cached = tokens[:common]
-        for start in range(common, len(tokens), self._batch_size):
-            chunk = tokens[start : start + self._batch_size]
-            last = start + len(chunk) == len(tokens)
-            self._decode([(t, start + k, 0, last and k == len(chunk) - 1) for k, t in enumerate(chunk)])
-            self._cached = tokens[: start + len(chunk)]
-        return self._logits(-1)  # the last decoded chunk asked for logits of its last token only
+            self._cached = []
+            for start in range(0, len(prefix), self._batch_size):
+                chunk = prefix[start : start + self._batch_size]
+                self._decode([(t, start + k, 0, False) for k, t in enumerate(chunk)])
+            self._cached = prefix
+        self._decode([(tokens[-1], len(prefix), 0, True)])
+        return self._logits(0)
 
     def _generate_sync(
         self,

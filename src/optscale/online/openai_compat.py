@@ -170,6 +170,12 @@ class OpenAICompatGenerator(Generator):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rng = random.Random()
 
+    @property
+    def seed_per_sample(self) -> bool:  # type: ignore[override]
+        """True when each sample gets its own request with seed ``seed + i`` (n_mode 'separate', or
+        'auto' once the server was seen to ignore ``n``); a native ``n`` request draws all from one seed."""
+        return self.n_mode == "separate" or (self.n_mode == "auto" and self.server_honours_n is False)
+
     # ------------------------------------------------------------------ plumbing
     @property
     def url(self) -> str:
