@@ -248,6 +248,8 @@ def test_optscalet_needs_priors_and_accepts_them():
     pri = np.column_stack([np.full(20, 0.6), np.full(20, 0.2)])
     rep = ev.evaluate(a, ["optscalet"], [8], tune=False, priors=pri, n_boot=50, oracle=False)
     assert rep.rows[0].method == "optscalet"
+    rep = ev.evaluate(a, ["optscalet:prior=0.6/0.2"], [8], tune=False, n_boot=50, oracle=False)  # constant prior
+    assert rep.rows[0].params["prior"] == (0.6, 0.2)
 
 
 def test_budget_validation():

@@ -690,7 +690,7 @@ def _check_method(prep: Prepared, pol, name: str, priors) -> None:
     if getattr(pol, "needs_scores", False) and not prep.has_scores:
         raise ParameterError("methods", f"method {name!r} needs verifier scores, but the pool has samples "
                                         "without a score")
-    if _needs_prior(pol, name) and prep.batch.priors is None:
+    if _needs_prior(pol, name) and prep.batch.priors is None and getattr(pol, "prior", None) is None:
         raise ParameterError("methods", f"method {name!r} needs priors (mu0, sigma0) per problem: pass "
                                         "--priors FILE, put meta.prior in the pool, or use a predictor")
 
