@@ -237,24 +237,14 @@ def print_summary(summary, args, *, what: str = "run") -> None:
 
 def _prior_fn(policy):
     """Priors for OptScale^t from the bundled predictor, or None for policies that do not use them."""
-    name = getattr(policy, "name", "")
     if not getattr(policy, "needs_prior", False):
         return None
-    try:
-        from optscale.predictor import Predictor
-    except ImportError as exc:  # pragma: no cover - depends on the predictor package
-        from optscale.errors import OptScaleError
+    from optscale.predictor import load_default
 
-        raise OptScaleError(
-            f"--method {name} needs the prior predictor (optscale.predictor): {exc}"
-        ) from None
-    predictor = Predictor.load_default()
+    predictor = load_default()
 
     def fn(question: str):
-        p = predictor.predict([question])
-        return tuple(
-            float(x[0]) if hasattr(x, "__len__") else float(x) for x in (p.mu0, p.sigma0, p.sd_mu, p.sd_sigma)
-        )
+        return tuple(float(x) for x in predictor.priors_for([question])[0])
 
     return fn
 
