@@ -215,6 +215,20 @@ class LlamaCppGenerator(Generator):
             self._llm.close()
             self._llm = None
 
+    def close(self) -> None:
+        """Blocking :meth:`aclose` (for code without an event loop)."""
+        self._close_sync()
+
+    def __del__(self) -> None:  # free llama.cpp memory if the user never closed the generator
+        lock = getattr(self, "_lock", None)
+        if getattr(self, "_ctx", None) is None or lock is None or not lock.acquire(blocking=False):
+            return
+        lock.release()
+        try:
+            self._close_sync()
+        except Exception:  # interpreter shutdown: llama_cpp may be half torn down
+            pass
+
     # ------------------------------------------------------------------ prompt handling
     def _prompt_tokens(self, prompt: Prompt) -> list[int]:
         llm = self._llm
