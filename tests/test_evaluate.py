@@ -252,6 +252,16 @@ def test_optscalet_needs_priors_and_accepts_them():
     assert rep.rows[0].params["prior"] == (0.6, 0.2)
 
 
+def test_dsc_difficulty_sources():
+    a = synthetic_arrays(P=20, M=8, seed=9)
+    rep = ev.evaluate(a, ["dsc"], [8], tune=False, n_boot=50, oracle=False)
+    assert rep.meta["difficulty"].startswith("sample-disagreement")
+    d = ev.difficulty_proxy(a)
+    assert d.shape == (20,) and (d >= 0).all() and (d < 1).all()
+    rep = ev.evaluate(a, ["dsc"], [8], tune=False, n_boot=50, oracle=False, difficulty=np.arange(20.0))
+    assert rep.meta["difficulty"] == "given"
+
+
 def test_budget_validation():
     a = synthetic_arrays(P=10, M=8, seed=8)
     with pytest.raises(ParameterError, match="budget 16 exceeds"):

@@ -66,6 +66,7 @@ __all__ = [
     "split_problems",
     "load_priors",
     "expand_priors",
+    "difficulty_proxy",
     "oracle_costs",
     "pareto_frontier",
     "plot_accuracy_vs_tokens",
@@ -263,6 +264,32 @@ def _subset_batch(batch, rows: np.ndarray):
             v = v[rows]
         kw[f.name] = v
     return type(batch)(**kw)
+
+
+def difficulty_proxy(arrays) -> np.ndarray:
+    """float64[P] difficulty from the pool itself: 1 - the share of the most frequent answer among ALL of a
+    problem's samples (unparsable answers count as disagreement). A stand-in for DSC's LLM ranking when
+    no difficulty is given; it looks at samples a run would not have drawn, so it is optimistic for DSC."""
+    ans = np.asarray(arrays.answers, dtype=np.int64)
+    n = np.maximum(np.asarray(arrays.n, dtype=np.int64), 1)
+    P, M = ans.shape
+    C = int(ans.max()) + 1 if ans.size and ans.max() >= 0 else 1
+    rows = np.broadcast_to(np.arange(P)[:, None], (P, M))
+    valid = ans >= 0
+    counts = np.bincount((rows * C + np.where(valid, ans, 0))[valid], minlength=P * C).reshape(P, C)
+    return 1.0 - counts.max(axis=1) / n
+
+
+def _resolve_difficulty(arrays, difficulty, priors, methods) -> tuple[np.ndarray | None, str | None]:
+    if difficulty is not None and not isinstance(difficulty, str):
+        return np.asarray(difficulty, dtype=np.float64), "given"
+    wants = any(str(m).split(":")[0].strip().lower() == "dsc" for m in methods)
+    if not wants:
+        return None, None
+    if priors is not None:
+        p = np.asarray(priors, dtype=np.float64)
+        return -p[:, 0], "priors (difficulty = -mu0)"
+    return difficulty_proxy(arrays), "sample-disagreement proxy (uses all pool samples: optimistic for DSC)"
 
 
 def expand_priors(priors, n_problems: int) -> np.ndarray:
@@ -569,7 +596,9 @@ def evaluate(
     ``"esc:window=4"``, ...). A method given without explicit parameters that has a tuning grid (``grids``,
     default :data:`DEFAULT_GRIDS`) is tuned per budget on the calibration split when ``tune`` is true, and
     every row is then reported on the held-out split. ``priors``: float[P, 2|4] for OptScale^t (e.g. from
-    :func:`load_priors` or ``optscale.predictor``); ``difficulty``: float[P] for DSC if wanted.
+    :func:`load_priors` or ``optscale.predictor``); ``difficulty``: float[P] (higher =
+    harder) for DSC; when DSC is asked for without it, -mu0 of the priors is used, else
+    :func:`difficulty_proxy` (noted in ``meta["difficulty"]``).
     ``progress(method, budget)`` is called after each (method, budget). Returns an :class:`EvalReport`.
     """
     P, M = np.asarray(arrays.answers).shape
@@ -580,6 +609,7 @@ def evaluate(
         raise ParameterError("methods", "no method given")
     grids = dict(DEFAULT_GRIDS if grids is None else grids)
 
+    difficulty, difficulty_source = _resolve_difficulty(arrays, difficulty, priors, methods)
     prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors,
                        difficulty=difficulty)
     specs = [_parse_spec(m) if isinstance(m, str) else (getattr(m, "name", "policy"), {}) for m in methods]
@@ -610,7 +640,7 @@ def evaluate(
         "test_problems": test.tolist() if test is not None else None,
         "selection": (f"{select} (tolerance {tolerance})" if select == "match" else
                       f"{select} (token_penalty {token_penalty})") if tuned_any else None,
-        "n_boot": n_boot, "level": level, "tuned": {},
+        "n_boot": n_boot, "level": level, "tuned": {}, "difficulty": difficulty_source,
     })
 
     sink = _RowSink()
@@ -624,7 +654,7 @@ def evaluate(
 
     for m, (name, params) in zip(methods, specs, strict=True):
         pol = policies[m if isinstance(m, str) else id(m)]
-        display = getattr(pol, "display", name)
+        display = getattr(pol, "display", name) + (" seq" if getattr(pol, "mode", None) == "sequential" else "")
         label = str(m) if (params or not isinstance(m, str)) else display
         tunable = tuned_any and not params and name in grids
         if tunable:

@@ -139,6 +139,13 @@ def run(args) -> int:
         if priors is not None:
             priors = ev.expand_priors(priors, P)
 
+    difficulty = None  # DSC: problem meta "difficulty" (or "level") when every problem has one
+    for key in ("difficulty", "level"):
+        vals = [(p.meta or {}).get(key) for p in pool.problems]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            difficulty = np.asarray(vals, dtype=float)
+            break
+
     if args.methods:
         methods = _split_methods(args.methods)
     else:
@@ -160,7 +167,7 @@ def run(args) -> int:
 
         report = ev.evaluate(
             arrays, methods, budgets, orderings=args.orderings, seed=args.seed, calib_frac=args.calib_frac,
-            tune=args.tune, priors=priors, select=args.select, tolerance=args.tolerance,
+            tune=args.tune, priors=priors, difficulty=difficulty, select=args.select, tolerance=args.tolerance,
             token_penalty=args.token_penalty, oracle=args.oracle, ordering_mode=args.ordering_mode,
             progress=tick,
         )
