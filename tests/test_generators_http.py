@@ -403,3 +403,13 @@ def test_seed_per_sample_flag():
         assert g.seed_per_sample is True  # server ignores n: every sample is its own request, seed + i
     assert OpenAICompatGenerator("http://127.0.0.1:9/v1", "m", n_mode="separate").seed_per_sample is True
     assert OpenAICompatGenerator("http://127.0.0.1:9/v1", "m", n_mode="native").seed_per_sample is False
+
+
+def test_answer_without_choices_is_an_error():
+    class Empty(FakeServer):
+        def answer(self, path, body, i):
+            return dict(super().answer(path, body, i), choices=[])
+
+    with Empty() as srv:
+        with pytest.raises(GenerationError, match="no usable choices"):
+            run(gen(srv).generate("hi", 2, **ARGS))

@@ -310,7 +310,14 @@ class OpenAICompatGenerator(Generator):
         return body
 
     def _parse(self, data: dict[str, Any], want_logprobs: bool) -> list[Completion]:
-        choices = sorted(data["choices"], key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+        if not data["choices"] or not all(isinstance(c, dict) for c in data["choices"]):
+            raise GenerationError(
+                f"POST {self.url}: answer has no usable choices: {str(data)[:200]}",
+                url=self.url,
+                status=200,
+                attempts=1,
+            )
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
         usage = data.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens")
         total_completion = usage.get("completion_tokens")
