@@ -1,0 +1,226 @@
+"""``optscale predictor {train,evaluate,predict,info}``: the OptScale^t prior predictor.
+
+* ``train --data PROBLEMS --labels LABELS --out FILE``: fit a predictor (reproduces the shipped one with the
+  paper's MATH training labels, see docs/PREDICTOR.md).
+* ``evaluate --data PROBLEMS --labels LABELS [--json]``: MSE / Spearman of the predicted score mean and std
+  vs a constant predictor.
+* ``predict INPUT --out FILE``: priors for a problem file (writes a priors JSON {id: [mu0, sigma0, sd_mu,
+  sd_sigma]}) or a pool (writes the pool with meta "prior" per problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from optscale.cli._common import add_json_flag, emit_json
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "predictor",
+        help="OptScale^t prior predictor: train, evaluate, predict priors (mu0, sigma0) from problem text",
+        description=(
+            "The prior predictor of OptScale^t maps a problem's text to a prior (mu0, sigma0) on its "
+            "verifier-score distribution (normal truncated to [0, 1]) plus an uncertainty (sd_mu, sd_sigma) "
+            "used as the MAP prior's spread. The shipped model is a ridge head on SmolLM2-135M embeddings "
+            "stacked with TF-IDF (CPU, no hub access)."
+        ),
+    )
+    sub = p.add_subparsers(dest="predictor_command", metavar="ACTION")
+    sub.required = True
+
+    t = sub.add_parser("train", help="fit a predictor on labelled problems",
+                       description="Fit a predictor on problems labelled with the mean and std of their "
+                                   "verifier scores (e.g. the paper's predictor/train_data.json + "
+                                   "train_mu_sigma.json).")
+    _data_args(t)
+    t.add_argument("--embedder", default="smollm2",
+                   help="language-model embedder: smollm2 (default, llama.cpp), minilm (torch), or none")
+    t.add_argument("--blocks", default="emb,tfidf,surface",
+                   help="feature blocks, comma-separated subset of emb,tfidf,surface (default all)")
+    t.add_argument("--folds", type=int, default=5, help="cross-validation folds on the training set (default 5)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="output .npz (the shipped one is optscale/predictor/weights/default.npz)")
+    t.add_argument("--no-cache", action="store_true", help="do not cache embeddings under ~/.cache/optscale")
+    add_json_flag(t)
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a predictor on labelled problems",
+                       description="MSE and Spearman correlation of the predicted score mean (mu) and std "
+                                   "(sigma) against labels, beside the constant predictor (training mean).")
+    _data_args(e)
+    _model_arg(e)
+    e.add_argument("--no-cache", action="store_true", help="do not cache embeddings")
+    add_json_flag(e)
+    e.set_defaults(func=run_evaluate)
+
+    r = sub.add_parser("predict", help="priors for a problem file or a pool",
+                       description="Predict (mu0, sigma0, sd_mu, sd_sigma) per problem. INPUT is a pool "
+                                   "(JSON Lines, docs/POOL_FORMAT.md: the output is the pool with meta "
+                                   "\"prior\" = [mu0, sigma0, sd_mu, sd_sigma] per problem) or a problem file "
+                                   "(JSON / JSONL: the output is a priors JSON {id: [mu0, sigma0, sd_mu, "
+                                   "sd_sigma]}, usable with `optscale eval --priors`).")
+    r.add_argument("input", metavar="INPUT", help="pool (.jsonl) or problem file (.json/.jsonl)")
+    r.add_argument("--out", default=None, help="output file (default: priors JSON on stdout)")
+    r.add_argument("--as", dest="kind", choices=("auto", "pool", "problems"), default="auto",
+                   help="how to read INPUT (default auto: a pool if it parses as one)")
+    r.add_argument("--question-field", default=None, help="question field of a problem file (auto by default)")
+    _model_arg(r)
+    r.set_defaults(func=run_predict)
+
+    i = sub.add_parser("info", help="describe a predictor file (training metrics, blocks)")
+    _model_arg(i)
+    add_json_flag(i)
+    i.set_defaults(func=run_info)
+    return p
+
+
+def _data_args(p) -> None:
+    p.add_argument("--data", required=True, help="problems: JSON list / JSONL with a question field (e.g. 'problem')")
+    p.add_argument("--labels", required=True,
+                   help="JSON list of [mean, std] of each problem's verifier scores, aligned with --data")
+    p.add_argument("--question-field", default=None, help="question field (auto by default)")
+
+
+def _model_arg(p) -> None:
+    p.add_argument("--model", default=None, help="predictor .npz (default: the shipped predictor)")
+
+
+def _load_texts(path, field=None) -> tuple[list[str], list[str]]:
+    from optscale.online.data import load_problems
+
+    qs = load_problems(path, question_field=field)
+    return [q.question for q in qs], [q.id for q in qs]
+
+
+def _load_labels(path, n: int):
+    import numpy as np
+
+    from optscale.errors import InputError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(str(path), None, None, "file not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+    try:
+        arr = np.asarray(data, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(str(path), None, None, "must be a JSON list of [mean, std] pairs") from None
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise InputError(str(path), None, None, f"must be a list of [mean, std] pairs, got shape {arr.shape}")
+    if len(arr) != n:
+        raise InputError(str(path), None, None, f"has {len(arr)} labels for {n} problems")
+    if not np.all(np.isfinite(arr)) or np.any(arr[:, 0] < 0) or np.any(arr[:, 0] > 1) or np.any(arr[:, 1] < 0):
+        bad = int(np.flatnonzero(~np.isfinite(arr).all(1) | (arr[:, 0] < 0) | (arr[:, 0] > 1) | (arr[:, 1] < 0))[0])
+        raise InputError(str(path), None, f"[{bad}]", f"label must be [mean in [0,1], std >= 0], got {arr[bad].tolist()}")
+    return arr
+
+
+def _load_model(path):
+    from optscale.predictor import Predictor, load_default
+
+    return load_default() if path is None else Predictor.load(path)
+
+
+def _print_metrics(m: dict, title: str) -> None:
+    print(title)
+    print(f"{'':8} {'MSE':>10} {'MSE const':>10} {'reduction':>10} {'Spearman':>9}")
+    for k in ("mu", "sigma"):
+        print(f"{k:8} {m[f'mse_{k}']:10.5f} {m[f'mse_{k}_const']:10.5f} {m[f'mse_{k}_reduction']:10.1%} "
+              f"{m[f'spearman_{k}']:9.3f}")
+    print("(mu = mean of the verifier scores, sigma = their std; const = training-label mean)")
+
+
+def run_train(args) -> int:
+    import time
+
+    from optscale.predictor import Predictor
+
+    texts, _ = _load_texts(args.data, args.question_field)
+    y = _load_labels(args.labels, len(texts))
+    emb = None if args.embedder.lower() in ("none", "") else args.embedder
+    blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
+    t0 = time.time()
+    pred = Predictor(emb, blocks, folds=args.folds, seed=args.seed, cache=not args.no_cache)
+    pred.fit(texts, y[:, 0], y[:, 1], progress=sys.stderr.isatty())
+    out = pred.save(args.out)
+    info = dict(pred.info, out=str(out), seconds=round(time.time() - t0, 1))
+    if args.json:
+        emit_json(info)
+    else:
+        _print_metrics(info["cv"], f"trained on {len(texts)} problems -> {out}; {args.folds}-fold CV on training:")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    pred = _load_model(args.model)
+    if args.no_cache:
+        pred.cache = False
+    texts, _ = _load_texts(args.data, args.question_field)
+    y = _load_labels(args.labels, len(texts))
+    m = pred.evaluate(texts, y[:, 0], y[:, 1], progress=sys.stderr.isatty())
+    m["model"] = args.model or "shipped default"
+    m["blocks"] = list(pred.blocks)
+    m["embedder"] = pred.embedder_config
+    if args.json:
+        emit_json(m)
+    else:
+        _print_metrics(m, f"{len(texts)} problems, predictor {m['model']}:")
+    return 0
+
+
+def _read_pool(path):
+    from optscale.pool import load_pool
+
+    return load_pool(path)
+
+
+def run_predict(args) -> int:
+    pred = _load_model(args.model)
+    pool = None
+    if args.kind in ("auto", "pool"):
+        try:
+            pool = _read_pool(args.input)
+        except Exception:
+            if args.kind == "pool":
+                raise
+            pool = None
+    if pool is not None:
+        texts = [p.question for p in pool.problems]
+        ids = [p.id for p in pool.problems]
+    else:
+        texts, ids = _load_texts(args.input, args.question_field)
+    priors = pred.priors_for(texts, progress=sys.stderr.isatty())
+    rows = [[float(x) for x in r] for r in priors]
+    if pool is not None and args.out:
+        from optscale.pool import save_pool
+
+        for prob, r in zip(pool.problems, rows, strict=True):
+            prob.meta = dict(prob.meta or {}, prior=r)
+        save_pool(pool, args.out)
+        print(f"wrote {len(rows)} priors into pool meta 'prior' -> {args.out}", file=sys.stderr)
+        return 0
+    data = dict(zip(ids, rows, strict=True))
+    if args.out:
+        Path(args.out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {len(rows)} priors [mu0, sigma0, sd_mu, sd_sigma] -> {args.out}", file=sys.stderr)
+    else:
+        emit_json(data)
+    return 0
+
+
+def run_info(args) -> int:
+    pred = _load_model(args.model)
+    info = dict(pred.info, blocks=list(pred.blocks), embedder=pred.embedder_config)
+    if args.json:
+        emit_json(info)
+    else:
+        print(f"blocks: {', '.join(pred.blocks)}; embedder: {pred.embedder_config}")
+        if "cv" in info:
+            _print_metrics(info["cv"], f"cross-validation on {info.get('n_train')} training problems:")
+    return 0

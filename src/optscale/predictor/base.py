@@ -1,0 +1,342 @@
+"""The prior predictor of OptScale^t: problem text -> prior (mu0, sigma0) of its score distribution, with an
+uncertainty for each (used as the MAP prior's standard deviations).
+
+Model (see docs/PREDICTOR.md):
+
+* Targets: the label moments (mean, std) of the problem's verifier scores.
+* Blocks, each a ridge regression with its penalty chosen by K-fold CV on the training set:
+  ``emb`` (language-model sentence embedding), ``tfidf`` (word + bigram TF-IDF), ``surface`` (a few
+  hand-made text features). A linear stacker combines the blocks' out-of-fold predictions.
+* Conversion: predicted (mean, std) -> truncated-normal (mu0, sigma0) by moment matching
+  (:func:`optscale.theory.moments_to_params`).
+* Uncertainty: the out-of-fold predictions are converted the same way and compared with the
+  moment-matched labels; the residual scale of mu and sigma is modelled as a function of the predicted
+  mean (quantile bins, robust scale, interpolated) -> heteroscedastic (sd_mu, sd_sigma) per problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from optscale.errors import InputError, ParameterError
+
+FORMAT_VERSION = 1
+BLOCKS = ("emb", "tfidf", "surface")
+STD_MIN = 1e-3  # predicted std is kept >= this (a truncated normal needs some spread)
+
+
+@dataclass
+class Priors:
+    """Per-problem priors; every field is float64 [P]."""
+
+    mu0: np.ndarray
+    sigma0: np.ndarray
+    sd_mu: np.ndarray
+    sd_sigma: np.ndarray
+    mean: np.ndarray  # predicted mean of the scores
+    std: np.ndarray  # predicted std of the scores
+
+    def as_array(self) -> np.ndarray:
+        """float64 [P, 4]: (mu0, sigma0, sd_mu, sd_sigma), the layout of ``ReplayBatch.priors``."""
+        return np.stack([self.mu0, self.sigma0, self.sd_mu, self.sd_sigma], 1).astype(np.float64)
+
+    def to_records(self) -> list[dict]:
+        return [
+            {"mu0": float(a), "sigma0": float(b), "sd_mu": float(c), "sd_sigma": float(d),
+             "mean": float(e), "std": float(f)}
+            for a, b, c, d, e, f in zip(self.mu0, self.sigma0, self.sd_mu, self.sd_sigma, self.mean, self.std,
+                                        strict=True)
+        ]
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    return float(spearmanr(a, b)[0])
+
+
+def metrics(pred_mean, pred_std, true_mean, true_std, const_mean: float, const_std: float) -> dict:
+    """Errors of predicted label moments vs the labels, beside a constant predictor.
+
+    ``mu`` refers to the score mean (the labels' first column), ``sigma`` to the score std, as in the
+    paper's label files."""
+    pm, ps, tm, ts = (np.asarray(x, float) for x in (pred_mean, pred_std, true_mean, true_std))
+    out = {"n": int(len(tm))}
+    for key, p, t, c in (("mu", pm, tm, const_mean), ("sigma", ps, ts, const_std)):
+        mse = float(np.mean((p - t) ** 2))
+        mse_c = float(np.mean((c - t) ** 2))
+        out[f"mse_{key}"] = mse
+        out[f"mse_{key}_const"] = mse_c
+        out[f"mse_{key}_reduction"] = 1.0 - mse / mse_c if mse_c > 0 else float("nan")
+        out[f"spearman_{key}"] = spearman(p, t)
+        out[f"pearson_{key}"] = float(np.corrcoef(p, t)[0, 1]) if np.std(p) > 0 and np.std(t) > 0 else float("nan")
+    return out
+
+
+def _check_labels(texts, means, stds):
+    texts = list(texts)
+    means = np.asarray(means, float).reshape(-1)
+    stds = np.asarray(stds, float).reshape(-1)
+    if not (len(texts) == len(means) == len(stds)):
+        raise ParameterError("labels", f"{len(texts)} texts but {len(means)} means and {len(stds)} stds")
+    if len(texts) < 10:
+        raise ParameterError("texts", f"need at least 10 labelled problems to fit, got {len(texts)}")
+    if not (np.all(np.isfinite(means)) and np.all((means >= 0) & (means <= 1))):
+        raise ParameterError("means", "label means must be finite and in [0, 1]")
+    if not (np.all(np.isfinite(stds)) and np.all(stds >= 0)):
+        raise ParameterError("stds", "label stds must be finite and >= 0")
+    return texts, means, stds
+
+
+class _ScaleModel:
+    """Residual scale as a piecewise-linear function of a covariate (quantile bins, robust scale)."""
+
+    def __init__(self, bins: int = 8, floor: float = 1e-3):
+        self.bins, self.floor = bins, floor
+
+    def fit(self, x, resid) -> _ScaleModel:
+        x, r = np.asarray(x, float), np.asarray(resid, float)
+        edges = np.quantile(x, np.linspace(0, 1, self.bins + 1))
+        idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, self.bins - 1)
+        xs, ss = [], []
+        for b in range(self.bins):
+            m = idx == b
+            if m.sum() < 5:
+                continue
+            xs.append(np.median(x[m]))
+            # robust scale: RMS after winsorising the worst 5 % (label noise / unreachable moments)
+            rb = np.abs(r[m])
+            cap = np.quantile(rb, 0.95)
+            ss.append(math.sqrt(np.mean(np.minimum(rb, cap) ** 2)))
+        self.x_ = np.array(xs) if xs else np.array([0.0])
+        self.s_ = np.maximum(np.array(ss) if ss else np.array([np.sqrt(np.mean(r**2))]), self.floor)
+        return self
+
+    def __call__(self, x) -> np.ndarray:
+        return np.interp(np.asarray(x, float), self.x_, self.s_)
+
+
+class Predictor:
+    """Text -> prior (mu0, sigma0, sd_mu, sd_sigma) for OptScale^t.
+
+    Parameters
+    ----------
+    embedder: ``"smollm2"``, ``"minilm"`` or ``None`` (no language-model block: TF-IDF + surface only).
+    blocks: which feature blocks to use (subset of ``("emb", "tfidf", "surface")``).
+    folds, seed: cross-validation of the ridge penalties / stacker / residual model (training set only).
+    """
+
+    def __init__(self, embedder: str | dict | None = "smollm2", blocks: Sequence[str] = BLOCKS, *,
+                 folds: int = 5, seed: int = 0, cache: bool | str = True):
+        blocks = tuple(blocks)
+        for b in blocks:
+            if b not in BLOCKS:
+                raise ParameterError("blocks", f"unknown block {b!r} (choose from {', '.join(BLOCKS)})")
+        if embedder is None:
+            blocks = tuple(b for b in blocks if b != "emb")
+        if not blocks:
+            raise ParameterError("blocks", "no feature block left")
+        self.blocks = blocks
+        self.embedder_config = ({"kind": embedder} if isinstance(embedder, str) else embedder) if embedder else None
+        self.folds, self.seed, self.cache = int(folds), int(seed), cache
+        self._embedder = None
+        self.info: dict = {}
+        self.fitted = False
+
+    # ------------------------------------------------------------------ features
+    @property
+    def embedder(self):
+        if self._embedder is None and self.embedder_config is not None:
+            from optscale.predictor.embedders import make_embedder
+
+            self._embedder = make_embedder(self.embedder_config)
+        return self._embedder
+
+    def _embed(self, texts, embeddings=None, progress=False):
+        if embeddings is not None:
+            emb = np.asarray(embeddings, np.float64)
+            if emb.shape[0] != len(texts):
+                raise ParameterError("embeddings", f"{emb.shape[0]} rows for {len(texts)} texts")
+            return emb
+        from optscale.predictor.embedders import embed_cached
+
+        return np.asarray(embed_cached(self.embedder, texts, cache=self.cache, progress=progress), np.float64)
+
+    def _features(self, texts, embeddings=None, progress=False) -> dict:
+        from optscale.predictor.features import surface_features
+
+        feats = {}
+        if "emb" in self.blocks:
+            feats["emb"] = self._embed(texts, embeddings, progress)
+        if "tfidf" in self.blocks:
+            feats["tfidf"] = self.tfidf_.transform(texts)
+        if "surface" in self.blocks:
+            feats["surface"] = surface_features(texts)
+        return feats
+
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, texts: Sequence[str], means, stds, *, embeddings=None, progress: bool = False) -> Predictor:
+        """Fit on labelled problems: ``means``/``stds`` are the mean and std of each problem's verifier
+        scores (moments of raw scores). ``embeddings`` may pass precomputed LM embeddings of ``texts``."""
+        from optscale.predictor.features import Ridge, Tfidf
+
+        texts, means, stds = _check_labels(texts, means, stds)
+        Y = np.stack([means, stds], 1)
+        if "tfidf" in self.blocks:
+            self.tfidf_ = Tfidf(min_df=3 if len(texts) >= 200 else 1).fit(texts)
+        feats = self._features(texts, embeddings, progress)
+        self.ridges_ = {}
+        oof = {}
+        for name in self.blocks:
+            r = Ridge(folds=self.folds, seed=self.seed).fit(feats[name], Y)
+            self.ridges_[name] = r
+            oof[name] = r.oof_
+        # stacker: per target, least squares on the blocks' out-of-fold predictions (+ intercept)
+        self.stack_ = np.zeros((len(self.blocks) + 1, 2))
+        for j in range(2):
+            Z = np.column_stack([np.ones(len(texts))] + [oof[b][:, j] for b in self.blocks])
+            self.stack_[:, j] = np.linalg.lstsq(Z, Y[:, j], rcond=None)[0]
+        # second-level out-of-fold estimate (stacker weights barely overfit: <= 4 parameters per target)
+        pred = self._combine(oof)
+        self.const_ = Y.mean(0)
+        self._fit_uncertainty(pred, Y)
+        self.info = {
+            "n_train": len(texts),
+            "blocks": list(self.blocks),
+            "embedder": self.embedder_config,
+            "alphas": {b: self.ridges_[b].alpha_.tolist() for b in self.blocks},
+            "stack": self.stack_.tolist(),
+            "cv": metrics(pred[:, 0], pred[:, 1], means, stds, *self.const_),
+            "cv_blocks": {b: metrics(oof[b][:, 0], oof[b][:, 1], means, stds, *self.const_) for b in self.blocks},
+        }
+        self.fitted = True
+        return self
+
+    def _combine(self, block_preds: dict) -> np.ndarray:
+        n = len(next(iter(block_preds.values())))
+        out = np.zeros((n, 2))
+        for j in range(2):
+            Z = np.column_stack([np.ones(n)] + [block_preds[b][:, j] for b in self.blocks])
+            out[:, j] = Z @ self.stack_[:, j]
+        out[:, 0] = np.clip(out[:, 0], 1e-3, 1 - 1e-3)
+        # the std of a [0, 1] variable with mean m is at most sqrt(m (1 - m))
+        out[:, 1] = np.clip(out[:, 1], STD_MIN, np.sqrt(out[:, 0] * (1 - out[:, 0])))
+        return out
+
+    def _fit_uncertainty(self, pred, Y):
+        from optscale.theory import moments_to_params
+
+        mu_p, sg_p = moments_to_params(pred[:, 0], pred[:, 1])
+        mu_t, sg_t = moments_to_params(Y[:, 0], np.maximum(Y[:, 1], 0.0))
+        self.sd_mu_ = _ScaleModel().fit(pred[:, 0], mu_t - mu_p)
+        self.sd_sigma_ = _ScaleModel().fit(pred[:, 0], sg_t - sg_p)
+
+    def predict_moments(self, texts: Sequence[str], *, embeddings=None, progress: bool = False) -> np.ndarray:
+        """float64 [P, 2]: predicted (mean, std) of each problem's verifier scores."""
+        self._require_fitted()
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, 2))
+        feats = self._features(texts, embeddings, progress)
+        return self._combine({b: self.ridges_[b].predict(feats[b]) for b in self.blocks})
+
+    def predict(self, texts: Sequence[str], *, embeddings=None, progress: bool = False) -> Priors:
+        from optscale.theory import moments_to_params
+
+        pm = self.predict_moments(texts, embeddings=embeddings, progress=progress)
+        if len(pm) == 0:
+            z = np.zeros(0)
+            return Priors(z, z, z, z, z, z)
+        mu0, sigma0 = moments_to_params(pm[:, 0], pm[:, 1])
+        return Priors(np.asarray(mu0, float), np.asarray(sigma0, float), self.sd_mu_(pm[:, 0]),
+                      self.sd_sigma_(pm[:, 0]), pm[:, 0], pm[:, 1])
+
+    def priors_for(self, texts: Sequence[str], **kw) -> np.ndarray:
+        """float64 [P, 4]: (mu0, sigma0, sd_mu, sd_sigma) per text, for ``ReplayBatch.priors`` / the
+        ``optscalet`` policy."""
+        return self.predict(texts, **kw).as_array()
+
+    def evaluate(self, texts, means, stds, *, embeddings=None, progress: bool = False) -> dict:
+        """Metrics on labelled problems vs the constant predictor (the training-label mean)."""
+        self._require_fitted()
+        texts, means, stds = list(texts), np.asarray(means, float), np.asarray(stds, float)
+        pm = self.predict_moments(texts, embeddings=embeddings, progress=progress)
+        return metrics(pm[:, 0], pm[:, 1], means, stds, *self.const_)
+
+    def _require_fitted(self):
+        if not self.fitted:
+            raise ParameterError("predictor", "not fitted: call fit() or Predictor.load()")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write a single ``.npz`` (no pickle): ridge weights, TF-IDF vocabulary, stacker, residual model."""
+        self._require_fitted()
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        meta = {"format": FORMAT_VERSION, "blocks": list(self.blocks), "embedder": self.embedder_config,
+                "folds": self.folds, "seed": self.seed, "info": self.info}
+        arrays["meta"] = np.array(json.dumps(meta, default=float))
+        for b in self.blocks:
+            arrays.update(self.ridges_[b].to_arrays(f"ridge_{b}_"))
+        if "tfidf" in self.blocks:
+            arrays.update(self.tfidf_.to_arrays("tfidf_"))
+        arrays["stack"] = self.stack_
+        arrays["const"] = self.const_
+        for key, sm in (("sd_mu", self.sd_mu_), ("sd_sigma", self.sd_sigma_)):
+            arrays[f"{key}_x"] = sm.x_
+            arrays[f"{key}_s"] = sm.s_
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        from optscale.predictor.features import Ridge, Tfidf
+
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(str(path), None, None, f"not a predictor file ({exc})") from exc
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except (KeyError, ValueError) as exc:
+            raise InputError(str(path), None, "meta", "missing or invalid predictor metadata") from exc
+        if meta.get("format") != FORMAT_VERSION:
+            raise InputError(str(path), None, "format", f"unsupported predictor format {meta.get('format')!r}")
+        obj = cls(meta["embedder"], meta["blocks"], folds=meta["folds"], seed=meta["seed"])
+        obj.ridges_ = {b: Ridge.from_arrays(arrays, f"ridge_{b}_") for b in obj.blocks}
+        if "tfidf" in obj.blocks:
+            obj.tfidf_ = Tfidf.from_arrays(arrays, "tfidf_")
+        obj.stack_ = arrays["stack"]
+        obj.const_ = arrays["const"]
+        for key in ("sd_mu", "sd_sigma"):
+            sm = _ScaleModel()
+            sm.x_, sm.s_ = arrays[f"{key}_x"], arrays[f"{key}_s"]
+            setattr(obj, f"{key}_", sm)
+        obj.info = meta.get("info", {})
+        obj.fitted = True
+        return obj
+
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.npz"
+
+
+def load_default() -> Predictor:
+    """The predictor shipped with optscale (trained on the paper's 4501 MATH labels)."""
+    if not DEFAULT_WEIGHTS.exists():
+        raise InputError(str(DEFAULT_WEIGHTS), None, None,
+                         "the shipped predictor weights are missing (reinstall optscale or run "
+                         "`optscale predictor train`)")
+    return Predictor.load(DEFAULT_WEIGHTS)

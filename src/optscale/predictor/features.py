@@ -1,0 +1,205 @@
+"""Non-LM text features and the ridge regression used by every block of the predictor.
+
+* :class:`Tfidf` — word + bigram TF-IDF (sublinear tf, L2-normalised rows), numpy/scipy only, serialisable
+  to plain arrays.
+* :func:`surface_features` — a few hand-made features of the problem text (``[asy]`` diagram, length, ...).
+* :class:`Ridge` — ridge regression fitted in the dual (kernel K = X Xᵀ, so it works for 10⁴ sparse TF-IDF
+  columns as well as dense embeddings), with the regularisation chosen per target by K-fold cross-validation
+  on the training set; returns out-of-fold predictions (for stacking and for the residual model) and primal
+  weights (so that the saved model does not contain the training set).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+_TOKEN = re.compile(r"[a-z]+|\d+|\\[a-z]+|[^\sa-z\d]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words, numbers, LaTeX commands and single symbols, plus adjacent-pair bigrams."""
+    w = _TOKEN.findall(text.lower())
+    return w + [a + " " + b for a, b in zip(w, w[1:], strict=False)]
+
+
+class Tfidf:
+    def __init__(self, min_df: int = 3):
+        self.min_df = int(min_df)
+        self.vocab: dict[str, int] = {}
+        self.idf = np.zeros(0)
+
+    def fit(self, texts: Sequence[str]) -> Tfidf:
+        df: Counter = Counter()
+        for t in texts:
+            df.update(set(tokenize(t)))
+        words = sorted(w for w, c in df.items() if c >= self.min_df)
+        self.vocab = {w: i for i, w in enumerate(words)}
+        n = len(texts)
+        self.idf = np.log((1 + n) / (1 + np.array([df[w] for w in words], float))) + 1.0
+        return self
+
+    def transform(self, texts: Sequence[str]):
+        import scipy.sparse as sp
+
+        rows, cols, vals = [], [], []
+        for r, t in enumerate(texts):
+            c = Counter(w for w in tokenize(t) if w in self.vocab)
+            for w, k in c.items():
+                j = self.vocab[w]
+                rows.append(r)
+                cols.append(j)
+                vals.append((1.0 + math.log(k)) * self.idf[j])
+        X = sp.csr_matrix((vals, (rows, cols)), shape=(len(texts), len(self.vocab)), dtype=np.float64)
+        norm = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel())
+        norm[norm == 0] = 1.0
+        return sp.diags(1.0 / norm) @ X
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        words = sorted(self.vocab, key=self.vocab.get)
+        return {f"{prefix}vocab": np.array("\n".join(words)), f"{prefix}idf": self.idf.astype(np.float32),
+                f"{prefix}min_df": np.array(self.min_df)}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> Tfidf:
+        obj = cls(int(arrays[f"{prefix}min_df"]))
+        words = str(arrays[f"{prefix}vocab"]).split("\n")
+        obj.vocab = {w: i for i, w in enumerate(words)}
+        obj.idf = np.asarray(arrays[f"{prefix}idf"], np.float64)
+        return obj
+
+
+SURFACE_NAMES = ("asy", "log_chars", "log_dollars", "n_lines", "has_table", "digits_frac", "has_choices")
+
+
+def surface_features(texts: Sequence[str]) -> np.ndarray:
+    """float64 [n, len(SURFACE_NAMES)] hand-made features (no MATH level/subject metadata)."""
+    out = np.zeros((len(texts), len(SURFACE_NAMES)))
+    for i, t in enumerate(texts):
+        out[i] = (
+            float("[asy]" in t),
+            math.log1p(len(t)),
+            math.log1p(t.count("$")),
+            math.log1p(t.count("\n")),
+            float("\\begin{tabular}" in t or "\\begin{array}" in t),
+            sum(ch.isdigit() for ch in t) / max(len(t), 1),
+            float(bool(re.search(r"\(A\)|\\textbf\{\(A\)", t))),
+        )
+    return out
+
+
+def _is_sparse(X) -> bool:
+    return hasattr(X, "tocsr")
+
+
+def _gram(A, B):
+    G = A @ B.T
+    return G.toarray() if hasattr(G, "toarray") else np.asarray(G)
+
+
+class Ridge:
+    """Multi-target ridge regression with the penalty chosen per target by K-fold CV.
+
+    ``fit`` stores primal weights ``coef_`` [d, k] and ``intercept_`` [k] and the out-of-fold predictions
+    ``oof_`` [n, k]. Dense inputs are standardised (``center``/``scale`` stored); sparse ones are used as is.
+    """
+
+    def __init__(self, alphas: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000),
+                 folds: int = 5, seed: int = 0, standardize: bool = True):
+        self.alphas = tuple(float(a) for a in alphas)
+        self.folds = int(folds)
+        self.seed = int(seed)
+        self.standardize = standardize
+
+    def _prep(self, X):
+        if _is_sparse(X) or not self.standardize:
+            return X
+        return (np.asarray(X, np.float64) - self.center_) / self.scale_
+
+    def fit(self, X, Y) -> Ridge:
+        Y = np.asarray(Y, np.float64)
+        Y2 = Y[:, None] if Y.ndim == 1 else Y
+        n, k = Y2.shape
+        if not _is_sparse(X) and self.standardize:
+            X = np.asarray(X, np.float64)
+            self.center_ = X.mean(0)
+            self.scale_ = X.std(0) * math.sqrt(X.shape[1])  # unit total variance: alphas comparable across blocks
+            self.scale_[self.scale_ == 0] = 1.0
+        Z = self._prep(X)
+        fold = np.random.default_rng(self.seed).permutation(n) % self.folds
+        primal = not _is_sparse(Z) and Z.shape[1] < n
+        err = np.zeros((len(self.alphas), k))
+        oof = np.zeros((len(self.alphas), n, k))
+        for f in range(self.folds):
+            tr, te = fold != f, fold == f
+            m = Y2[tr].mean(0)
+            if primal:  # d < n: eigen-decompose Zᵀ Z (d x d)
+                Ztr = Z[tr] - Z[tr].mean(0)
+                s, V = np.linalg.eigh(Ztr.T @ Ztr)
+                VtZY = V.T @ (Ztr.T @ (Y2[tr] - m))
+                Kte = (Z[te] - Z[tr].mean(0)) @ V
+                rhs = VtZY
+            else:  # dual: eigen-decompose Z Zᵀ (n x n)
+                s, U = np.linalg.eigh(_gram(Z[tr], Z[tr]))
+                rhs = U.T @ (Y2[tr] - m)
+                Kte = _gram(Z[te], Z[tr]) @ U
+            s = np.clip(s, 0, None)
+            for a, lam in enumerate(self.alphas):
+                pred = Kte @ (rhs / (s + lam)[:, None]) + m
+                oof[a, te] = pred
+                err[a] += ((pred - Y2[te]) ** 2).sum(0)
+        best = err.argmin(0)
+        self.alpha_ = np.array([self.alphas[b] for b in best])
+        self.cv_mse_ = err[best, np.arange(k)] / n
+        self.oof_ = np.stack([oof[best[j], :, j] for j in range(k)], 1)
+        # final fit on all rows, one penalty per target
+        m = Y2.mean(0)
+        if primal:
+            zc = Z.mean(0)
+            Zc = Z - zc
+            s, V = np.linalg.eigh(Zc.T @ Zc)
+            s = np.clip(s, 0, None)
+            VtZY = V.T @ (Zc.T @ (Y2 - m))
+            coef = np.stack([V @ (VtZY[:, j] / (s + self.alpha_[j])) for j in range(k)], 1)
+            m = m - zc @ coef
+        else:
+            s, U = np.linalg.eigh(_gram(Z, Z))
+            s = np.clip(s, 0, None)
+            UtY = U.T @ (Y2 - m)
+            dual = np.stack([U @ (UtY[:, j] / (s + self.alpha_[j])) for j in range(k)], 1)
+            coef = Z.T @ dual
+        self.coef_ = np.asarray(coef)
+        self.intercept_ = m
+        if Y.ndim == 1:
+            self.oof_ = self.oof_[:, 0]
+        self._ndim = Y.ndim
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        Z = self._prep(X)
+        P = np.asarray(Z @ self.coef_) + self.intercept_
+        return P[:, 0] if self._ndim == 1 else P
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        d = {f"{prefix}coef": self.coef_.astype(np.float32), f"{prefix}intercept": self.intercept_,
+             f"{prefix}alpha": self.alpha_, f"{prefix}ndim": np.array(self._ndim)}
+        if hasattr(self, "center_"):
+            d[f"{prefix}center"] = self.center_.astype(np.float32)
+            d[f"{prefix}scale"] = self.scale_.astype(np.float32)
+        return d
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> Ridge:
+        obj = cls(standardize=f"{prefix}center" in arrays)
+        obj.coef_ = np.asarray(arrays[f"{prefix}coef"], np.float64)
+        obj.intercept_ = np.asarray(arrays[f"{prefix}intercept"], np.float64)
+        obj.alpha_ = np.asarray(arrays[f"{prefix}alpha"], np.float64)
+        obj._ndim = int(arrays[f"{prefix}ndim"])
+        if obj.standardize:
+            obj.center_ = np.asarray(arrays[f"{prefix}center"], np.float64)
+            obj.scale_ = np.asarray(arrays[f"{prefix}scale"], np.float64)
+        return obj
