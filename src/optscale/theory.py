@@ -1,0 +1,581 @@
+"""The formulas of OptScale (Wang et al., arXiv 2506.22376), in one place.
+
+Score model (paper Sec. 3): the verifier score of one i.i.d. sample follows
+F = Normal(mu, sigma^2) truncated to [0, 1]. With a = -mu/sigma, b = (1-mu)/sigma, z = (s-mu)/sigma,
+
+    F(s) = (Phi(z) - Phi(a)) / Z,     Z = Phi(b) - Phi(a),     f(s) = phi(z) / (sigma Z).
+
+Best-of-N keeps the maximum of N samples, whose law is P(max_N <= s) = F(s)^N (Sec. 3, "max-of-N").
+The compute-optimal N* (Sec. 4, Theorem 1) is the smallest N with P(max_N >= s*) >= 1 - alpha:
+
+    N* = ceil(ln alpha / ln F(s*)),  1 if F(s*) = 0, unreachable if F(s*) = 1; clipped to [1, n_max].
+
+OptScale^0 estimates (mu, sigma) by maximum likelihood on k warm-up scores (Sec. 4.1); OptScale^t by MAP
+with Gaussian priors N(mu0, sd_mu^2) N(sigma0, sd_sigma^2) predicted per problem (Sec. 4.2, sd = 0.1).
+
+Numerics: everything is computed in log space. log(Phi(hi) - Phi(lo)) is evaluated by `_log_ndtr_diff`,
+which is accurate in both tails (scaled erfc ratio), across zero (erf sum) and for tiny widths
+(midpoint rule), so mu = 30, sigma = 1e-4 or scores exactly 0 / 1 give finite, warning-free results.
+Supported range: any mu with |mu| <= 1e6 and 1e-6 <= sigma <= 1e6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special as sc
+
+from optscale.errors import ParameterError
+
+__all__ = [
+    "SIGMA_MIN", "SIGMA_MAX", "MU_BOUND", "logcdf", "cdf", "logsf", "logpdf", "pdf", "ppf", "sample",
+    "max_cdf", "max_ppf", "NStar", "n_star", "n_star_from_logcdf", "Fit", "fit_mle", "fit_map",
+    "neg_log_likelihood", "moments_to_params", "params_to_moments", "log_normalizer",
+]
+
+SIGMA_MIN = 1e-4   #: lower bound on sigma used by the estimators
+SIGMA_MAX = 10.0   #: upper bound on sigma (sigma = 10 is uniform on [0, 1] to within 0.5 %)
+MU_BOUND = 100.0   #: estimators keep mu in [-MU_BOUND, MU_BOUND]
+
+_LN2 = np.log(2.0)
+_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
+_SQRT1_2 = np.sqrt(0.5)
+_QUIET = dict(divide="ignore", over="ignore", under="ignore", invalid="ignore")
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _array(name: str, x, *, lo=None, hi=None, lo_open=False, hi_open=False) -> np.ndarray:
+    arr = np.asarray(x, dtype=float)
+    if np.isnan(arr).any():
+        raise ParameterError(name, "must not be NaN")
+    if lo is not None and (np.any(arr <= lo) if lo_open else np.any(arr < lo)):
+        raise ParameterError(name, f"must be {'>' if lo_open else '>='} {lo}, got {arr.min():g}")
+    if hi is not None and (np.any(arr >= hi) if hi_open else np.any(arr > hi)):
+        raise ParameterError(name, f"must be {'<' if hi_open else '<='} {hi}, got {arr.max():g}")
+    return arr
+
+
+def _params(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
+    mu = _array("mu", mu)
+    if not np.all(np.isfinite(mu)):
+        raise ParameterError("mu", "must be finite")
+    sigma = _array("sigma", sigma, lo=0.0, lo_open=True)
+    if not np.all(np.isfinite(sigma)):
+        raise ParameterError("sigma", "must be finite")
+    return mu, sigma
+
+
+# ------------------------------------------------------------------------------------ log-space helpers
+def _log1mexp(x: np.ndarray) -> np.ndarray:
+    """log(1 - exp(x)) for x <= 0 (Maechler 2012): expm1 near 0, log1p further out."""
+    with np.errstate(**_QUIET):
+        return np.where(x > -_LN2, np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
+
+
+def _log_ndtr_scaled(x):
+    """log Phi(x) + x^2/2 = log(erfcx(-x/sqrt2) / 2) for x <= 0: moderate even where Phi underflows."""
+    return np.log(0.5 * sc.erfcx(-x * _SQRT1_2))
+
+
+def _log_ratio(x, y, d):
+    """log Phi(x) - log Phi(y) for x <= y <= 0, d = y - x: the squares enter only as d (x + y) / 2."""
+    return _log_ndtr_scaled(x) - _log_ndtr_scaled(y) + 0.5 * d * (x + y)
+
+
+def _log1m_ratio(x, y, d):
+    """log(1 - Phi(x) / Phi(y)) = log((Phi(y) - Phi(x)) / Phi(y)) for x <= y <= 0, d = y - x >= 0.
+
+    Midpoint rule when d is tiny: Phi(y) - Phi(x) = d phi(m) (1 + d^2 (m^2 - 1) / 24 + O(d^4 m^4)),
+    m = y - d/2, and log phi(m) - log Phi(y) = d (m + y) / 4 - log(2 pi)/2 - _log_ndtr_scaled(y).
+    """
+    x, y, d = np.broadcast_arrays(x, y, d)
+    m = y - 0.5 * d
+    with np.errstate(**_QUIET):
+        small = d * (1.0 + np.abs(m)) < 1e-3
+        quad = (np.log(d) + 0.25 * d * (m + y) - _HALF_LOG_2PI - _log_ndtr_scaled(y)
+                + np.log1p(d * d * (m * m - 1.0) / 24.0))
+        return np.where(small, quad, _log1mexp(np.minimum(_log_ratio(x, y, d), 0.0)))
+
+
+def _log_ndtr_diff(lo, hi, width) -> np.ndarray:
+    """log(Phi(hi) - Phi(lo)) for lo <= hi, width = hi - lo computed from unstandardized values.
+
+    Both bounds > 0: symmetry Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi). Same (lower) tail:
+    log Phi(h) + log(1 - Phi(l)/Phi(h)) (`_log1m_ratio`). Straddling 0: (erf(h/sqrt2) - erf(l/sqrt2)) / 2,
+    two same-sign terms, or the midpoint rule when the width is tiny.
+    """
+    lo, hi, width = np.broadcast_arrays(*(np.asarray(v, float) for v in (lo, hi, width)))
+    flip = lo > 0
+    low, high = np.where(flip, -hi, lo), np.where(flip, -lo, hi)
+    mid = 0.5 * (low + high)
+    with np.errstate(**_QUIET):
+        tail = sc.log_ndtr(np.minimum(high, 0.0)) + _log1m_ratio(low, np.minimum(high, 0.0), width)
+        across = np.log(0.5 * (sc.erf(high * _SQRT1_2) - sc.erf(low * _SQRT1_2)))
+        quad = (np.log(width) - 0.5 * mid * mid - _HALF_LOG_2PI
+                + np.log1p(width * width * (mid * mid - 1.0) / 24.0))
+        return np.where(high <= 0, tail, np.where(width * (1.0 + np.abs(mid)) < 1e-3, quad, across))
+
+
+def log_normalizer(mu, sigma) -> np.ndarray:
+    """log Z = log(Phi(b) - Phi(a)), a = -mu/sigma, b = (1-mu)/sigma: the truncation mass."""
+    mu, sigma = _params(mu, sigma)
+    with np.errstate(**_QUIET):
+        return _log_ndtr_diff(-mu / sigma, (1.0 - mu) / sigma, 1.0 / sigma)
+
+
+def _reflected(s, mu, sigma):
+    """Standardized bounds after the reflection x -> 1 - x, mu -> 1 - mu applied where mu < 1/2, so that
+    the normal's bulk lies at or above the interval's middle (F(s; mu) = 1 - F(1 - s; 1 - mu)).
+    Returns (refl, a, b, z, width(a, z), width(z, b), width(a, b)); widths come from s, 1 - s, 1."""
+    refl = mu < 0.5
+    a, b, z = -mu / sigma, (1.0 - mu) / sigma, (s - mu) / sigma
+    wl, wh = s / sigma, (1.0 - s) / sigma
+    return (refl, np.where(refl, -b, a), np.where(refl, -a, b), np.where(refl, -z, z),
+            np.where(refl, wh, wl), np.where(refl, wl, wh), 1.0 / sigma)
+
+
+def _logcdf_logsf(s, mu, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """(log F(s), log(1 - F(s))).
+
+    With all of [a, b] in the lower tail (b <= 0, after reflection) the huge log Phi(b) cancels exactly:
+    log F = log(Phi(z)/Phi(b)) + log(1 - Phi(a)/Phi(z)) - log(1 - Phi(a)/Phi(b)),
+    log(1 - F) = log(1 - Phi(z)/Phi(b)) - log(1 - Phi(a)/Phi(b)). Otherwise the log-differences are
+    moderate and subtracted directly. The smaller of F, 1 - F is kept, the other taken by log1mexp.
+    """
+    s, mu, sigma = np.broadcast_arrays(np.asarray(s, float), mu, sigma)
+    with np.errstate(**_QUIET):
+        refl, a, b, z, w_az, w_zb, w_ab = _reflected(np.clip(s, 0.0, 1.0), mu, sigma)
+        zc, bc = np.minimum(z, 0.0), np.minimum(b, 0.0)
+        l_ab = _log1m_ratio(a, bc, w_ab)
+        lc_tail = _log_ratio(zc, bc, w_zb) + _log1m_ratio(a, zc, w_az) - l_ab
+        ls_tail = _log1m_ratio(zc, bc, w_zb) - l_ab
+        log_z = _log_ndtr_diff(a, b, w_ab)
+        lc_gen = _log_ndtr_diff(a, z, w_az) - log_z
+        ls_gen = _log_ndtr_diff(z, b, w_zb) - log_z
+        tail = b <= 0
+        lc = np.minimum(np.where(tail, lc_tail, lc_gen), 0.0)
+        ls = np.minimum(np.where(tail, ls_tail, ls_gen), 0.0)
+        lc, ls = np.where(ls < -_LN2, _log1mexp(ls), lc), np.where(lc < -_LN2, _log1mexp(lc), ls)
+        lc, ls = np.where(refl, ls, lc), np.where(refl, lc, ls)
+    lc = np.where(s <= 0.0, -np.inf, np.where(s >= 1.0, 0.0, lc))
+    ls = np.where(s <= 0.0, 0.0, np.where(s >= 1.0, -np.inf, ls))
+    return lc, ls
+
+
+def _logpdf(x, mu, sigma):
+    """log f(x) = -z^2/2 - log(2 pi)/2 - log sigma - log Z; in the lower tail (b <= 0 after reflection)
+    -z^2/2 - log Phi(b) = -(z - b)(z + b)/2 - _log_ndtr_scaled(b), with z - b = (x - 1)/sigma."""
+    refl, a, b, z, _, w_zb, w_ab = _reflected(x, mu, sigma)
+    bc = np.minimum(b, 0.0)
+    tail = 0.5 * w_zb * (z + bc) - _log_ndtr_scaled(bc) - _log1m_ratio(a, bc, w_ab)
+    gen = -0.5 * z * z - _log_ndtr_diff(a, b, w_ab)
+    return np.where(b <= 0, tail, gen) - _HALF_LOG_2PI - np.log(sigma)
+
+
+# ------------------------------------------------------------------------------------ distribution
+def logcdf(s, mu, sigma) -> np.ndarray:
+    """log F(s) of the truncated normal: -inf for s <= 0, 0 for s >= 1."""
+    mu, sigma = _params(mu, sigma)
+    return _logcdf_logsf(_array("s", s), mu, sigma)[0]
+
+
+def cdf(s, mu, sigma) -> np.ndarray:
+    """F(s) = (Phi((s-mu)/sigma) - Phi(a)) / Z, in [0, 1]."""
+    return np.exp(logcdf(s, mu, sigma))
+
+
+def logsf(s, mu, sigma) -> np.ndarray:
+    """log(1 - F(s)), accurate when F(s) is close to 1."""
+    mu, sigma = _params(mu, sigma)
+    return _logcdf_logsf(_array("s", s), mu, sigma)[1]
+
+
+def logpdf(x, mu, sigma) -> np.ndarray:
+    """log f(x) = log phi((x-mu)/sigma) - log sigma - log Z on [0, 1]; -inf outside."""
+    mu, sigma = _params(mu, sigma)
+    x, mu, sigma = np.broadcast_arrays(_array("x", x), mu, sigma)
+    with np.errstate(**_QUIET):
+        out = _logpdf(np.clip(x, 0.0, 1.0), mu, sigma)
+    return np.where((x < 0.0) | (x > 1.0), -np.inf, out)
+
+
+def pdf(x, mu, sigma) -> np.ndarray:
+    """f(x) = phi((x-mu)/sigma) / (sigma Z) on [0, 1]; 0 outside."""
+    return np.exp(logpdf(x, mu, sigma))
+
+
+def _ppf_log(log_p, log_q, mu, sigma) -> np.ndarray:
+    """F^{-1}(p) given log p and log q = log(1-p).
+
+    Oriented so that the truncation interval [l, h] has the normal's bulk on its upper side
+    (flip z -> -z, p <-> q when the interval lies in the upper tail, i.e. a > -b):
+    Phi(z) = q Phi(l) + p Phi(h), a sum of positive terms, inverted by ndtri_exp.
+    """
+    log_p, log_q, mu, sigma = np.broadcast_arrays(log_p, log_q, mu, sigma)
+    with np.errstate(**_QUIET):
+        a, b = -mu / sigma, (1.0 - mu) / sigma
+        flip = a > -b
+        low = np.where(flip, -b, a)
+        high = np.where(flip, -a, b)
+        lp = np.where(flip, log_q, log_p)
+        lq = np.where(flip, log_p, log_q)
+        z = sc.ndtri_exp(np.logaddexp(lq + sc.log_ndtr(low), lp + sc.log_ndtr(high)))
+        z = np.clip(np.where(flip, -z, z), a, b)
+        return np.clip(mu + sigma * z, 0.0, 1.0)
+
+
+def ppf(q, mu, sigma) -> np.ndarray:
+    """Quantile F^{-1}(q) for q in [0, 1] (q=0 -> 0, q=1 -> 1)."""
+    mu, sigma = _params(mu, sigma)
+    q = _array("q", q, lo=0.0, hi=1.0)
+    with np.errstate(**_QUIET):
+        return _ppf_log(np.log(q), np.log1p(-q), mu, sigma)
+
+
+def sample(mu, sigma, size=None, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Draw scores by inversion, F^{-1}(U) with U ~ Uniform(0, 1); mu, sigma broadcast to ``size``."""
+    mu, sigma = _params(mu, sigma)
+    rng = np.random.default_rng(rng)
+    shape = np.broadcast_shapes(mu.shape, sigma.shape) if size is None else size
+    u = rng.random(shape)
+    with np.errstate(**_QUIET):
+        return _ppf_log(np.log(u), np.log1p(-u), mu, sigma)
+
+
+def max_cdf(s, n, mu, sigma) -> np.ndarray:
+    """P(max of n i.i.d. scores <= s) = F(s)^n, computed as exp(n log F(s))."""
+    n = _array("n", n, lo=1.0)
+    with np.errstate(**_QUIET):
+        return np.exp(n * logcdf(s, mu, sigma))
+
+
+def max_ppf(q, n, mu, sigma) -> np.ndarray:
+    """Quantile of the max of n scores: F^{-1}(q^{1/n}) (log q / n keeps q^{1/n} exact near 1)."""
+    mu, sigma = _params(mu, sigma)
+    q = _array("q", q, lo=0.0, hi=1.0)
+    n = _array("n", n, lo=1.0)
+    with np.errstate(**_QUIET):
+        log_p = np.log(q) / n
+        return _ppf_log(log_p, _log1mexp(log_p), mu, sigma)
+
+
+# ------------------------------------------------------------------------------------------------ N*
+@dataclass(frozen=True)
+class NStar:
+    """Result of the N* bound; arrays of one broadcast shape.
+
+    n: int64 in [1, n_max]; reachable: False where F(s*) == 1 (n is then n_max);
+    exact: ln alpha / ln F(s*) before ceil/clip (inf if unreachable, 0 if F(s*) == 0).
+    """
+
+    n: np.ndarray
+    reachable: np.ndarray
+    exact: np.ndarray
+
+
+def _check_alpha_nmax(alpha, n_max) -> tuple[np.ndarray, np.ndarray]:
+    alpha = _array("alpha", alpha, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    n_max = np.asarray(n_max)
+    if not np.issubdtype(n_max.dtype, np.number) or np.any(~np.isfinite(n_max)) or np.any(n_max < 1) \
+            or np.any(n_max != np.floor(n_max)):
+        raise ParameterError("n_max", "must be an integer >= 1")
+    return alpha, n_max.astype(np.int64)
+
+
+def n_star_from_logcdf(log_F, alpha, n_max) -> NStar:
+    """N* = ceil(ln alpha / ln F(s*)) clipped to [1, n_max], from log F(s*) (Theorem 1).
+
+    The result is the smallest N >= 1 with N ln F <= ln alpha, i.e. 1 - F^N >= 1 - alpha (the ceiling is
+    corrected by one step where the float quotient lands on the wrong side of an integer).
+    log F = -inf gives N = 1; log F = 0 (F = 1) is unreachable and gives n_max.
+    """
+    log_F = _array("log_F", log_F, hi=0.0)
+    alpha, n_max = _check_alpha_nmax(alpha, n_max)
+    log_F, alpha, n_max = np.broadcast_arrays(log_F, alpha, n_max)
+    log_a = np.log(alpha)
+    reachable = log_F < 0.0
+    with np.errstate(**_QUIET):
+        exact = np.where(reachable, log_a / log_F, np.inf)
+        n = np.ceil(np.minimum(exact, n_max + 1.0))
+        n = np.where((n > 1) & ((n - 1) * log_F <= log_a), n - 1, n)
+        n = np.where(n * log_F > log_a, n + 1, n)
+    n = np.clip(np.where(reachable, n, n_max), 1, n_max).astype(np.int64)
+    return NStar(n=n, reachable=reachable, exact=exact)
+
+
+def n_star(mu, sigma, target, alpha, n_max) -> NStar:
+    """N* for the truncated normal: N* = ceil(ln alpha / ln F(s*)), clipped to [1, n_max].
+
+    ``target`` is s* in [0, 1]; ``alpha`` in (0, 1) is one minus the confidence that the best of N* scores
+    reaches s*; ``n_max`` >= 1 is the sampling budget.
+    """
+    mu, sigma = _params(mu, sigma)
+    target = _array("target", target, lo=0.0, hi=1.0)
+    return n_star_from_logcdf(_logcdf_logsf(target, mu, sigma)[0], alpha, n_max)
+
+
+# ------------------------------------------------------------------------------------------ estimation
+@dataclass(frozen=True)
+class Fit:
+    """Estimated (mu, sigma) per problem.
+
+    nll: negative log-likelihood (MLE) or negative log-posterior (MAP, Gaussian priors with their
+    normalizing constants) at the estimate; converged: the projected Newton decrement fell below tol;
+    iterations: iterations of the batch loop; at_bound: the estimate lies on the box
+    [-mu_bound, mu_bound] x [sigma_min, sigma_max] (no interior optimum, e.g. one score, all scores equal).
+    """
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    nll: np.ndarray
+    converged: np.ndarray
+    iterations: int
+    at_bound: np.ndarray | None = None
+
+
+def _stats(scores, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+    """(n, mean, biased variance) per row; a 1-D input is one row. Missing = mask False (or NaN)."""
+    x = np.asarray(scores, dtype=float)
+    if x.ndim not in (1, 2):
+        raise ParameterError("scores", f"must be 1-D or 2-D, got shape {x.shape}")
+    shape = x.shape[:-1]
+    x = np.atleast_2d(x)
+    m = np.isfinite(x) if mask is None else np.atleast_2d(np.asarray(mask, dtype=bool))
+    if m.shape != x.shape:
+        raise ParameterError("mask", f"shape {m.shape} does not match scores {x.shape}")
+    used = np.where(m, x, 0.5)
+    if not np.all(np.isfinite(used)) or np.any((used < 0) | (used > 1)):
+        raise ParameterError("scores", "scores in use must be finite and in [0, 1]")
+    n = m.sum(axis=1).astype(float)
+    with np.errstate(**_QUIET):
+        mean = np.where(n > 0, np.where(m, x, 0.0).sum(axis=1) / np.maximum(n, 1), 0.5)
+        var = np.where(m, (x - mean[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(n, 1)
+    return n, mean, var, shape
+
+
+def _objective(mu, tau, n, mean, var, prior, need_grad=True):
+    """Per-row objective f = NLL (+ neg. log prior), with gradient and Hessian in local natural coordinates.
+
+    NLL = n [(v + (xbar - mu)^2) / (2 sigma^2) + log sigma + log Z + log(2 pi)/2]. The truncated normal is
+    an exponential family: with z = (x - mu)/sigma the density is proportional to exp(p1 z + p2 z^2) on
+    [a, b], currently at (p1, p2) = (0, -1/2). In p the NLL is convex, its gradient is n (E z - zhat,
+    E z^2 - zhat2) (zhat = (xbar - mu)/sigma, zhat2 = (v + (xbar - mu)^2)/sigma^2) and its Hessian
+    n Cov(z, z^2), from the moments m_k = E z^k (m_k = (k-1) m_{k-2} + (a^{k-1} phi(a) - b^{k-1} phi(b))/Z).
+    """
+    sigma = np.exp(tau)
+    a, b = -mu / sigma, (1.0 - mu) / sigma
+    log_z = _log_ndtr_diff(a, b, 1.0 / sigma)
+    zhat = (mean - mu) / sigma
+    zhat2 = var / sigma**2 + zhat * zhat
+    f = n * (0.5 * zhat2 + tau + log_z + _HALF_LOG_2PI)
+    if prior is not None:
+        mu0, s0, sdm, sds = prior
+        f = f + 0.5 * ((mu - mu0) / sdm) ** 2 + 0.5 * ((sigma - s0) / sds) ** 2 + np.log(sdm * sds) \
+            + 2 * _HALF_LOG_2PI
+    if not need_grad:
+        return f
+    pa = np.exp(-0.5 * a * a - _HALF_LOG_2PI - log_z)
+    pb = np.exp(-0.5 * b * b - _HALF_LOG_2PI - log_z)
+    m1 = pa - pb
+    m2 = 1.0 + a * pa - b * pb
+    m3 = 2.0 * m1 + a * a * pa - b * b * pb
+    m4 = 3.0 * m2 + a**3 * pa - b**3 * pb
+    g1, g2 = n * (m1 - zhat), n * (m2 - zhat2)
+    h11 = n * np.maximum(m2 - m1 * m1, 0.0)
+    h12 = n * (m3 - m1 * m2)
+    h22 = n * np.maximum(m4 - m2 * m2, 0.0)
+    if prior is not None:  # mu' = mu - p1 sigma / (2 p2), sigma' = sigma / sqrt(-2 p2): d/dp = sigma d/dmu, ..
+        dmu, dsig = (mu - mu0) / sdm**2, (sigma - s0) / sds**2
+        g1, g2 = g1 + sigma * dmu, g2 + sigma * dsig
+        h11 = h11 + sigma**2 / sdm**2
+        h22 = h22 + sigma**2 / sds**2 + np.maximum(3.0 * sigma * dsig, 0.0)
+    return f, g1, g2, h11, h12, h22
+
+
+def _move(mu, tau, t, d1, d2, lo, hi):
+    """The point at natural-coordinate step (t d1, -1/2 + t d2), mapped back to (mu, log sigma), in the box."""
+    p2 = np.minimum(-0.5 + t * d2, -1e-300)
+    mu_new = mu - t * d1 * np.exp(tau) / (2.0 * p2)
+    tau_new = tau - 0.5 * np.log(-2.0 * p2)
+    return np.clip(mu_new, lo[0], hi[0]), np.clip(tau_new, lo[1], hi[1])
+
+
+def _newton_direction(g1, g2, h11, h12, h22, free1, free2):
+    """-H^{-1} g restricted to the free variables (2x2 solve, elementwise)."""
+    both = free1 & free2
+    det = h11 * h22 - h12 * h12
+    d1 = np.where(both, -(h22 * g1 - h12 * g2) / det, np.where(free1, -g1 / h11, 0.0))
+    d2 = np.where(both, -(h11 * g2 - h12 * g1) / det, np.where(free2, -g2 / h22, 0.0))
+    return d1, d2
+
+
+def _optimize(n, mean, var, prior, lo, hi, init, max_iter, tol):
+    """Projected Newton / Fisher scoring on (mu, log sigma) inside the box lo <= theta <= hi, for all rows
+    at once. Levenberg-Marquardt damping H + lam diag(H) adapts per row; Armijo backtracking along the
+    projected path, so the objective never increases. Converged: Newton decrement g' H^-1 g <= tol (1+|f|)."""
+    mu, tau = (np.array(v, dtype=float) for v in init)
+    B = mu.shape[0]
+    converged = np.zeros(B, bool)
+    lam = np.zeros(B)
+    active = np.arange(B)
+    it = 0
+    with np.errstate(**_QUIET):
+        while active.size and it < max_iter:
+            it += 1
+            rows = (n[active], mean[active], var[active], None if prior is None else
+                    tuple(p[active] for p in prior))
+            m, t, la = mu[active], tau[active], lam[active]
+            f, g1, g2, h11, h12, h22 = _objective(m, t, *rows)
+            tiny = 1e-300 + 1e-14 * np.maximum(h11, h22)
+            h11, h22 = np.maximum(h11, tiny), np.maximum(h22, tiny)
+            c = np.sqrt(h11 * h22) * (1.0 - 1e-9)   # keep H positive definite
+            h12 = np.clip(h12, -c, c)
+            # a variable on its bound is held fixed when the gradient, or its Newton step, points outward
+            at1 = ((m <= lo[0]) & (g1 > 0)) | ((m >= hi[0]) & (g1 < 0))
+            at2 = ((t <= lo[1]) & (g2 > 0)) | ((t >= hi[1]) & (g2 < 0))
+            free1, free2 = ~at1, ~at2
+            n1, n2 = _newton_direction(g1, g2, h11, h12, h22, free1, free2)
+            out1 = ((m <= lo[0]) & (n1 < 0)) | ((m >= hi[0]) & (n1 > 0))
+            out2 = ((t <= lo[1]) & (n2 < 0)) | ((t >= hi[1]) & (n2 > 0))
+            free1 &= ~(out1 & free2 & ~out2)
+            free2 &= ~(out2 & free1 & ~out1)
+            free1 &= ~(out1 & out2)
+            free2 &= ~(out1 & out2)
+            n1, n2 = _newton_direction(g1, g2, h11, h12, h22, free1, free2)
+            decrement = np.maximum(-(g1 * n1 + g2 * n2), 0.0)
+            done = ~(decrement > tol * (1.0 + np.abs(f)))
+            converged[active[done]] = True
+            d1, d2 = _newton_direction(g1, g2, h11 * (1 + la), h12, h22 * (1 + la), free1, free2)
+            d2 = np.maximum(d2, -1e6)
+            step = np.ones(active.size)
+            pending = ~done
+            accepted_first = np.zeros(active.size, bool)
+            for k in range(40):
+                if not pending.any():
+                    break
+                idx = np.flatnonzero(pending)
+                nm, nt = _move(m[idx], t[idx], step[idx], d1[idx], d2[idx], lo, hi)
+                sub = tuple(r[idx] for r in rows[:3]) + (None if prior is None else
+                                                          tuple(p[idx] for p in rows[3]),)
+                fn = _objective(nm, nt, *sub, need_grad=False)
+                ok = fn <= f[idx] + 1e-4 * step[idx] * (g1[idx] * d1[idx] + g2[idx] * d2[idx])
+                acc = idx[ok]
+                mu[active[acc]], tau[active[acc]] = nm[ok], nt[ok]
+                pending[acc] = False
+                accepted_first[acc] = k == 0
+                step[idx[~ok]] *= 0.5
+            lam[active] = np.where(accepted_first, la * 0.1, np.where(pending, np.maximum(la * 10, 1.0), la))
+            lam[lam < 1e-6] = 0.0
+            # rows with no decrease even under heavy damping: nothing representable left to gain
+            give_up = pending & (la > 1e8)
+            converged[active[give_up]] = decrement[give_up] <= 1e-6 * (1.0 + np.abs(f[give_up]))
+            active = active[~done & ~give_up]
+    return mu, tau, converged, it
+
+
+def _fit(scores, mask, prior, sigma_min, sigma_max, mu_bound, max_iter, tol) -> Fit:
+    sigma_min = float(_array("sigma_min", sigma_min, lo=0.0, lo_open=True))
+    sigma_max = float(_array("sigma_max", sigma_max, lo=sigma_min, lo_open=True))
+    mu_bound = float(_array("mu_bound", mu_bound, lo=0.0, lo_open=True))
+    n, mean, var, shape = _stats(scores, mask)
+    return _fit_stats(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_iter, tol)
+
+
+def _fit_stats(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_iter, tol) -> Fit:
+    B = n.shape[0]
+    lo = (-mu_bound, np.log(sigma_min))
+    hi = (mu_bound, np.log(sigma_max))
+    data_init = (np.clip(mean, *np.array([lo[0], hi[0]])), np.clip(0.5 * np.log(np.maximum(var, 1e-300)), lo[1], hi[1]))
+    if prior is None:
+        init = (np.where(n > 0, data_init[0], 0.5), np.where(n > 0, data_init[1], hi[1]))
+        mu, tau, converged, it = _optimize(n, mean, var, None, lo, hi, init, max_iter, tol)
+        converged &= n > 0
+    else:  # the posterior may have two modes (data-like small sigma, prior-like): start at both, keep the best
+        prior = tuple(np.broadcast_to(np.asarray(p, float), (B,)) for p in prior)
+        prior_init = (np.clip(prior[0], lo[0], hi[0]),
+                      np.clip(np.log(np.maximum(prior[1], 1e-300)), lo[1], hi[1]))
+        init = tuple(np.concatenate(pair) for pair in zip(data_init, prior_init, strict=True))
+        twice = tuple(np.concatenate([v, v]) for v in (n, mean, var))
+        mu2, tau2, conv2, it = _optimize(*twice, tuple(np.concatenate([p, p]) for p in prior), lo, hi, init,
+                                         max_iter, tol)
+        with np.errstate(**_QUIET):
+            f2 = _objective(mu2, tau2, *twice, tuple(np.concatenate([p, p]) for p in prior), need_grad=False)
+        pick = np.where(f2[B:] < f2[:B], B, 0) + np.arange(B)
+        mu, tau, converged = mu2[pick], tau2[pick], conv2[pick]
+    with np.errstate(**_QUIET):
+        nll = _objective(mu, tau, n, mean, var, prior, need_grad=False)
+    sigma = np.exp(tau)
+    at_bound = (np.abs(mu) >= mu_bound) | (tau <= lo[1] + 1e-12) | (tau >= hi[1] - 1e-12)
+    return Fit(mu=mu.reshape(shape), sigma=sigma.reshape(shape), nll=nll.reshape(shape),
+               converged=converged.reshape(shape), iterations=it, at_bound=at_bound.reshape(shape))
+
+
+def fit_mle(scores, mask=None, *, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, mu_bound=MU_BOUND,
+            max_iter=100, tol=1e-13) -> Fit:
+    """OptScale^0 (Sec. 4.1): maximum-likelihood (mu, sigma) of the truncated normal, per row.
+
+    scores: [B, M] (or [M]) in [0, 1]; mask: [B, M] bool, True = use (default: the finite entries), so rows
+    may have different counts. The MLE maximizes sum_i log f(x_i) over the box
+    |mu| <= mu_bound, sigma_min <= sigma <= sigma_max. With one score or all scores equal the likelihood
+    grows without bound as sigma -> 0: the result is then on the bound sigma = sigma_min (flag at_bound).
+    A row without scores gets (0.5, sigma_max), converged False.
+    """
+    return _fit(scores, mask, None, sigma_min, sigma_max, mu_bound, max_iter, tol)
+
+
+def fit_map(scores, mask=None, *, mu0, sigma0, sd_mu=0.1, sd_sigma=0.1, sigma_min=SIGMA_MIN,
+            sigma_max=SIGMA_MAX, mu_bound=MU_BOUND, max_iter=100, tol=1e-13) -> Fit:
+    """OptScale^t (Sec. 4.2): MAP estimate with priors mu ~ N(mu0, sd_mu^2), sigma ~ N(sigma0, sd_sigma^2).
+
+    Minimizes NLL(mu, sigma) + (mu - mu0)^2 / (2 sd_mu^2) + (sigma - sigma0)^2 / (2 sd_sigma^2) (+ constants);
+    mu0, sigma0, sd_mu, sd_sigma broadcast to [B]. Rows without scores return the prior mode.
+    """
+    prior = (_array("mu0", mu0), _array("sigma0", sigma0), _array("sd_mu", sd_mu, lo=0, lo_open=True),
+             _array("sd_sigma", sd_sigma, lo=0, lo_open=True))
+    return _fit(scores, mask, prior, sigma_min, sigma_max, mu_bound, max_iter, tol)
+
+
+def neg_log_likelihood(scores, mask, mu, sigma) -> np.ndarray:
+    """-sum_i log f(x_i | mu, sigma) over the used scores of each row ([B], or a scalar for 1-D scores)."""
+    n, mean, var, shape = _stats(scores, mask)
+    mu, sigma = _params(mu, sigma)
+    mu, sigma = np.broadcast_to(mu, n.shape), np.broadcast_to(sigma, n.shape)
+    with np.errstate(**_QUIET):
+        return _objective(mu.reshape(-1), np.log(sigma).reshape(-1), n, mean, var, None,
+                          need_grad=False).reshape(shape)
+
+
+# --------------------------------------------------------------------------------- moment matching
+def params_to_moments(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of the truncated normal: mean = mu + sigma E[z], std = sigma sqrt(Var z), with
+    E[z] = (phi(a) - phi(b)) / Z and E[z^2] = 1 + (a phi(a) - b phi(b)) / Z."""
+    mu, sigma = _params(mu, sigma)
+    mu, sigma = np.broadcast_arrays(mu, sigma)
+    with np.errstate(**_QUIET):
+        a, b = -mu / sigma, (1.0 - mu) / sigma
+        log_z = _log_ndtr_diff(a, b, 1.0 / sigma)
+        pa = np.exp(-0.5 * a * a - _HALF_LOG_2PI - log_z)
+        pb = np.exp(-0.5 * b * b - _HALF_LOG_2PI - log_z)
+        m1 = pa - pb
+        var_z = np.maximum(1.0 + a * pa - b * pb - m1 * m1, 0.0)
+        return np.clip(mu + sigma * m1, 0.0, 1.0), sigma * np.sqrt(var_z)
+
+
+def moments_to_params(mean, std, *, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, mu_bound=MU_BOUND,
+                      max_iter=100, tol=1e-15) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the truncated normal with the given mean and std (moment matching), vectorized.
+
+    Matching E[x] = mean and E[x^2] = mean^2 + std^2 is exactly the likelihood equation of an exponential
+    family, so this is the MLE for data with those moments; moments no truncated normal in the box can
+    reach (e.g. std near sqrt(mean(1-mean))) give the closest member on the box boundary, std = 0 gives
+    sigma = sigma_min.
+    """
+    mean = _array("mean", mean, lo=0.0, hi=1.0)
+    std = _array("std", std, lo=0.0)
+    mean, std = np.broadcast_arrays(mean, std)
+    sigma_min = float(_array("sigma_min", sigma_min, lo=0.0, lo_open=True))
+    sigma_max = float(_array("sigma_max", sigma_max, lo=sigma_min, lo_open=True))
+    fit = _fit_stats(np.ones(mean.size), mean.reshape(-1).astype(float), (std**2).reshape(-1).astype(float),
+                     mean.shape, None, sigma_min, sigma_max, float(mu_bound), max_iter, tol)
+    return fit.mu, fit.sigma
