@@ -41,8 +41,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="language-model embedder: smollm2 (default, llama.cpp), minilm (torch), or none")
     t.add_argument("--blocks", default="emb,tfidf,surface",
                    help="feature blocks, comma-separated subset of emb,tfidf,surface (default all)")
-    t.add_argument("--folds", type=int, default=5, help="cross-validation folds on the training set (default 5)")
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="output .npz (the shipped one is optscale/predictor/weights/default.npz)")
     t.add_argument("--no-cache", action="store_true", help="do not cache embeddings under ~/.cache/optscale")
     add_json_flag(t)
@@ -146,14 +144,14 @@ def run_train(args) -> int:
     emb = None if args.embedder.lower() in ("none", "") else args.embedder
     blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
     t0 = time.time()
-    pred = Predictor(emb, blocks, folds=args.folds, seed=args.seed, cache=not args.no_cache)
+    pred = Predictor(emb, blocks, cache=not args.no_cache)
     pred.fit(texts, y[:, 0], y[:, 1], progress=sys.stderr.isatty())
     out = pred.save(args.out)
     info = dict(pred.info, out=str(out), seconds=round(time.time() - t0, 1))
     if args.json:
         emit_json(info)
     else:
-        _print_metrics(info["cv"], f"trained on {len(texts)} problems -> {out}; {args.folds}-fold CV on training:")
+        _print_metrics(info["cv"], f"trained on {len(texts)} problems -> {out}; leave-one-out CV on training:")
     return 0
 
 

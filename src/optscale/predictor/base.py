@@ -4,7 +4,7 @@ uncertainty for each (used as the MAP prior's standard deviations).
 Model (see docs/PREDICTOR.md):
 
 * Targets: the label moments (mean, std) of the problem's verifier scores.
-* Blocks, each a ridge regression with its penalty chosen by K-fold CV on the training set:
+* Blocks, each a ridge regression with its penalty chosen by leave-one-out CV on the training set:
   ``emb`` (language-model sentence embedding), ``tfidf`` (word + bigram TF-IDF), ``surface`` (a few
   hand-made text features). A linear stacker combines the blocks' out-of-fold predictions.
 * Conversion: predicted (mean, std) -> truncated-normal (mu0, sigma0) by moment matching
@@ -132,11 +132,13 @@ class Predictor:
     ----------
     embedder: ``"smollm2"``, ``"minilm"`` or ``None`` (no language-model block: TF-IDF + surface only).
     blocks: which feature blocks to use (subset of ``("emb", "tfidf", "surface")``).
-    folds, seed: cross-validation of the ridge penalties / stacker / residual model (training set only).
+    cache: cache LM embeddings on disk (True: ``~/.cache/optscale``; a path; False).
+
+    Penalties, stacker and residual model are fitted on exact leave-one-out predictions of the training set.
     """
 
     def __init__(self, embedder: str | dict | None = "smollm2", blocks: Sequence[str] = BLOCKS, *,
-                 folds: int = 5, seed: int = 0, cache: bool | str = True):
+                 cache: bool | str = True):
         blocks = tuple(blocks)
         for b in blocks:
             if b not in BLOCKS:
@@ -147,7 +149,7 @@ class Predictor:
             raise ParameterError("blocks", "no feature block left")
         self.blocks = blocks
         self.embedder_config = ({"kind": embedder} if isinstance(embedder, str) else embedder) if embedder else None
-        self.folds, self.seed, self.cache = int(folds), int(seed), cache
+        self.cache = cache
         self._embedder = None
         self.info: dict = {}
         self.fitted = False
@@ -197,7 +199,7 @@ class Predictor:
         self.ridges_ = {}
         oof = {}
         for name in self.blocks:
-            r = Ridge(folds=self.folds, seed=self.seed).fit(feats[name], Y)
+            r = Ridge().fit(feats[name], Y)
             self.ridges_[name] = r
             oof[name] = r.oof_
         # stacker: per target, least squares on the blocks' out-of-fold predictions (+ intercept)
@@ -205,7 +207,7 @@ class Predictor:
         for j in range(2):
             Z = np.column_stack([np.ones(len(texts))] + [oof[b][:, j] for b in self.blocks])
             self.stack_[:, j] = np.linalg.lstsq(Z, Y[:, j], rcond=None)[0]
-        # second-level out-of-fold estimate (stacker weights barely overfit: <= 4 parameters per target)
+        # stacked leave-one-out predictions (the stacker has <= 4 parameters per target: negligible overfit)
         pred = self._combine(oof)
         self.const_ = Y.mean(0)
         self._fit_uncertainty(pred, Y)
@@ -283,7 +285,7 @@ class Predictor:
         path = Path(path)
         arrays: dict[str, np.ndarray] = {}
         meta = {"format": FORMAT_VERSION, "blocks": list(self.blocks), "embedder": self.embedder_config,
-                "folds": self.folds, "seed": self.seed, "info": self.info}
+                "info": self.info}
         arrays["meta"] = np.array(json.dumps(meta, default=float))
         for b in self.blocks:
             arrays.update(self.ridges_[b].to_arrays(f"ridge_{b}_"))
@@ -315,7 +317,7 @@ class Predictor:
             raise InputError(str(path), None, "meta", "missing or invalid predictor metadata") from exc
         if meta.get("format") != FORMAT_VERSION:
             raise InputError(str(path), None, "format", f"unsupported predictor format {meta.get('format')!r}")
-        obj = cls(meta["embedder"], meta["blocks"], folds=meta["folds"], seed=meta["seed"])
+        obj = cls(meta["embedder"], meta["blocks"])
         obj.ridges_ = {b: Ridge.from_arrays(arrays, f"ridge_{b}_") for b in obj.blocks}
         if "tfidf" in obj.blocks:
             obj.tfidf_ = Tfidf.from_arrays(arrays, "tfidf_")

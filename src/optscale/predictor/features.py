@@ -3,10 +3,10 @@
 * :class:`Tfidf` — word + bigram TF-IDF (sublinear tf, L2-normalised rows), numpy/scipy only, serialisable
   to plain arrays.
 * :func:`surface_features` — a few hand-made features of the problem text (``[asy]`` diagram, length, ...).
-* :class:`Ridge` — ridge regression fitted in the dual (kernel K = X Xᵀ, so it works for 10⁴ sparse TF-IDF
-  columns as well as dense embeddings), with the regularisation chosen per target by K-fold cross-validation
-  on the training set; returns out-of-fold predictions (for stacking and for the residual model) and primal
-  weights (so that the saved model does not contain the training set).
+* :class:`Ridge` — ridge regression (primal for dense features, dual for 10⁴ sparse TF-IDF columns), with the
+  penalty chosen per target by exact leave-one-out cross-validation on the training set; returns the
+  leave-one-out predictions (for stacking and for the residual model) and primal weights (so that the saved
+  model does not contain the training set).
 """
 
 from __future__ import annotations
@@ -102,17 +102,17 @@ def _gram(A, B):
 
 
 class Ridge:
-    """Multi-target ridge regression with the penalty chosen per target by K-fold CV.
+    """Multi-target ridge regression (with intercept), the penalty chosen per target by exact
+    leave-one-out cross-validation (one eigendecomposition serves every penalty and every row).
 
-    ``fit`` stores primal weights ``coef_`` [d, k] and ``intercept_`` [k] and the out-of-fold predictions
+    ``fit`` stores primal weights ``coef_`` [d, k] and ``intercept_`` [k] and the leave-one-out predictions
     ``oof_`` [n, k]. Dense inputs are standardised (``center``/``scale`` stored); sparse ones are used as is.
+    Dense inputs with fewer columns than rows are solved in the primal (d x d), others in the dual (n x n).
     """
 
     def __init__(self, alphas: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000),
-                 folds: int = 5, seed: int = 0, standardize: bool = True):
+                 standardize: bool = True):
         self.alphas = tuple(float(a) for a in alphas)
-        self.folds = int(folds)
-        self.seed = int(seed)
         self.standardize = standardize
 
     def _prep(self, X):
@@ -130,50 +130,51 @@ class Ridge:
             self.scale_ = X.std(0) * math.sqrt(X.shape[1])  # unit total variance: alphas comparable across blocks
             self.scale_[self.scale_ == 0] = 1.0
         Z = self._prep(X)
-        fold = np.random.default_rng(self.seed).permutation(n) % self.folds
+        m = Y2.mean(0)
+        Yc = Y2 - m
+        zmean = np.asarray(Z.mean(0)).ravel()
         primal = not _is_sparse(Z) and Z.shape[1] < n
+        if primal:  # eigen-decompose Zcᵀ Zc (d x d)
+            Zc = np.asarray(Z) - zmean
+            s, V = np.linalg.eigh(Zc.T @ Zc)
+            B = Zc @ V  # [n, d]: fitted = B diag(1/(s+lam)) Bᵀ Yc
+            proj = B.T @ Yc
+            lev_base = B**2
+        else:  # eigen-decompose the centred kernel (n x n)
+            K = _gram(Z, Z)
+            r = K.mean(0)
+            Kc = K - r[None, :] - r[:, None] + r.mean()
+            del K
+            s, U = np.linalg.eigh(Kc)
+            del Kc
+            proj = U.T @ Yc
+            lev_base = U**2
+        s = np.clip(s, 0, None)
         err = np.zeros((len(self.alphas), k))
-        oof = np.zeros((len(self.alphas), n, k))
-        for f in range(self.folds):
-            tr, te = fold != f, fold == f
-            m = Y2[tr].mean(0)
-            if primal:  # d < n: eigen-decompose Zᵀ Z (d x d)
-                Ztr = Z[tr] - Z[tr].mean(0)
-                s, V = np.linalg.eigh(Ztr.T @ Ztr)
-                VtZY = V.T @ (Ztr.T @ (Y2[tr] - m))
-                Kte = (Z[te] - Z[tr].mean(0)) @ V
-                rhs = VtZY
-            else:  # dual: eigen-decompose Z Zᵀ (n x n)
-                s, U = np.linalg.eigh(_gram(Z[tr], Z[tr]))
-                rhs = U.T @ (Y2[tr] - m)
-                Kte = _gram(Z[te], Z[tr]) @ U
-            s = np.clip(s, 0, None)
-            for a, lam in enumerate(self.alphas):
-                pred = Kte @ (rhs / (s + lam)[:, None]) + m
-                oof[a, te] = pred
-                err[a] += ((pred - Y2[te]) ** 2).sum(0)
+        loo = np.zeros((len(self.alphas), n, k))
+        for a, lam in enumerate(self.alphas):
+            if primal:
+                w = 1.0 / (s + lam)
+                fitted = B @ (proj * w[:, None])
+            else:
+                w = s / (s + lam)
+                fitted = U @ (proj * w[:, None])
+            h = lev_base @ w + 1.0 / n  # leverage (the intercept adds 1/n)
+            resid = (Yc - fitted) / np.clip(1.0 - h, 1e-6, None)[:, None]
+            loo[a] = Y2 - resid
+            err[a] = (resid**2).mean(0)
         best = err.argmin(0)
         self.alpha_ = np.array([self.alphas[b] for b in best])
-        self.cv_mse_ = err[best, np.arange(k)] / n
-        self.oof_ = np.stack([oof[best[j], :, j] for j in range(k)], 1)
-        # final fit on all rows, one penalty per target
-        m = Y2.mean(0)
+        self.cv_mse_ = err[best, np.arange(k)]
+        self.oof_ = np.stack([loo[best[j], :, j] for j in range(k)], 1)
         if primal:
-            zc = Z.mean(0)
-            Zc = Z - zc
-            s, V = np.linalg.eigh(Zc.T @ Zc)
-            s = np.clip(s, 0, None)
-            VtZY = V.T @ (Zc.T @ (Y2 - m))
-            coef = np.stack([V @ (VtZY[:, j] / (s + self.alpha_[j])) for j in range(k)], 1)
-            m = m - zc @ coef
+            coef = np.stack([V @ (proj[:, j] / (s + self.alpha_[j])) for j in range(k)], 1)
         else:
-            s, U = np.linalg.eigh(_gram(Z, Z))
-            s = np.clip(s, 0, None)
-            UtY = U.T @ (Y2 - m)
-            dual = np.stack([U @ (UtY[:, j] / (s + self.alpha_[j])) for j in range(k)], 1)
-            coef = Z.T @ dual
+            safe = np.where(s > 1e-10 * max(s.max(), 1e-300), s, np.inf)
+            dual = np.stack([U @ (proj[:, j] / (safe + self.alpha_[j])) for j in range(k)], 1)
+            coef = np.asarray(Z.T @ dual)  # (Z - 1 zmeanᵀ)ᵀ dual = Zᵀ dual since 1ᵀ dual = 0
         self.coef_ = np.asarray(coef)
-        self.intercept_ = m
+        self.intercept_ = m - zmean @ self.coef_
         if Y.ndim == 1:
             self.oof_ = self.oof_[:, 0]
         self._ndim = Y.ndim
