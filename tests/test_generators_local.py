@@ -52,6 +52,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when pytest dies (even without teardown, e.g. after a crash)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @pytest.fixture(scope="session")
 def llama_server(smol_gguf):
     """A real ``python -m llama_cpp.server`` on loopback; yields its base URL (…/v1)."""
@@ -63,7 +72,7 @@ def llama_server(smol_gguf):
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smol_gguf), "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]  # fmt: skip
     log = open(os.devnull, "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     base = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
