@@ -13,8 +13,9 @@ are kept (LRU, ``prompt_cache_mb``), so the next wave for the same problem skips
 Sampling (temperature, top-p) is done in numpy from the model's logits with one
 ``numpy.random.Generator`` per sample, seeded ``seed + i``. The samples are reproducible and do not
 depend on what else is being decoded: llama.cpp's numbers depend slightly on batch shapes and on where
-tokens sit in the cache, so prompts are decoded one token per ``llama_decode`` (like the samples), and
-KV cells are only freed when nothing is live (the cache is then cleared), never reused out of order.
+tokens sit in the cache, so prompts are decoded in a second context that is always empty before (their
+KV state is then copied over), and KV cells are only freed when nothing is live (the cache is then
+cleared), never reused out of order.
 Hence sample ``i`` of ``generate(n, seed=s)`` equals ``generate(1, seed=s+i)`` (``seed_per_sample``).
 Reported logprobs are those of the model's distribution (log-softmax of the raw logits, i.e. at
 temperature 1), like OpenAI-compatible servers report them.
@@ -220,6 +221,8 @@ class LlamaCppGenerator(Generator):
         self._llm: Any = None
         self._ctx: Any = None
         self._batch: Any = None
+        self._pctx: Any = None  # prompt-decoding context
+        self._pbatch: Any = None
         self._batch_size = 0
         self._formatter: Any = None
         self._piece_cache: dict[int, bytes] = {}
@@ -259,23 +262,42 @@ class LlamaCppGenerator(Generator):
             raise GenerationError(
                 f"cannot load model {self.model_path}: {e}", url=str(self.model_path)
             ) from e
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.n_ctx
-        # prompts are decoded one token per llama_decode (see _prefill), so a batch holds at most one
-        # token per sample; a sequence per prompt and per sample, ids used once between cache clears
-        params.n_batch = params.n_ubatch = min(self.n_ctx, 256)
-        params.n_seq_max = min(256, int(llama_cpp.llama_max_parallel_sequences()), params.n_batch)
-        params.n_threads = self.n_threads
-        params.n_threads_batch = self.n_threads
-        params.kv_unified = True  # samples share their prompt's KV cells
-        params.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
-        if not ctx:
-            llm.close()
-            raise GenerationError(
-                f"llama.cpp could not create a context (n_ctx={self.n_ctx})", url=str(self.model_path)
+
+        def make_context(n_batch: int, n_seq: int) -> Any:
+            params = llama_cpp.llama_context_default_params()
+            params.n_ctx = self.n_ctx
+            params.n_batch = params.n_ubatch = n_batch
+            params.n_seq_max = n_seq
+            params.n_threads = self.n_threads
+            params.n_threads_batch = self.n_threads
+            params.kv_unified = True  # samples share their prompt's KV cells
+            params.no_perf = True
+            ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+            if not ctx:
+                raise GenerationError(
+                    f"llama.cpp could not create a context (n_ctx={self.n_ctx})", url=str(self.model_path)
+                )
+            return ctx, params
+
+        try:
+            # decoding: at most one token per sample in a batch; a sequence per prompt and per sample,
+            # ids used once between cache clears
+            n_batch = min(self.n_ctx, 256)
+            ctx, params = make_context(
+                n_batch, min(256, int(llama_cpp.llama_max_parallel_sequences()), n_batch)
             )
-        self._llm, self._ctx = llm, ctx
+            try:
+                # prompts are decoded alone in a context of their own, always starting empty (see _prefill)
+                pctx, pparams = make_context(min(self.n_ctx, 512), 1)
+            except BaseException:
+                llama_cpp.llama_free(ctx)
+                raise
+        except BaseException:
+            llm.close()
+            raise
+        self._llm, self._ctx, self._pctx = llm, ctx, pctx
+        self._pbatch_size = pparams.n_batch
+        self._pbatch = llama_cpp.llama_batch_init(self._pbatch_size, 0, 1)
         self._vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._batch_size = params.n_batch
@@ -309,8 +331,10 @@ class LlamaCppGenerator(Generator):
             import llama_cpp
 
             llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_batch_free(self._pbatch)
             llama_cpp.llama_free(self._ctx)
-            self._ctx = self._batch = None
+            llama_cpp.llama_free(self._pctx)
+            self._ctx = self._batch = self._pctx = self._pbatch = None
             self._llm.close()
             self._llm = None
 
@@ -479,9 +503,10 @@ class LlamaCppGenerator(Generator):
     def _prefill(self, tokens: list[int], seq: int) -> np.ndarray:
         """Put the prompt ``tokens`` into sequence ``seq``; the logits after the last one.
 
-        From the prompt cache when it holds them (the saved KV state is restored bit for bit), else
-        decoded one token per llama_decode (multi-token batches give slightly different numbers that
-        depend on the cache's fill) and saved to the cache.
+        The prompt is decoded in batches in a second context that is always empty before (llama.cpp's
+        numbers depend slightly on batch shapes and on what the cache holds, so decoding it next to
+        running samples would make it depend on them), then its KV state is copied into ``seq``
+        bit for bit. The state and logits are kept in the prompt cache for the next call.
         """
         import ctypes
 
@@ -490,25 +515,34 @@ class LlamaCppGenerator(Generator):
         key = tuple(tokens)
         hit = self._prompt_cache.get(key)
         if hit is not None:
+            self._prompt_cache.move_to_end(key)
             state, logits = hit
-            if llama_cpp.llama_state_seq_set_data(self._ctx, state, len(state), seq) == len(state):
-                self._prompt_cache.move_to_end(key)
-                return logits.copy()
-            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), seq, -1, -1)
-            self._drop_cached(key)
-        for pos, t in enumerate(tokens):
-            self._decode([(t, pos, seq, pos == len(tokens) - 1)])
-        logits = self._logits(0)
-        if self.prompt_cache_bytes:
-            size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
-            if 0 < size <= self.prompt_cache_bytes:
+        else:
+            pmem = llama_cpp.llama_get_memory(self._pctx)
+            llama_cpp.llama_memory_clear(pmem, True)
+            try:
+                for start in range(0, len(tokens), self._pbatch_size):
+                    chunk = tokens[start : start + self._pbatch_size]
+                    last = start + len(chunk) == len(tokens)
+                    items = [(t, start + k, 0, last and k == len(chunk) - 1) for k, t in enumerate(chunk)]
+                    self._decode(items, self._pctx, self._pbatch)
+                logits = self._logits(len(chunk) - 1, self._pctx)
+                size = llama_cpp.llama_state_seq_get_size(self._pctx, 0)
                 state = (ctypes.c_uint8 * size)()
-                if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, seq) == size:
-                    self._prompt_cache[key] = (state, logits.copy())
-                    self._prompt_cache_size += size + logits.nbytes
-                    while self._prompt_cache_size > self.prompt_cache_bytes:
-                        self._drop_cached(next(iter(self._prompt_cache)))
-        return logits
+                if llama_cpp.llama_state_seq_get_data(self._pctx, state, size, 0) != size:
+                    raise GenerationError(
+                        "llama.cpp could not save a prompt's KV state", url=str(self.model_path)
+                    )
+            finally:
+                llama_cpp.llama_memory_clear(pmem, True)
+            if 0 < size + logits.nbytes <= self.prompt_cache_bytes:
+                self._prompt_cache[key] = (state, logits)
+                self._prompt_cache_size += size + logits.nbytes
+                while self._prompt_cache_size > self.prompt_cache_bytes:
+                    self._drop_cached(next(iter(self._prompt_cache)))
+        if llama_cpp.llama_state_seq_set_data(self._ctx, state, len(state), seq) != len(state):
+            raise _NoSlot("no room in the KV cache for a prompt (raise n_ctx)", url=str(self.model_path))
+        return logits.copy()
 
     def _drop_cached(self, key: tuple[int, ...]) -> None:
         state, logits = self._prompt_cache.pop(key)
@@ -611,11 +645,13 @@ class LlamaCppGenerator(Generator):
             self._piece_cache[token] = piece
         return piece
 
-    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
-        """One llama_decode of (token, pos, seq_id, want_logits) items (len <= batch size)."""
+    def _decode(self, items: list[tuple[int, int, int, bool]], ctx: Any = None, batch: Any = None) -> None:
+        """One llama_decode of (token, pos, seq_id, want_logits) items (len <= batch size); default: the
+        sampling context."""
         import llama_cpp
 
-        b = self._batch
+        ctx = self._ctx if ctx is None else ctx
+        b = self._batch if batch is None else batch
         b.n_tokens = len(items)
         for j, (tok, pos, seq, want) in enumerate(items):
             b.token[j] = tok
@@ -623,7 +659,7 @@ class LlamaCppGenerator(Generator):
             b.n_seq_id[j] = 1
             b.seq_id[j][0] = seq
             b.logits[j] = 1 if want else 0
-        rc = llama_cpp.llama_decode(self._ctx, b)
+        rc = llama_cpp.llama_decode(ctx, b)
         if rc == 1:
             raise _NoSlot(
                 "llama_decode failed: no room in the KV cache (raise n_ctx)", url=str(self.model_path)
@@ -632,10 +668,10 @@ class LlamaCppGenerator(Generator):
             what = "no room in the KV cache (raise n_ctx)" if rc == 1 else f"error code {rc}"
             raise GenerationError(f"llama_decode failed: {what}", url=str(self.model_path))
 
-    def _logits(self, j: int) -> np.ndarray:
+    def _logits(self, j: int, ctx: Any = None) -> np.ndarray:
         import llama_cpp
 
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, j)
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx if ctx is None else ctx, j)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()  # float32; buffer is reused
 
     def _sample(
