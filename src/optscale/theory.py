@@ -354,66 +354,100 @@ def _stats(scores, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     return n, mean, var, shape
 
 
-def _objective(mu, tau, n, mean, var, prior, need_grad=True):
-    """Per-row objective f = NLL (+ neg. log prior), with gradient and Hessian in local natural coordinates.
+def _mills_tail(t):
+    """(r, s) with r = lambda(t) - t and s = 1/r - t, lambda(t) = phi(t)/(1 - Phi(t)) the inverse Mills ratio,
+    for t >= 0: the continued fraction r = 1/(t + 2/(t + 3/(t + ...))) = 1/(t + s) beyond t = 10, where the
+    direct forms cancel."""
+    with np.errstate(**_QUIET):
+        lam = np.sqrt(2.0 / np.pi) / sc.erfcx(t * _SQRT1_2)
+        r_direct = lam - t
+        v = t.copy()
+        for k in range(40, 2, -1):
+            v = t + k / v
+        s_cf = 2.0 / v
+        far = t > 10.0
+        r = np.where(far, 1.0 / (t + s_cf), r_direct)
+        return r, np.where(far, s_cf, 1.0 / r_direct - t)
 
-    NLL = n [(v + (xbar - mu)^2) / (2 sigma^2) + log sigma + log Z + log(2 pi)/2]. The truncated normal is
-    an exponential family: with z = (x - mu)/sigma the density is proportional to exp(p1 z + p2 z^2) on
-    [a, b], currently at (p1, p2) = (0, -1/2). In p the NLL is convex, its gradient is n (E z - zhat,
-    E z^2 - zhat2) (zhat = (xbar - mu)/sigma, zhat2 = (v + (xbar - mu)^2)/sigma^2) and its Hessian
-    n Cov(z, z^2), from the moments m_k = E z^k (m_k = (k-1) m_{k-2} + (a^{k-1} phi(a) - b^{k-1} phi(b))/Z).
+
+def _objective(mu, tau, n, mean, var, prior, need_grad=True):
+    """Per-row objective f = NLL (+ neg. log prior), and its derivatives in local natural coordinates.
+
+    NLL = n [(v + (xbar - mu)^2) / (2 sigma^2) + log sigma + log Z + log(2 pi)/2]. The truncated normal is an
+    exponential family: with y = z - E z, z = (x - mu)/sigma, its density is proportional to
+    exp(q1 y + q2 y^2) on the shifted interval. In q the NLL is convex, with gradient
+    n (D, Var z - v/sigma^2 - D^2), D = (E x - xbar)/sigma, and Hessian n [[mu2, mu3], [mu3, mu4 - mu2^2]]
+    (central moments of z). Moments come from m_k = (k-1) m_{k-2} + (a^{k-1} phi(a) - b^{k-1} phi(b))/Z;
+    far in a tail the mean and variance come from the inverse Mills ratio (`_mills_tail`), the higher
+    moments from the exponential limit (only the Hessian uses them).
+    Returns f, or (f, g1, g2, h11, h12, h22, delta) with delta = E x - mu.
     """
     sigma = np.exp(tau)
-    a, b = -mu / sigma, (1.0 - mu) / sigma
-    log_z = _log_ndtr_diff(a, b, 1.0 / sigma)
-    zhat = (mean - mu) / sigma
-    zhat2 = var / sigma**2 + zhat * zhat
-    f = n * (0.5 * zhat2 + tau + log_z + _HALF_LOG_2PI)
+    w = 1.0 / sigma
+    refl = mu < 0.5   # orient so that the bulk of the normal lies at or above the interval (b <= 0: tail)
+    a, b = -mu * w, (1.0 - mu) * w
+    A, Bv = np.where(refl, -b, a), np.where(refl, -a, b)
+    tail = Bv <= 0
+    Bc = np.minimum(Bv, 0.0)
+    L = _log1m_ratio(A, Bc, w)
+    lsc = _log_ndtr_scaled(Bc)
+    zo = np.where(refl, mu - mean, mean - mu) * w   # zhat, oriented
+    dist = np.where(refl, mean, 1.0 - mean) * w    # Bv - zo = distance of xbar from the near edge / sigma
+    log_z = _log_ndtr_diff(A, Bv, w)
+    quad = np.where(tail, 0.5 * (zo + Bc) * (zo - Bc) + lsc + L, 0.5 * zo * zo + log_z)
+    f = n * (0.5 * var * w * w + quad + tau + _HALF_LOG_2PI)
     if prior is not None:
         mu0, s0, sdm, sds = prior
         f = f + 0.5 * ((mu - mu0) / sdm) ** 2 + 0.5 * ((sigma - s0) / sds) ** 2 + np.log(sdm * sds) \
             + 2 * _HALF_LOG_2PI
     if not need_grad:
         return f
-    pa = np.exp(-0.5 * a * a - _HALF_LOG_2PI - log_z)
-    pb = np.exp(-0.5 * b * b - _HALF_LOG_2PI - log_z)
-    m1 = pa - pb
-    m2 = 1.0 + a * pa - b * pb
-    m3 = 2.0 * m1 + a * a * pa - b * b * pb
-    m4 = 3.0 * m2 + a**3 * pa - b**3 * pb
-    g1, g2 = n * (m1 - zhat), n * (m2 - zhat2)
-    h11 = n * np.maximum(m2 - m1 * m1, 0.0)
-    h12 = n * (m3 - m1 * m2)
-    h22 = n * np.maximum(m4 - m2 * m2, 0.0)
-    if prior is not None:  # mu' = mu - p1 sigma / (2 p2), sigma' = sigma / sqrt(-2 p2): d/dp = sigma d/dmu, ..
+    pB = np.where(tail, np.exp(-_HALF_LOG_2PI - lsc - L), np.exp(-0.5 * Bv * Bv - _HALF_LOG_2PI - log_z))
+    pA = np.where(tail, np.exp(0.5 * w * (A + Bc) - _HALF_LOG_2PI - lsc - L),
+                  np.exp(-0.5 * A * A - _HALF_LOG_2PI - log_z))
+    pA = np.where(np.isfinite(A), pA, 0.0)
+    m1 = pA - pB
+    m2 = 1.0 + A * pA - Bv * pB
+    m3 = 2.0 * m1 + A * A * pA - Bv * Bv * pB
+    m4 = 3.0 * m2 + A**3 * pA - Bv**3 * pB
+    mu2 = m2 - m1 * m1
+    mu3 = m3 - 3.0 * m1 * m2 + 2.0 * m1**3
+    mu4c = m4 - 4.0 * m1 * m3 + 6.0 * m1 * m1 * m2 - 3.0 * m1**4 - mu2 * mu2
+    edge = Bv - m1   # (near edge - E z) in z units
+    r, s = _mills_tail(np.maximum(-Bv, 0.0))
+    far = tail & (-Bv > 10.0) & (-Bv * w + 0.5 * w * w > 45.0)   # far side carries < e^-45 of the mass
+    edge = np.where(far, r, edge)
+    mu2 = np.maximum(np.where(far, r * (s - r), mu2), 1e-300)
+    rough = np.abs(m1) >= 30.0   # raw 3rd/4th central moments cancel: exponential limit
+    mu3 = np.where(rough, -2.0 * mu2**1.5, mu3)
+    mu4c = np.maximum(np.where(rough, 8.0 * mu2 * mu2, mu4c), 1e-300)
+    D = np.where(refl, edge - dist, dist - edge)    # (E x - xbar) / sigma
+    delta = np.where(refl, -sigma * (Bv - edge), sigma * (Bv - edge))   # E x - mu = sigma E z
+    mu3 = np.where(refl, -mu3, mu3)
+    g1, g2 = n * D, n * (mu2 - var * w * w - D * D)
+    h11, h12, h22 = n * mu2, n * mu3, n * mu4c
+    if prior is not None:   # prior terms mapped to q via J = d(mu, tau)/dq = [[sigma, -2 delta], [0, 1]]
         dmu, dsig = (mu - mu0) / sdm**2, (sigma - s0) / sds**2
-        g1, g2 = g1 + sigma * dmu, g2 + sigma * dsig
-        h11 = h11 + sigma**2 / sdm**2
-        h22 = h22 + sigma**2 / sds**2 + np.maximum(3.0 * sigma * dsig, 0.0)
-    return f, g1, g2, h11, h12, h22
+        g1, g2 = g1 + sigma * dmu, g2 + sigma * dsig - 2.0 * delta * dmu
+        p1, p2 = 1.0 / sdm**2, sigma**2 / sds**2 + np.maximum(sigma * dsig, 0.0)
+        h11, h12, h22 = h11 + sigma**2 * p1, h12 - 2.0 * sigma * delta * p1, h22 + 4.0 * delta**2 * p1 + p2
+    return f, g1, g2, h11, h12, h22, delta
 
 
-def _move(mu, tau, t, d1, d2, lo, hi):
-    """The point at natural-coordinate step (t d1, -1/2 + t d2), mapped back to (mu, log sigma), in the box."""
-    p2 = np.minimum(-0.5 + t * d2, -1e-300)
-    mu_new = mu - t * d1 * np.exp(tau) / (2.0 * p2)
-    tau_new = tau - 0.5 * np.log(-2.0 * p2)
-    return np.clip(mu_new, lo[0], hi[0]), np.clip(tau_new, lo[1], hi[1])
-
-
-def _newton_direction(g1, g2, h11, h12, h22, free1, free2):
-    """-H^{-1} g restricted to the free variables (2x2 solve, elementwise)."""
-    both = free1 & free2
-    det = h11 * h22 - h12 * h12
-    d1 = np.where(both, -(h22 * g1 - h12 * g2) / det, np.where(free1, -g1 / h11, 0.0))
-    d2 = np.where(both, -(h11 * g2 - h12 * g1) / det, np.where(free2, -g2 / h22, 0.0))
-    return d1, d2
+def _move(mu, tau, t, d_mu, d_tau, lo, hi):
+    """Step t along (d_mu, d_tau) on the straight line of natural parameters, mapped back and clipped to the box:
+    mu' = mu + t d_mu / (1 - 2 t d_tau), sigma' = sigma / sqrt(1 - 2 t d_tau)."""
+    den = np.maximum(1.0 - 2.0 * t * d_tau, 1e-300)
+    return np.clip(mu + t * d_mu / den, lo[0], hi[0]), np.clip(tau - 0.5 * np.log(den), lo[1], hi[1])
 
 
 def _optimize(n, mean, var, prior, lo, hi, init, max_iter, tol):
-    """Projected Newton / Fisher scoring on (mu, log sigma) inside the box lo <= theta <= hi, for all rows
-    at once. Levenberg-Marquardt damping H + lam diag(H) adapts per row; Armijo backtracking along the
-    projected path, so the objective never increases. Converged: Newton decrement g' H^-1 g <= tol (1+|f|)."""
+    """Projected Newton on the exponential-family parameters, for all rows at once, inside the box lo <= (mu,
+    log sigma) <= hi. Directions are solved in centered natural coordinates q (well conditioned) and mapped
+    to theta = (mu, log sigma) by J = [[sigma, -2 delta], [0, 1]]; a variable on its bound is held fixed when
+    its gradient or Newton step points outward. Levenberg-Marquardt damping adapts per row, and Armijo
+    backtracking along the natural-parameter line means the objective never increases.
+    Converged: Newton decrement -g.d <= tol (1 + |f|)."""
     mu, tau = (np.array(v, dtype=float) for v in init)
     B = mu.shape[0]
     converged = np.zeros(B, bool)
@@ -426,48 +460,70 @@ def _optimize(n, mean, var, prior, lo, hi, init, max_iter, tol):
             rows = (n[active], mean[active], var[active], None if prior is None else
                     tuple(p[active] for p in prior))
             m, t, la = mu[active], tau[active], lam[active]
-            f, g1, g2, h11, h12, h22 = _objective(m, t, *rows)
-            tiny = 1e-300 + 1e-14 * np.maximum(h11, h22)
-            h11, h22 = np.maximum(h11, tiny), np.maximum(h22, tiny)
-            c = np.sqrt(h11 * h22) * (1.0 - 1e-9)   # keep H positive definite
-            h12 = np.clip(h12, -c, c)
-            # a variable on its bound is held fixed when the gradient, or its Newton step, points outward
-            at1 = ((m <= lo[0]) & (g1 > 0)) | ((m >= hi[0]) & (g1 < 0))
-            at2 = ((t <= lo[1]) & (g2 > 0)) | ((t >= hi[1]) & (g2 < 0))
-            free1, free2 = ~at1, ~at2
-            n1, n2 = _newton_direction(g1, g2, h11, h12, h22, free1, free2)
-            out1 = ((m <= lo[0]) & (n1 < 0)) | ((m >= hi[0]) & (n1 > 0))
-            out2 = ((t <= lo[1]) & (n2 < 0)) | ((t >= hi[1]) & (n2 > 0))
-            free1 &= ~(out1 & free2 & ~out2)
-            free2 &= ~(out2 & free1 & ~out1)
-            free1 &= ~(out1 & out2)
-            free2 &= ~(out1 & out2)
-            n1, n2 = _newton_direction(g1, g2, h11, h12, h22, free1, free2)
-            decrement = np.maximum(-(g1 * n1 + g2 * n2), 0.0)
+            f, g1, g2, h11, h12, h22, delta = _objective(m, t, *rows)
+            sigma = np.exp(t)
+            c = delta / sigma
+            gm, gt = g1 / sigma, g2 + 2.0 * c * g1                    # gradient in (mu, tau)
+            h12 = np.clip(h12, -(1 - 1e-12) * np.sqrt(h11 * h22), (1 - 1e-12) * np.sqrt(h11 * h22))
+            hmm, htt = h11 / sigma**2, 4.0 * c * c * h11 + 4.0 * c * h12 + h22   # 1-D curvatures in theta
+
+            def direction(k11, k12, k22, free_m, free_t, sigma=sigma, delta=delta, g1=g1, g2=g2, gm=gm, gt=gt,
+                          hmm=hmm, htt=htt):
+                det = k11 * k22 - k12 * k12
+                q1, q2 = -(k22 * g1 - k12 * g2) / det, -(k11 * g2 - k12 * g1) / det
+                both = free_m & free_t
+                dm = np.where(both, sigma * q1 - 2.0 * delta * q2, np.where(free_m, -gm / hmm, 0.0))
+                dt = np.where(both, q2, np.where(free_t & ~free_m, -gt / htt, 0.0))
+                return dm, dt
+
+            # epsilon-active set (Bertsekas 1982): a variable within reach of a bound (its Newton step) whose
+            # gradient points outward is snapped onto that bound and held; a variable on its bound whose Newton
+            # step points outward is held; the others take the Newton step of the free subspace.
+            everyone = np.ones(m.shape, bool)
+            dm_f, dt_f = direction(h11, h12, h22, everyone, everyone)
+            eps_m = np.minimum(np.maximum(np.abs(dm_f), np.abs(gm / hmm)), 1.0)
+            eps_t = np.minimum(np.maximum(np.abs(dt_f), np.abs(gt / htt)), 0.5)
+            act_m = ((m <= lo[0] + eps_m) & (gm > 0)) | ((m >= hi[0] - eps_m) & (gm < 0))
+            act_t = ((t <= lo[1] + eps_t) & (gt > 0)) | ((t >= hi[1] - eps_t) & (gt < 0))
+            free_m, free_t = ~act_m, ~act_t
+            dm, dt = direction(h11, h12, h22, free_m, free_t)
+            both = free_m & free_t
+            out_m = both & (((m <= lo[0]) & (dm < 0)) | ((m >= hi[0]) & (dm > 0)))
+            out_t = both & ~out_m & (((t <= lo[1]) & (dt < 0)) | ((t >= hi[1]) & (dt > 0)))
+            free_m, free_t = free_m & ~out_m, free_t & ~out_t
+            snap_m = np.where(gm > 0, lo[0], hi[0]) - m
+            snap_t = 0.5 * (1.0 - np.exp(-2.0 * (np.where(gt > 0, lo[1], hi[1]) - t)))  # lands on the bound
+            for damp in (0.0, la):
+                dm, dt = direction(h11 * (1 + damp), h12, h22 * (1 + damp), free_m, free_t,
+                                   hmm=hmm * (1 + damp), htt=htt * (1 + damp))
+                dm, dt = np.where(act_m, snap_m, dm), np.where(act_t, snap_t, dt)
+                if damp is not la:
+                    decrement = np.maximum(-(gm * dm + gt * dt), 0.0)
             done = ~(decrement > tol * (1.0 + np.abs(f)))
             converged[active[done]] = True
-            d1, d2 = _newton_direction(g1, g2, h11 * (1 + la), h12, h22 * (1 + la), free1, free2)
-            d2 = np.maximum(d2, -1e6)
-            step = np.ones(active.size)
+            # first trial at most doubles sigma (1 - 2 dt >= 1/4) and moves mu by at most max(2|mu|, 20 sigma, 1)
+            step = np.minimum(1.0, np.minimum(0.375 / np.maximum(dt, 1e-300),
+                                              np.maximum(np.maximum(2 * np.abs(m), 20 * sigma), 1.0)
+                                              / np.maximum(np.abs(dm), 1e-300)))
             pending = ~done
-            accepted_first = np.zeros(active.size, bool)
+            first = np.zeros(active.size, bool)
             for k in range(40):
                 if not pending.any():
                     break
                 idx = np.flatnonzero(pending)
-                nm, nt = _move(m[idx], t[idx], step[idx], d1[idx], d2[idx], lo, hi)
+                nm, nt = _move(m[idx], t[idx], step[idx], dm[idx], dt[idx], lo, hi)
                 sub = tuple(r[idx] for r in rows[:3]) + (None if prior is None else
                                                           tuple(p[idx] for p in rows[3]),)
-                fn = _objective(nm, nt, *sub, need_grad=False)
-                ok = fn <= f[idx] + 1e-4 * step[idx] * (g1[idx] * d1[idx] + g2[idx] * d2[idx])
+                lin = gm[idx] * (nm - m[idx]) + gt[idx] * (nt - t[idx])   # first-order change of the move
+                ok = _objective(nm, nt, *sub, need_grad=False) <= f[idx] + 1e-4 * np.minimum(lin, 0.0)
                 acc = idx[ok]
                 mu[active[acc]], tau[active[acc]] = nm[ok], nt[ok]
                 pending[acc] = False
-                accepted_first[acc] = k == 0
+                first[acc] = k == 0
                 step[idx[~ok]] *= 0.5
-            lam[active] = np.where(accepted_first, la * 0.1, np.where(pending, np.maximum(la * 10, 1.0), la))
+            lam[active] = np.where(first, la * 0.1, np.where(pending, np.maximum(la * 10, 1.0), la))
             lam[lam < 1e-6] = 0.0
-            # rows with no decrease even under heavy damping: nothing representable left to gain
+            # no decrease even under heavy damping: nothing representable left to gain
             give_up = pending & (la > 1e8)
             converged[active[give_up]] = decrement[give_up] <= 1e-6 * (1.0 + np.abs(f[give_up]))
             active = active[~done & ~give_up]
