@@ -561,8 +561,9 @@ def _fit_stats(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_i
         mu, tau, converged = mu2[pick], tau2[pick], conv2[pick]
     with np.errstate(**_QUIET):
         nll = _objective(mu, tau, n, mean, var, prior, need_grad=False)
-    sigma = np.exp(tau)
-    at_bound = (np.abs(mu) >= mu_bound) | (tau <= lo[1] + 1e-12) | (tau >= hi[1] - 1e-12)
+    low, high = tau <= lo[1] + 1e-12, tau >= hi[1] - 1e-12
+    sigma = np.where(low, sigma_min, np.where(high, sigma_max, np.exp(tau)))
+    at_bound = (np.abs(mu) >= mu_bound) | low | high
     return Fit(mu=mu.reshape(shape), sigma=sigma.reshape(shape), nll=nll.reshape(shape),
                converged=converged.reshape(shape), iterations=it, at_bound=at_bound.reshape(shape))
 
