@@ -606,17 +606,17 @@ def neg_log_likelihood(scores, mask, mu, sigma) -> np.ndarray:
 # --------------------------------------------------------------------------------- moment matching
 def params_to_moments(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) of the truncated normal: mean = mu + sigma E[z], std = sigma sqrt(Var z), with
-    E[z] = (phi(a) - phi(b)) / Z and E[z^2] = 1 + (a phi(a) - b phi(b)) / Z."""
+    E[z] = (phi(a) - phi(b)) / Z and E[z^2] = 1 + (a phi(a) - b phi(b)) / Z (inverse Mills ratio far in a
+    tail; computed by the estimator's moment code, `_objective`)."""
     mu, sigma = _params(mu, sigma)
     mu, sigma = np.broadcast_arrays(mu, sigma)
+    shape = mu.shape
+    mu, tau = mu.reshape(-1).astype(float), np.log(sigma.reshape(-1))
+    one = np.ones(mu.shape)
     with np.errstate(**_QUIET):
-        a, b = -mu / sigma, (1.0 - mu) / sigma
-        log_z = _log_ndtr_diff(a, b, 1.0 / sigma)
-        pa = np.exp(-0.5 * a * a - _HALF_LOG_2PI - log_z)
-        pb = np.exp(-0.5 * b * b - _HALF_LOG_2PI - log_z)
-        m1 = pa - pb
-        var_z = np.maximum(1.0 + a * pa - b * pb - m1 * m1, 0.0)
-        return np.clip(mu + sigma * m1, 0.0, 1.0), sigma * np.sqrt(var_z)
+        _, _, _, var_z, _, _, delta = _objective(mu, tau, one, 0.5 * one, 0.0 * one, None)
+        return (np.clip(mu + delta, 0.0, 1.0).reshape(shape),
+                (np.exp(tau) * np.sqrt(var_z)).reshape(shape))
 
 
 def moments_to_params(mean, std, *, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, mu_bound=MU_BOUND,
