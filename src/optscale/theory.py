@@ -90,12 +90,18 @@ def _log1m_ratio(x, y, d):
     m = y - d/2, and log phi(m) - log Phi(y) = d (m + y) / 4 - log(2 pi)/2 - _log_ndtr_scaled(y).
     """
     x, y, d = np.broadcast_arrays(x, y, d)
-    m = y - 0.5 * d
+    shape = x.shape
+    x, y, d = x.reshape(-1), y.reshape(-1), d.reshape(-1)
+    out = np.empty(x.shape)
     with np.errstate(**_QUIET):
+        m = y - 0.5 * d
         small = d * (1.0 + np.abs(m)) < 1e-3
-        quad = (np.log(d) + 0.25 * d * (m + y) - _HALF_LOG_2PI - _log_ndtr_scaled(y)
-                + np.log1p(d * d * (m * m - 1.0) / 24.0))
-        return np.where(small, quad, _log1mexp(np.minimum(_log_ratio(x, y, d), 0.0)))
+        i = small
+        out[i] = (np.log(d[i]) + 0.25 * d[i] * (m[i] + y[i]) - _HALF_LOG_2PI - _log_ndtr_scaled(y[i])
+                  + np.log1p(d[i] * d[i] * (m[i] * m[i] - 1.0) / 24.0))
+        i = ~small
+        out[i] = _log1mexp(np.minimum(_log_ratio(x[i], y[i], d[i]), 0.0))
+    return out.reshape(shape)
 
 
 def _log_ndtr_diff(lo, hi, width) -> np.ndarray:
@@ -106,15 +112,23 @@ def _log_ndtr_diff(lo, hi, width) -> np.ndarray:
     two same-sign terms, or the midpoint rule when the width is tiny.
     """
     lo, hi, width = np.broadcast_arrays(*(np.asarray(v, float) for v in (lo, hi, width)))
+    shape = lo.shape
+    lo, hi, width = lo.reshape(-1), hi.reshape(-1), width.reshape(-1)
     flip = lo > 0
     low, high = np.where(flip, -hi, lo), np.where(flip, -lo, hi)
-    mid = 0.5 * (low + high)
+    out = np.empty(low.shape)
     with np.errstate(**_QUIET):
-        tail = sc.log_ndtr(np.minimum(high, 0.0)) + _log1m_ratio(low, np.minimum(high, 0.0), width)
-        across = np.log(0.5 * (sc.erf(high * _SQRT1_2) - sc.erf(low * _SQRT1_2)))
-        quad = (np.log(width) - 0.5 * mid * mid - _HALF_LOG_2PI
-                + np.log1p(width * width * (mid * mid - 1.0) / 24.0))
-        return np.where(high <= 0, tail, np.where(width * (1.0 + np.abs(mid)) < 1e-3, quad, across))
+        tail = high <= 0
+        i = tail
+        out[i] = sc.log_ndtr(high[i]) + _log1m_ratio(low[i], high[i], width[i])
+        mid = 0.5 * (low + high)
+        quad = ~tail & (width * (1.0 + np.abs(mid)) < 1e-3)
+        i = quad
+        out[i] = (np.log(width[i]) - 0.5 * mid[i] ** 2 - _HALF_LOG_2PI
+                  + np.log1p(width[i] ** 2 * (mid[i] ** 2 - 1.0) / 24.0))
+        i = ~tail & ~quad
+        out[i] = np.log(0.5 * (sc.erf(high[i] * _SQRT1_2) - sc.erf(low[i] * _SQRT1_2)))
+    return out.reshape(shape)
 
 
 def log_normalizer(mu, sigma) -> np.ndarray:
@@ -144,23 +158,27 @@ def _logcdf_logsf(s, mu, sigma) -> tuple[np.ndarray, np.ndarray]:
     moderate and subtracted directly. The smaller of F, 1 - F is kept, the other taken by log1mexp.
     """
     s, mu, sigma = np.broadcast_arrays(np.asarray(s, float), mu, sigma)
+    shape = s.shape
+    s, mu, sigma = s.reshape(-1), mu.reshape(-1), sigma.reshape(-1)
+    lc, ls = np.empty(s.shape), np.empty(s.shape)
     with np.errstate(**_QUIET):
         refl, a, b, z, w_az, w_zb, w_ab = _reflected(np.clip(s, 0.0, 1.0), mu, sigma)
-        zc, bc = np.minimum(z, 0.0), np.minimum(b, 0.0)
-        l_ab = _log1m_ratio(a, bc, w_ab)
-        lc_tail = _log_ratio(zc, bc, w_zb) + _log1m_ratio(a, zc, w_az) - l_ab
-        ls_tail = _log1m_ratio(zc, bc, w_zb) - l_ab
-        log_z = _log_ndtr_diff(a, b, w_ab)
-        lc_gen = _log_ndtr_diff(a, z, w_az) - log_z
-        ls_gen = _log_ndtr_diff(z, b, w_zb) - log_z
-        tail = b <= 0
-        lc = np.minimum(np.where(tail, lc_tail, lc_gen), 0.0)
-        ls = np.minimum(np.where(tail, ls_tail, ls_gen), 0.0)
+        i = b <= 0
+        a_i, b_i, z_i = a[i], b[i], np.minimum(z[i], 0.0)
+        l_ab = _log1m_ratio(a_i, b_i, w_ab[i])
+        lc[i] = _log_ratio(z_i, b_i, w_zb[i]) + _log1m_ratio(a_i, z_i, w_az[i]) - l_ab
+        ls[i] = _log1m_ratio(z_i, b_i, w_zb[i]) - l_ab
+        i = ~i
+        a_i, b_i, z_i = a[i], b[i], z[i]
+        log_z = _log_ndtr_diff(a_i, b_i, w_ab[i])
+        lc[i] = _log_ndtr_diff(a_i, z_i, w_az[i]) - log_z
+        ls[i] = _log_ndtr_diff(z_i, b_i, w_zb[i]) - log_z
+        lc, ls = np.minimum(lc, 0.0), np.minimum(ls, 0.0)
         lc, ls = np.where(ls < -_LN2, _log1mexp(ls), lc), np.where(lc < -_LN2, _log1mexp(lc), ls)
         lc, ls = np.where(refl, ls, lc), np.where(refl, lc, ls)
     lc = np.where(s <= 0.0, -np.inf, np.where(s >= 1.0, 0.0, lc))
     ls = np.where(s <= 0.0, 0.0, np.where(s >= 1.0, -np.inf, ls))
-    return lc, ls
+    return lc.reshape(shape), ls.reshape(shape)
 
 
 def _logpdf(x, mu, sigma):

@@ -1,0 +1,184 @@
+"""Benchmark optscale.theory against the paper's published procedure (the yardstick).
+
+Yardstick for N* (as published): for N = 1, 2, ... build the pdf of the max of N scores on a 1000-point grid
+over [0, 1] (N F^{N-1} f, with F the numerically integrated pdf f), integrate it numerically and stop at the
+first N whose max-of-N law puts >= 1 - alpha of its mass above s* (N_max if none).
+Yardstick for fits: one scipy.optimize.minimize(method="L-BFGS-B") per problem on the truncated-normal
+negative log-likelihood (scipy.stats.truncnorm), started at the sample mean / std, in the same box.
+
+Ours: theory.n_star (closed form, vectorized) and theory.fit_mle / fit_map (batched projected Newton).
+Both run on the same random problems; the slow yardsticks are timed on a random subset and reported per
+decision / per fit. "Exact" N* comes from the definition (smallest N with 1 - F^N >= 1 - alpha) evaluated
+with F in 50-digit arithmetic (mpmath).
+
+    python benchmarks/bench_theory.py [--quick] [--json] [--problems 10000] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import numpy as np
+
+from optscale import theory
+
+N_MAX = 64
+
+
+def make_problems(rng, n):
+    mu = rng.uniform(-0.5, 1.5, n)
+    sigma = 10 ** rng.uniform(-1.5, 0.0, n)
+    target = rng.uniform(0.3, 0.99, n)
+    alpha = rng.uniform(0.01, 0.3, n)
+    k = rng.integers(5, 11, n)
+    scores = theory.sample(mu[:, None], sigma[:, None], (n, 10), rng)
+    mask = np.arange(10)[None, :] < k[:, None]
+    return mu, sigma, target, alpha, scores, mask
+
+
+def grid_n_star(mu, sigma, target, alpha, n_max=N_MAX, points=1000):
+    """The published grid procedure for one problem."""
+    from scipy import integrate, stats
+
+    x = np.linspace(0.0, 1.0, points)
+    f = stats.truncnorm.pdf(x, -mu / sigma, (1 - mu) / sigma, loc=mu, scale=sigma)
+    cdf = np.clip(integrate.cumulative_trapezoid(f, x, initial=0.0), 0.0, 1.0)
+    for n in range(1, n_max + 1):
+        pdf_max = n * cdf ** (n - 1) * f
+        cdf_max = integrate.cumulative_trapezoid(pdf_max, x, initial=0.0)
+        if 1.0 - np.interp(target, x, cdf_max) >= 1.0 - alpha:
+            return n
+    return n_max
+
+
+def exact_n_star(mu, sigma, target, alpha, n_max=N_MAX):
+    """Smallest N with 1 - F(s*)^N >= 1 - alpha, F in 50-digit arithmetic (clipped to n_max)."""
+    import mpmath as mp
+
+    with mp.workdps(50):
+        mu, sigma, s, a = mp.mpf(mu), mp.mpf(sigma), mp.mpf(target), mp.mpf(alpha)
+        lo, hi, z = -mu / sigma, (1 - mu) / sigma, (s - mu) / sigma
+        if mu < 0.5:   # upper tail: use 1 - Phi(x) = Phi(-x)
+            f = 1 - (mp.ncdf(-z) - mp.ncdf(-hi)) / (mp.ncdf(-lo) - mp.ncdf(-hi))
+        else:
+            f = (mp.ncdf(z) - mp.ncdf(lo)) / (mp.ncdf(hi) - mp.ncdf(lo))
+        p = mp.mpf(1)
+        for n in range(1, n_max + 1):
+            p *= f
+            if 1 - p >= 1 - a:
+                return n
+    return n_max
+
+
+def scipy_fit(x):
+    from scipy import optimize, stats
+
+    def nll(p):
+        m, ls = p
+        s = np.exp(ls)
+        v = -stats.truncnorm.logpdf(x, -m / s, (1 - m) / s, loc=m, scale=s).sum()
+        return v if np.isfinite(v) else 1e300
+
+    bounds = [(-theory.MU_BOUND, theory.MU_BOUND), (np.log(theory.SIGMA_MIN), np.log(theory.SIGMA_MAX))]
+    start = (x.mean(), np.log(np.clip(x.std(), theory.SIGMA_MIN, theory.SIGMA_MAX)))
+    return optimize.minimize(nll, start, method="L-BFGS-B", bounds=bounds)
+
+
+def best_time(fn, repeat):
+    best = np.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller yardstick subsets (a few seconds)")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--problems", type=int, default=10_000, help="random problems (default 10000)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    P = args.problems
+    sub_n = min(P, 100 if args.quick else 600)       # yardstick subset for N*
+    sub_fit = min(P, 40 if args.quick else 200)      # yardstick subset for fits
+    mu, sigma, target, alpha, scores, mask = make_problems(rng, P)
+
+    # ---- N*
+    t_ours, ours = best_time(lambda: theory.n_star(mu, sigma, target, alpha, N_MAX), 3 if args.quick else 5)
+    idx = rng.choice(P, sub_n, replace=False)
+    t0 = time.perf_counter()
+    grid = np.array([grid_n_star(mu[i], sigma[i], target[i], alpha[i]) for i in idx])
+    t_grid = time.perf_counter() - t0
+    exact = np.array([exact_n_star(mu[i], sigma[i], target[i], alpha[i]) for i in idx])
+    n_ours = ours.n[idx]
+    per_ours, per_grid = t_ours / P, t_grid / sub_n
+
+    # ---- fits
+    t_fit, fit = best_time(lambda: theory.fit_mle(scores, mask), 1 if args.quick else 2)
+    t_map, fmap = best_time(lambda: theory.fit_map(scores, mask, mu0=mu, sigma0=sigma), 1)
+    fidx = rng.choice(P, sub_fit, replace=False)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refs = [scipy_fit(scores[i, mask[i]]) for i in fidx]
+    t_scipy = time.perf_counter() - t0
+    ref_nll = np.array([r.fun for r in refs])
+    our_nll = fit.nll[fidx]
+    scale = np.maximum(1.0, np.abs(ref_nll))
+    per_fit, per_scipy = t_fit / P, t_scipy / sub_fit
+
+    res = {
+        "problems": P, "n_max": N_MAX,
+        "nstar": {
+            "ours_per_decision_s": per_ours, "grid_per_decision_s": per_grid,
+            "grid_subset": sub_n, "speed_ratio": per_grid / per_ours,
+            "agree_exact_pct": 100.0 * np.mean(n_ours == exact),
+            "agree_grid_pct": 100.0 * np.mean(n_ours == grid),
+            "grid_within_1_pct": 100.0 * np.mean(np.abs(n_ours - grid) <= 1),
+            "grid_max_abs_diff": int(np.max(np.abs(n_ours - grid))),
+            "grid_agree_exact_pct": 100.0 * np.mean(grid == exact),
+            "unreachable_pct": 100.0 * np.mean(~ours.reachable),
+        },
+        "fit": {
+            "ours_mle_per_fit_s": per_fit, "ours_map_per_fit_s": t_map / P, "scipy_per_fit_s": per_scipy,
+            "scipy_subset": sub_fit, "speed_ratio": per_scipy / per_fit,
+            "mle_converged_pct": 100.0 * np.mean(fit.converged),
+            "map_converged_pct": 100.0 * np.mean(fmap.converged),
+            "mle_at_bound_pct": 100.0 * np.mean(fit.at_bound),
+            "nll_ours_le_scipy_pct": 100.0 * np.mean(our_nll <= ref_nll + 1e-6 * scale),
+            "nll_within_1e-6_pct": 100.0 * np.mean(np.abs(our_nll - ref_nll) <= 1e-6 * scale),
+            "nll_scipy_minus_ours_max": float(np.max(ref_nll - our_nll)),
+            "nll_ours_minus_scipy_max": float(np.max(our_nll - ref_nll)),
+            "iterations_mle": fit.iterations,
+        },
+    }
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return res
+    n, f = res["nstar"], res["fit"]
+    print(f"{P} random problems (mu ~ U(-0.5, 1.5), sigma ~ 10^U(-1.5, 0), s* ~ U(0.3, 0.99), "
+          f"alpha ~ U(0.01, 0.3), n_max = {N_MAX}, k = 5..10 scores)")
+    print("yardsticks are timed on a random subset and reported per decision / per fit; ours on all problems")
+    print(f"N*   ours {n['ours_per_decision_s'] * 1e6:9.3f} us/decision   grid {n['grid_per_decision_s'] * 1e3:8.3f} "
+          f"ms/decision ({sub_n} problems)   ratio {n['speed_ratio']:,.0f}x")
+    print(f"     agreement: exact (50-digit brute force) {n['agree_exact_pct']:.1f}%   grid {n['agree_grid_pct']:.1f}% "
+          f"(within 1: {n['grid_within_1_pct']:.1f}%, max |diff| {n['grid_max_abs_diff']}; "
+          f"grid vs exact {n['grid_agree_exact_pct']:.1f}%)")
+    print(f"fit  ours MLE {f['ours_mle_per_fit_s'] * 1e6:8.2f} us/fit (MAP {f['ours_map_per_fit_s'] * 1e6:.2f})   "
+          f"scipy L-BFGS-B {f['scipy_per_fit_s'] * 1e3:8.3f} ms/fit ({sub_fit} problems)   "
+          f"ratio {f['speed_ratio']:,.0f}x")
+    print(f"     NLL: ours <= scipy + 1e-6 rel on {f['nll_ours_le_scipy_pct']:.1f}%, within 1e-6 rel "
+          f"{f['nll_within_1e-6_pct']:.1f}%, max (scipy - ours) {f['nll_scipy_minus_ours_max']:.3g}, "
+          f"max (ours - scipy) {f['nll_ours_minus_scipy_max']:.3g}; converged MLE {f['mle_converged_pct']:.2f}% "
+          f"MAP {f['map_converged_pct']:.2f}%, on the box {f['mle_at_bound_pct']:.1f}%")
+    return res
+
+
+if __name__ == "__main__":
+    main()
