@@ -149,36 +149,46 @@ def _reflected(s, mu, sigma):
             np.where(refl, wh, wl), np.where(refl, wl, wh), 1.0 / sigma)
 
 
-def _logcdf_logsf(s, mu, sigma) -> tuple[np.ndarray, np.ndarray]:
-    """(log F(s), log(1 - F(s))).
+def _pair_logs(a, b, z, w_az, w_zb, w_ab, want):
+    """log(Phi(z)-Phi(a)) - log Z ('cdf') or log(Phi(b)-Phi(z)) - log Z ('sf') in reflected coordinates.
 
-    With all of [a, b] in the lower tail (b <= 0, after reflection) the huge log Phi(b) cancels exactly:
+    With all of [a, b] in the lower tail (b <= 0) the huge log Phi(b) cancels exactly:
     log F = log(Phi(z)/Phi(b)) + log(1 - Phi(a)/Phi(z)) - log(1 - Phi(a)/Phi(b)),
     log(1 - F) = log(1 - Phi(z)/Phi(b)) - log(1 - Phi(a)/Phi(b)). Otherwise the log-differences are
-    moderate and subtracted directly. The smaller of F, 1 - F is kept, the other taken by log1mexp.
-    """
+    moderate and subtracted directly."""
+    out = np.empty(a.shape)
+    i = b <= 0
+    a_i, b_i, z_i = a[i], b[i], np.minimum(z[i], 0.0)
+    if want == "cdf":
+        out[i] = _log_ratio(z_i, b_i, w_zb[i]) + _log1m_ratio(a_i, z_i, w_az[i])
+    else:
+        out[i] = _log1m_ratio(z_i, b_i, w_zb[i])
+    out[i] -= _log1m_ratio(a_i, b_i, w_ab[i])
+    i = ~i
+    a_i, b_i, z_i = a[i], b[i], z[i]
+    pair = _log_ndtr_diff(a_i, z_i, w_az[i]) if want == "cdf" else _log_ndtr_diff(z_i, b_i, w_zb[i])
+    out[i] = pair - _log_ndtr_diff(a_i, b_i, w_ab[i])
+    return np.minimum(out, 0.0)
+
+
+def _logcdf_logsf(s, mu, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """(log F(s), log(1 - F(s))). The smaller of F, 1 - F is computed directly (`_pair_logs`), the other
+    by log1mexp, so both are accurate near 0 and near 1."""
     s, mu, sigma = np.broadcast_arrays(np.asarray(s, float), mu, sigma)
     shape = s.shape
     s, mu, sigma = s.reshape(-1), mu.reshape(-1), sigma.reshape(-1)
-    lc, ls = np.empty(s.shape), np.empty(s.shape)
     with np.errstate(**_QUIET):
         refl, a, b, z, w_az, w_zb, w_ab = _reflected(np.clip(s, 0.0, 1.0), mu, sigma)
-        i = b <= 0
-        a_i, b_i, z_i = a[i], b[i], np.minimum(z[i], 0.0)
-        l_ab = _log1m_ratio(a_i, b_i, w_ab[i])
-        lc[i] = _log_ratio(z_i, b_i, w_zb[i]) + _log1m_ratio(a_i, z_i, w_az[i]) - l_ab
-        ls[i] = _log1m_ratio(z_i, b_i, w_zb[i]) - l_ab
-        i = ~i
-        a_i, b_i, z_i = a[i], b[i], z[i]
-        log_z = _log_ndtr_diff(a_i, b_i, w_ab[i])
-        lc[i] = _log_ndtr_diff(a_i, z_i, w_az[i]) - log_z
-        ls[i] = _log_ndtr_diff(z_i, b_i, w_zb[i]) - log_z
-        lc, ls = np.minimum(lc, 0.0), np.minimum(ls, 0.0)
-        lc, ls = np.where(ls < -_LN2, _log1mexp(ls), lc), np.where(lc < -_LN2, _log1mexp(lc), ls)
-        lc, ls = np.where(refl, ls, lc), np.where(refl, lc, ls)
-    lc = np.where(s <= 0.0, -np.inf, np.where(s >= 1.0, 0.0, lc))
-    ls = np.where(s <= 0.0, 0.0, np.where(s >= 1.0, -np.inf, ls))
-    return lc.reshape(shape), ls.reshape(shape)
+        first = _pair_logs(a, b, z, w_az, w_zb, w_ab, "cdf")   # log F' (reflected coordinates)
+        big = first > -_LN2
+        second = np.empty(s.shape)                                # log(1 - F')
+        second[big] = _pair_logs(a[big], b[big], z[big], w_az[big], w_zb[big], w_ab[big], "sf")
+        first[big] = _log1mexp(second[big])
+        second[~big] = _log1mexp(first[~big])
+        lc, ls = np.where(refl, second, first), np.where(refl, first, second)
+    lc = np.where(s <= 0.0, -np.inf, np.where(s >= 1.0, 0.0, lc)).reshape(shape)
+    ls = np.where(s <= 0.0, 0.0, np.where(s >= 1.0, -np.inf, ls)).reshape(shape)
+    return lc, ls
 
 
 def _logpdf(x, mu, sigma):
