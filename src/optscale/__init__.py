@@ -39,8 +39,6 @@ _EXPORTS = {
     "load_pool": "optscale.pool",
     "save_pool": "optscale.pool",
     "to_arrays": "optscale.pool",
-    # engines
-    "evaluate": "optscale.evaluate",
     # errors
     "OptScaleError": "optscale.errors",
     "InputError": "optscale.errors",
@@ -50,7 +48,13 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+#: sub-modules reachable as attributes (``optscale.evaluate.evaluate(...)``) without an explicit import
+_SUBMODULES = {"theory", "answers", "policies", "pool", "importers", "evaluate", "report", "online", "predictor"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"optscale.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'optscale' has no attribute {name!r}")
