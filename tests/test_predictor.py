@@ -103,7 +103,7 @@ def test_precomputed_embeddings_block():
     texts, means, stds = _synthetic(160, seed=1)
     rng = np.random.default_rng(0)
     emb = np.column_stack([means + rng.normal(0, 0.01, len(means)), rng.normal(size=(len(means), 15))])
-    pred = Predictor("smollm2", blocks=("emb",)).fit(texts[:120], means[:120], stds[:120], embeddings=emb[:120])
+    pred = Predictor("smollm2", blocks=("emb", "knn")).fit(texts[:120], means[:120], stds[:120], embeddings=emb[:120])
     m = pred.evaluate(texts[120:], means[120:], stds[120:], embeddings=emb[120:])
     assert m["spearman_mu"] > 0.7
     with pytest.raises(ParameterError):
@@ -129,6 +129,21 @@ def test_ridge_matches_closed_form():
     np.testing.assert_allclose(rs.predict(A[:5]), Ridge.predict(rs, A[:5]))
     assert np.corrcoef(rs.predict(A), rd.predict(A.toarray()))[0, 1] > 0.99
     assert surface_features(["[asy] x [/asy]", "plain"])[:, 0].tolist() == [1.0, 0.0]
+
+
+def test_knn_block_loo_and_roundtrip():
+    from optscale.predictor.features import Knn
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 20))
+    lab = rng.integers(0, 4, 200)
+    X = centers[lab] + 0.1 * rng.normal(size=(200, 20))
+    Y = np.column_stack([0.5 + 0.1 * lab, 0.05 * lab + 0.01])
+    kn = Knn(dim=8, k=10, temp=0.05).fit(X, Y)
+    np.testing.assert_allclose(kn.oof_, Y, atol=1e-6)  # leave-one-out: neighbours of the same cluster
+    back = Knn.from_arrays(kn.to_arrays("b_"), "b_")
+    np.testing.assert_allclose(back.predict(X[:7]), kn.predict(X[:7]))
+    assert kn.predict(X[:0]).shape == (0, 2)
 
 
 def test_metrics_constant_and_perfect():
@@ -179,7 +194,7 @@ def test_shipped_weights_small_and_loadable():
     assert DEFAULT_WEIGHTS.exists(), "the shipped predictor must be part of the package"
     assert DEFAULT_WEIGHTS.stat().st_size < 2_000_000
     p = Predictor.load(DEFAULT_WEIGHTS)
-    assert p.info["n_train"] == 4501 and "emb" in p.blocks
+    assert p.info["n_train"] == 4501 and "emb" in p.blocks and p.embedder_config is not None
 
 
 def test_shipped_predictor_fresh_process_offline(tmp_path):

@@ -25,8 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "The prior predictor of OptScale^t maps a problem's text to a prior (mu0, sigma0) on its "
             "verifier-score distribution (normal truncated to [0, 1]) plus an uncertainty (sd_mu, sd_sigma) "
-            "used as the MAP prior's spread. The shipped model is a ridge head on SmolLM2-135M embeddings "
-            "stacked with TF-IDF (CPU, no hub access)."
+            "used as the MAP prior's spread. The shipped model stacks a ridge head and a nearest-neighbour head "
+            "on all-MiniLM-L6-v2 sentence embeddings with a TF-IDF ridge (CPU, no hub access); see "
+            "docs/PREDICTOR.md."
         ),
     )
     sub = p.add_subparsers(dest="predictor_command", metavar="ACTION")
@@ -37,10 +38,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                    "verifier scores (e.g. the paper's predictor/train_data.json + "
                                    "train_mu_sigma.json).")
     _data_args(t)
-    t.add_argument("--embedder", default="smollm2",
-                   help="language-model embedder: smollm2 (default, llama.cpp), minilm (torch), or none")
-    t.add_argument("--blocks", default="emb,tfidf,surface",
-                   help="feature blocks, comma-separated subset of emb,tfidf,surface (default all)")
+    t.add_argument("--embedder", default="minilm",
+                   help="language-model embedder: minilm (default, torch), smollm2 (llama.cpp), or none")
+    t.add_argument("--blocks", default="emb,knn,tfidf,surface",
+                   help="feature blocks, comma-separated subset of emb,knn,tfidf,surface (default all)")
     t.add_argument("--out", required=True, help="output .npz (the shipped one is optscale/predictor/weights/default.npz)")
     t.add_argument("--no-cache", action="store_true", help="do not cache embeddings under ~/.cache/optscale")
     add_json_flag(t)
@@ -87,11 +88,52 @@ def _model_arg(p) -> None:
     p.add_argument("--model", default=None, help="predictor .npz (default: the shipped predictor)")
 
 
-def _load_texts(path, field=None) -> tuple[list[str], list[str]]:
-    from optscale.online.data import load_problems
+QUESTION_FIELDS = ("problem", "question", "prompt", "input", "text")
+ID_FIELDS = ("id", "unique_id", "uid", "idx")
 
-    qs = load_problems(path, question_field=field)
-    return [q.question for q in qs], [q.id for q in qs]
+
+def _load_texts(path, field=None) -> tuple[list[str], list[str]]:
+    """(texts, ids) from a JSON list / JSON Lines file of objects (question field picked automatically
+    or ``field``) or of strings. Ids need not be unique here (the paper's MATH file repeats one)."""
+    from optscale.errors import InputError
+
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(str(path), None, None, "file not found") from None
+    try:
+        data = json.loads(raw)
+        items = [(None, x) for x in data] if isinstance(data, list) else None
+    except json.JSONDecodeError:
+        items = None
+    if items is None:
+        items = []
+        for no, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append((no, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise InputError(str(path), no, None, f"invalid JSON: {exc.msg}") from None
+    texts, ids = [], []
+    for pos, (line, rec) in enumerate(items):
+        where = f"item {pos}: " if line is None else ""
+        if isinstance(rec, str):
+            texts.append(rec)
+            ids.append(str(pos))
+            continue
+        if not isinstance(rec, dict):
+            raise InputError(str(path), line, None, f"{where}expected an object or a string, got {type(rec).__name__}")
+        key = field or next((f for f in QUESTION_FIELDS if f in rec), None)
+        if key is None or not isinstance(rec.get(key), str) or not rec[key].strip():
+            raise InputError(str(path), line, field or "/".join(QUESTION_FIELDS),
+                             f"{where}no non-empty question field (have: {', '.join(sorted(rec))})")
+        texts.append(rec[key])
+        idf = next((f for f in ID_FIELDS if f in rec), None)
+        ids.append(str(rec[idf]) if idf is not None else str(pos))
+    if not texts:
+        raise InputError(str(path), None, None, "no problems")
+    return texts, ids
 
 
 def _load_labels(path, n: int):
@@ -203,7 +245,8 @@ def run_predict(args) -> int:
         save_pool(pool, args.out)
         print(f"wrote {len(rows)} priors into pool meta 'prior' -> {args.out}", file=sys.stderr)
         return 0
-    data = dict(zip(ids, rows, strict=True))
+    # {id: prior}, or a list aligned with the problems when ids repeat
+    data = dict(zip(ids, rows, strict=True)) if len(set(ids)) == len(ids) else rows
     if args.out:
         Path(args.out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {len(rows)} priors [mu0, sigma0, sd_mu, sd_sigma] -> {args.out}", file=sys.stderr)

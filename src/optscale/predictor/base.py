@@ -4,14 +4,17 @@ uncertainty for each (used as the MAP prior's standard deviations).
 Model (see docs/PREDICTOR.md):
 
 * Targets: the label moments (mean, std) of the problem's verifier scores.
-* Blocks, each a ridge regression with its penalty chosen by leave-one-out CV on the training set:
-  ``emb`` (language-model sentence embedding), ``tfidf`` (word + bigram TF-IDF), ``surface`` (a few
-  hand-made text features). A linear stacker combines the blocks' out-of-fold predictions.
+* Blocks: ``emb`` (ridge on a language-model sentence embedding), ``knn`` (similarity-weighted nearest
+  neighbours in that embedding), ``tfidf`` (ridge on word + bigram TF-IDF), ``surface`` (ridge on a few
+  hand-made text features); ridge penalties chosen by leave-one-out CV on the training set. A linear
+  stacker combines the blocks' leave-one-out predictions.
 * Conversion: predicted (mean, std) -> truncated-normal (mu0, sigma0) by moment matching
   (:func:`optscale.theory.moments_to_params`).
-* Uncertainty: the out-of-fold predictions are converted the same way and compared with the
+* Uncertainty: the leave-one-out predictions are converted the same way and compared with the
   moment-matched labels; the residual scale of mu and sigma is modelled as a function of the predicted
-  mean (quantile bins, robust scale, interpolated) -> heteroscedastic (sd_mu, sd_sigma) per problem.
+  mean (quantile bins, robust scale, interpolated) -> heteroscedastic (sd_mu, sd_sigma) per problem; one
+  factor on both is then calibrated by simulating MAP warm-ups on the training problems
+  (:func:`calibrate_spread`, error of N*).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 from optscale.errors import InputError, ParameterError
 
 FORMAT_VERSION = 1
-BLOCKS = ("emb", "tfidf", "surface")
+BLOCKS = ("emb", "knn", "tfidf", "surface")
 STD_MIN = 1e-3  # predicted std is kept >= this (a truncated normal needs some spread)
 
 
@@ -98,10 +101,12 @@ def _check_labels(texts, means, stds):
 
 
 class _ScaleModel:
-    """Residual scale as a piecewise-linear function of a covariate (quantile bins, robust scale)."""
+    """Residual scale as a piecewise-linear function of a covariate: quantile bins, robust scale
+    (1.4826 x median absolute deviation) per bin, interpolated between bin medians, times ``factor``."""
 
     def __init__(self, bins: int = 8, floor: float = 1e-3):
         self.bins, self.floor = bins, floor
+        self.factor = 1.0
 
     def fit(self, x, resid) -> _ScaleModel:
         x, r = np.asarray(x, float), np.asarray(resid, float)
@@ -113,16 +118,50 @@ class _ScaleModel:
             if m.sum() < 5:
                 continue
             xs.append(np.median(x[m]))
-            # robust scale: RMS after winsorising the worst 5 % (label noise / unreachable moments)
-            rb = np.abs(r[m])
-            cap = np.quantile(rb, 0.95)
-            ss.append(math.sqrt(np.mean(np.minimum(rb, cap) ** 2)))
-        self.x_ = np.array(xs) if xs else np.array([0.0])
-        self.s_ = np.maximum(np.array(ss) if ss else np.array([np.sqrt(np.mean(r**2))]), self.floor)
+            ss.append(1.4826 * np.median(np.abs(r[m] - np.median(r[m]))))
+        if not xs:
+            xs, ss = [0.0], [1.4826 * np.median(np.abs(r - np.median(r)))]
+        self.x_ = np.array(xs)
+        self.s_ = np.maximum(np.array(ss), self.floor)
         return self
 
     def __call__(self, x) -> np.ndarray:
-        return np.interp(np.asarray(x, float), self.x_, self.s_)
+        return self.factor * np.interp(np.asarray(x, float), self.x_, self.s_)
+
+
+#: the N* setting the prior spread is calibrated for (the paper's MATH setting)
+CALIBRATION = {"target": 0.95, "alpha": 0.05, "n_max": 64, "k": (3, 5, 10), "factors":
+               (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0), "problems": 1500, "seeds": 3}
+
+
+def calibrate_spread(pred_moments, true_moments, sd_mu, sd_sigma, *, seed: int = 0, **kw) -> dict:
+    """Choose one factor for the prior spreads (sd_mu, sd_sigma) by simulation on labelled (training)
+    problems: truth = moment-matched labels, prior = moment-matched (held-out) predictions; k warm-up scores
+    from the truth, MAP fit, error of N* vs the truth's N*. Returns {"factor", "table"}."""
+    from optscale import theory
+
+    cfg = dict(CALIBRATION, **kw)
+    pm, tm = np.asarray(pred_moments, float), np.asarray(true_moments, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(pm))[: cfg["problems"]]
+    mu_t, s_t = theory.moments_to_params(tm[idx, 0], tm[idx, 1])
+    mu_p, s_p = theory.moments_to_params(pm[idx, 0], pm[idx, 1])
+    R = cfg["seeds"]
+    n_true = np.repeat(theory.n_star(mu_t, s_t, cfg["target"], cfg["alpha"], cfg["n_max"]).n, R)
+    rows = {}
+    samples = {k: theory.sample(np.repeat(mu_t, R)[:, None], np.repeat(s_t, R)[:, None], (len(idx) * R, k), rng)
+               for k in cfg["k"]}
+    for f in cfg["factors"]:
+        errs = []
+        for k in cfg["k"]:
+            fit = theory.fit_map(samples[k], mu0=np.repeat(mu_p, R), sigma0=np.repeat(s_p, R),
+                                 sd_mu=f * np.repeat(np.asarray(sd_mu, float)[idx], R),
+                                 sd_sigma=f * np.repeat(np.asarray(sd_sigma, float)[idx], R))
+            n_hat = theory.n_star(fit.mu, fit.sigma, cfg["target"], cfg["alpha"], cfg["n_max"]).n
+            errs.append(float(np.mean(np.abs(n_hat - n_true))))
+        rows[f] = errs
+    best = min(rows, key=lambda f: np.mean(rows[f]))
+    return {"factor": float(best), "table": {str(f): v for f, v in rows.items()}, "k": list(cfg["k"])}
 
 
 class Predictor:
@@ -130,26 +169,28 @@ class Predictor:
 
     Parameters
     ----------
-    embedder: ``"smollm2"``, ``"minilm"`` or ``None`` (no language-model block: TF-IDF + surface only).
+    embedder: ``"minilm"`` (default), ``"smollm2"`` or ``None`` (no language-model blocks: TF-IDF + surface).
     blocks: which feature blocks to use (subset of ``("emb", "tfidf", "surface")``).
     cache: cache LM embeddings on disk (True: ``~/.cache/optscale``; a path; False).
 
     Penalties, stacker and residual model are fitted on exact leave-one-out predictions of the training set.
     """
 
-    def __init__(self, embedder: str | dict | None = "smollm2", blocks: Sequence[str] = BLOCKS, *,
-                 cache: bool | str = True):
+    def __init__(self, embedder: str | dict | None = "minilm", blocks: Sequence[str] = BLOCKS, *,
+                 cache: bool | str = True, calibrate: bool = True):
         blocks = tuple(blocks)
         for b in blocks:
             if b not in BLOCKS:
                 raise ParameterError("blocks", f"unknown block {b!r} (choose from {', '.join(BLOCKS)})")
         if embedder is None:
-            blocks = tuple(b for b in blocks if b != "emb")
+            blocks = tuple(b for b in blocks if b not in ("emb", "knn"))
         if not blocks:
             raise ParameterError("blocks", "no feature block left")
         self.blocks = blocks
         self.embedder_config = ({"kind": embedder} if isinstance(embedder, str) else embedder) if embedder else None
         self.cache = cache
+        self.calibrate = calibrate
+        self.calibration_: dict | None = None
         self._embedder = None
         self.info: dict = {}
         self.fitted = False
@@ -177,8 +218,8 @@ class Predictor:
         from optscale.predictor.features import surface_features
 
         feats = {}
-        if "emb" in self.blocks:
-            feats["emb"] = self._embed(texts, embeddings, progress)
+        if "emb" in self.blocks or "knn" in self.blocks:
+            feats["emb"] = feats["knn"] = self._embed(texts, embeddings, progress)
         if "tfidf" in self.blocks:
             feats["tfidf"] = self.tfidf_.transform(texts)
         if "surface" in self.blocks:
@@ -189,7 +230,7 @@ class Predictor:
     def fit(self, texts: Sequence[str], means, stds, *, embeddings=None, progress: bool = False) -> Predictor:
         """Fit on labelled problems: ``means``/``stds`` are the mean and std of each problem's verifier
         scores (moments of raw scores). ``embeddings`` may pass precomputed LM embeddings of ``texts``."""
-        from optscale.predictor.features import Ridge, Tfidf
+        from optscale.predictor.features import Knn, Ridge, Tfidf
 
         texts, means, stds = _check_labels(texts, means, stds)
         Y = np.stack([means, stds], 1)
@@ -199,7 +240,7 @@ class Predictor:
         self.ridges_ = {}
         oof = {}
         for name in self.blocks:
-            r = Ridge().fit(feats[name], Y)
+            r = (Knn() if name == "knn" else Ridge()).fit(feats[name], Y)
             self.ridges_[name] = r
             oof[name] = r.oof_
         # stacker: per target, least squares on the blocks' out-of-fold predictions (+ intercept)
@@ -209,14 +250,16 @@ class Predictor:
             self.stack_[:, j] = np.linalg.lstsq(Z, Y[:, j], rcond=None)[0]
         # stacked leave-one-out predictions (the stacker has <= 4 parameters per target: negligible overfit)
         pred = self._combine(oof)
+        self.loo_ = pred  # diagnostics (not saved)
         self.const_ = Y.mean(0)
         self._fit_uncertainty(pred, Y)
         self.info = {
             "n_train": len(texts),
             "blocks": list(self.blocks),
             "embedder": self.embedder_config,
-            "alphas": {b: self.ridges_[b].alpha_.tolist() for b in self.blocks},
+            "alphas": {b: self.ridges_[b].alpha_.tolist() for b in self.blocks if b != "knn"},
             "stack": self.stack_.tolist(),
+            "spread_calibration": self.calibration_,
             "cv": metrics(pred[:, 0], pred[:, 1], means, stds, *self.const_),
             "cv_blocks": {b: metrics(oof[b][:, 0], oof[b][:, 1], means, stds, *self.const_) for b in self.blocks},
         }
@@ -241,6 +284,10 @@ class Predictor:
         mu_t, sg_t = moments_to_params(Y[:, 0], np.maximum(Y[:, 1], 0.0))
         self.sd_mu_ = _ScaleModel().fit(pred[:, 0], mu_t - mu_p)
         self.sd_sigma_ = _ScaleModel().fit(pred[:, 0], sg_t - sg_p)
+        if self.calibrate:
+            cal = calibrate_spread(pred, Y, self.sd_mu_(pred[:, 0]), self.sd_sigma_(pred[:, 0]))
+            self.sd_mu_.factor = self.sd_sigma_.factor = cal["factor"]
+            self.calibration_ = cal
 
     def predict_moments(self, texts: Sequence[str], *, embeddings=None, progress: bool = False) -> np.ndarray:
         """float64 [P, 2]: predicted (mean, std) of each problem's verifier scores."""
@@ -296,6 +343,7 @@ class Predictor:
         for key, sm in (("sd_mu", self.sd_mu_), ("sd_sigma", self.sd_sigma_)):
             arrays[f"{key}_x"] = sm.x_
             arrays[f"{key}_s"] = sm.s_
+            arrays[f"{key}_factor"] = np.array(sm.factor)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
             np.savez_compressed(fh, **arrays)
@@ -303,7 +351,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
-        from optscale.predictor.features import Ridge, Tfidf
+        from optscale.predictor.features import Knn, Ridge, Tfidf
 
         path = Path(path)
         try:
@@ -318,7 +366,7 @@ class Predictor:
         if meta.get("format") != FORMAT_VERSION:
             raise InputError(str(path), None, "format", f"unsupported predictor format {meta.get('format')!r}")
         obj = cls(meta["embedder"], meta["blocks"])
-        obj.ridges_ = {b: Ridge.from_arrays(arrays, f"ridge_{b}_") for b in obj.blocks}
+        obj.ridges_ = {b: (Knn if b == "knn" else Ridge).from_arrays(arrays, f"ridge_{b}_") for b in obj.blocks}
         if "tfidf" in obj.blocks:
             obj.tfidf_ = Tfidf.from_arrays(arrays, "tfidf_")
         obj.stack_ = arrays["stack"]
@@ -326,6 +374,7 @@ class Predictor:
         for key in ("sd_mu", "sd_sigma"):
             sm = _ScaleModel()
             sm.x_, sm.s_ = arrays[f"{key}_x"], arrays[f"{key}_s"]
+            sm.factor = float(arrays[f"{key}_factor"])
             setattr(obj, f"{key}_", sm)
         obj.info = meta.get("info", {})
         obj.fitted = True

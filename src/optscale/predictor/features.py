@@ -204,3 +204,79 @@ class Ridge:
             obj.center_ = np.asarray(arrays[f"{prefix}center"], np.float64)
             obj.scale_ = np.asarray(arrays[f"{prefix}scale"], np.float64)
         return obj
+
+
+class Knn:
+    """Similarity-weighted nearest-neighbour regression on (embedding) vectors.
+
+    The training vectors are centred, projected on their first ``dim`` principal axes, L2-normalised and
+    stored as int8 (row-scaled), so that a shipped model stays small. Prediction: cosine similarity to every
+    training problem, the ``k`` most similar weighted by softmax(similarity / ``temp``), average of their
+    labels. ``oof_`` holds the leave-one-out predictions (self excluded).
+    """
+
+    def __init__(self, dim: int = 128, k: int = 50, temp: float = 0.05):
+        self.dim, self.k, self.temp = int(dim), int(k), float(temp)
+
+    def _reduce(self, X) -> np.ndarray:
+        Z = (np.asarray(X, np.float64) - self.center_) @ self.proj_
+        return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+
+    def _train_vectors(self) -> np.ndarray:
+        R = self.q_.astype(np.float64) * self.qscale_[:, None]
+        return R / np.maximum(np.linalg.norm(R, axis=1, keepdims=True), 1e-12)
+
+    def _predict_sim(self, S) -> np.ndarray:
+        k = min(self.k, S.shape[1] - 1) if S.shape[1] > 1 else 1
+        idx = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        s = np.take_along_axis(S, idx, 1)
+        w = np.exp((s - s.max(1, keepdims=True)) / self.temp)
+        w /= w.sum(1, keepdims=True)
+        return np.einsum("nk,nkj->nj", w, self.y_[idx])
+
+    def fit(self, X, Y) -> Knn:
+        X = np.asarray(X, np.float64)
+        Y = np.asarray(Y, np.float64)
+        self._ndim = Y.ndim
+        self.y_ = (Y[:, None] if Y.ndim == 1 else Y).astype(np.float32).astype(np.float64)
+        self.center_ = X.mean(0)
+        _, _, Vt = np.linalg.svd(X - self.center_, full_matrices=False)
+        self.proj_ = Vt[: min(self.dim, Vt.shape[0])].T.astype(np.float32).astype(np.float64)
+        R = self._reduce(X)
+        self.qscale_ = np.maximum(np.abs(R).max(1), 1e-12) / 127.0
+        self.q_ = np.round(R / self.qscale_[:, None]).astype(np.int8)
+        T = self._train_vectors()
+        out = []
+        for s in range(0, len(T), 2048):
+            S = T[s:s + 2048] @ T.T
+            S[np.arange(S.shape[0]), np.arange(s, s + S.shape[0])] = -np.inf
+            out.append(self._predict_sim(S))
+        self.oof_ = np.concatenate(out, 0)
+        if self._ndim == 1:
+            self.oof_ = self.oof_[:, 0]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        T = self._train_vectors()
+        R = self._reduce(X)
+        P = np.concatenate([self._predict_sim(R[s:s + 2048] @ T.T) for s in range(0, len(R), 2048)], 0) \
+            if len(R) else np.zeros((0, self.y_.shape[1]))
+        return P[:, 0] if self._ndim == 1 else P
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}center": self.center_.astype(np.float32), f"{prefix}proj": self.proj_.astype(np.float32),
+                f"{prefix}q": self.q_, f"{prefix}qscale": self.qscale_.astype(np.float32),
+                f"{prefix}y": self.y_.astype(np.float32),
+                f"{prefix}params": np.array([self.dim, self.k, self.temp, self._ndim], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> Knn:
+        dim, k, temp, ndim = arrays[f"{prefix}params"]
+        obj = cls(int(dim), int(k), float(temp))
+        obj._ndim = int(ndim)
+        obj.center_ = np.asarray(arrays[f"{prefix}center"], np.float64)
+        obj.proj_ = np.asarray(arrays[f"{prefix}proj"], np.float64)
+        obj.q_ = np.asarray(arrays[f"{prefix}q"])
+        obj.qscale_ = np.asarray(arrays[f"{prefix}qscale"], np.float64)
+        obj.y_ = np.asarray(arrays[f"{prefix}y"], np.float64)
+        return obj
