@@ -338,6 +338,9 @@ def n_star(mu, sigma, target, alpha, n_max) -> NStar:
     ``target`` is s* in [0, 1]; ``alpha`` in (0, 1) is one minus the confidence that the best of N* scores
     reaches s*; ``n_max`` >= 1 is the sampling budget.
     """
+    fast = _n_star_scalar(mu, sigma, target, alpha, n_max)
+    if fast is not None:
+        return fast
     mu, sigma = _params(mu, sigma)
     target = _array("target", target, lo=0.0, hi=1.0)
     return n_star_from_logcdf(_logcdf_logsf(target, mu, sigma)[0], alpha, n_max)
@@ -559,10 +562,14 @@ def _optimize(n, mean, var, prior, lo, hi, init, max_iter, tol):
 
 
 def _fit(scores, mask, prior, sigma_min, sigma_max, mu_bound, max_iter, tol) -> Fit:
-    sigma_min = float(_array("sigma_min", sigma_min, lo=0.0, lo_open=True))
-    sigma_max = float(_array("sigma_max", sigma_max, lo=sigma_min, lo_open=True))
-    mu_bound = float(_array("mu_bound", mu_bound, lo=0.0, lo_open=True))
+    sigma_min = _positive("sigma_min", sigma_min)
+    sigma_max = _positive("sigma_max", sigma_max, lo=sigma_min)
+    mu_bound = _positive("mu_bound", mu_bound)
     n, mean, var, shape = _stats(scores, mask)
+    if n.shape[0] <= _SMALL_BATCH:
+        fast = _fit_small(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_iter, tol)
+        if fast is not None:
+            return fast
     return _fit_stats(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_iter, tol)
 
 
@@ -629,6 +636,69 @@ def neg_log_likelihood(scores, mask, mu, sigma) -> np.ndarray:
     with np.errstate(**_QUIET):
         return _objective(mu.reshape(-1), np.log(sigma).reshape(-1), n, mean, var, None,
                           need_grad=False).reshape(shape)
+
+
+# --------------------------------------------------------------------------- small-batch fast path
+# The online runner asks for one decision per problem per wave (B = 1). There numpy's per-call overhead
+# dominates, so small batches and scalar N* queries go to `optscale._theory_scalar`, a plain-Python port of
+# the functions above (same branches, same order of operations, same special functions). Anything it does
+# not handle exactly like numpy (nan, inf, 0/0) raises, and the vectorized path answers instead.
+_SMALL_BATCH = 8   #: fits with at most this many rows use the scalar path, row by row
+_SCALARS = (float, int, np.floating, np.integer)
+
+
+def _positive(name: str, x, lo: float = 0.0) -> float:
+    """float(x) for a scalar x > lo (the estimators' box parameters), validated like `_array`."""
+    if isinstance(x, _SCALARS) and not isinstance(x, bool) and lo < x < np.inf:
+        return float(x)
+    return float(_array(name, x, lo=lo, lo_open=True))
+
+
+def _fit_small(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_iter, tol) -> Fit | None:
+    """`_fit_stats` row by row in scalar arithmetic; None where the scalar path declines."""
+    from optscale import _theory_scalar as S
+
+    B = n.shape[0]
+    lo = (-mu_bound, float(np.log(sigma_min)))
+    hi = (mu_bound, float(np.log(sigma_max)))
+    if prior is not None:
+        prior = [np.broadcast_to(p, (B,)).tolist() for p in prior]
+    rows = []
+    try:
+        for i, (ni, mi, vi) in enumerate(zip(n.tolist(), mean.tolist(), var.tolist(), strict=True)):
+            pr = None if prior is None else (prior[0][i], prior[1][i], prior[2][i], prior[3][i])
+            rows.append(S.fit_row(ni, mi, vi, pr, lo, hi, int(max_iter), tol))
+    except (ArithmeticError, ValueError):
+        return None
+    mu, tau, converged, its, nll = (np.array(v) for v in zip(*rows, strict=True))
+    low, high = tau <= lo[1] + 1e-12, tau >= hi[1] - 1e-12
+    sigma = np.where(low, sigma_min, np.where(high, sigma_max, np.exp(tau)))
+    at_bound = (np.abs(mu) >= mu_bound) | low | high
+    return Fit(mu=mu.reshape(shape), sigma=sigma.reshape(shape), nll=nll.reshape(shape),
+               converged=converged.astype(bool).reshape(shape), iterations=int(its.max()),
+               at_bound=at_bound.reshape(shape))
+
+
+def _n_star_scalar(mu, sigma, target, alpha, n_max) -> NStar | None:
+    """`n_star` for scalar arguments in scalar arithmetic; None (use the vectorized path, which also
+    reports invalid arguments) unless all five are valid scalars."""
+    args = (mu, sigma, target, alpha)
+    if not all(isinstance(v, _SCALARS) and not isinstance(v, bool) for v in args) \
+            or not isinstance(n_max, (int, np.integer)) or isinstance(n_max, bool):
+        return None
+    mu, sigma, target, alpha = (float(v) for v in args)
+    n_max = int(n_max)
+    if not (abs(mu) < np.inf and 0.0 < sigma < np.inf and 0.0 <= target <= 1.0 and 0.0 < alpha < 1.0
+            and 1 <= n_max < 2**62):
+        return None
+    from optscale import _theory_scalar as S
+
+    try:
+        log_F = S.logcdf(target, mu, sigma)
+        n, reachable, exact = S.n_star(log_F, float(np.log(alpha)), n_max)
+    except (ArithmeticError, ValueError):
+        return None
+    return NStar(n=np.int64(n), reachable=np.bool_(reachable), exact=np.array(exact))
 
 
 # --------------------------------------------------------------------------------- moment matching
