@@ -7,6 +7,7 @@ Yardstick for fits: one scipy.optimize.minimize(method="L-BFGS-B") per problem o
 negative log-likelihood (scipy.stats.truncnorm), started at the sample mean / std, in the same box.
 
 Ours: theory.n_star (closed form, vectorized) and theory.fit_mle / fit_map (batched projected Newton).
+Also timed one decision at a time (B = 1, as in the online runner): fit + N* per problem, one call each.
 Both run on the same random problems; the slow yardsticks are timed on a random subset and reported per
 decision / per fit. "Exact" N* comes from the definition (smallest N with 1 - F^N >= 1 - alpha) evaluated
 with F in 50-digit arithmetic (mpmath).
@@ -135,8 +136,33 @@ def main(argv=None) -> dict:
     scale = np.maximum(1.0, np.abs(ref_nll))
     per_fit, per_scipy = t_fit / P, t_scipy / sub_fit
 
+    # ---- one decision at a time (online runner: B = 1, one fit + one N* per problem per wave)
+    sub_one = min(P, 100 if args.quick else 500)
+    oidx = rng.choice(P, sub_one, replace=False)
+    rows = [(scores[i, mask[i]], float(mu[i]), float(sigma[i]), float(target[i]), float(alpha[i])) for i in oidx]
+
+    def one_by_one(kind):
+        def run():
+            for x, m0, s0, s_star, a in rows:
+                f = theory.fit_mle(x) if kind == "mle" else theory.fit_map(x, mu0=m0, sigma0=s0)
+                theory.n_star(float(f.mu), float(f.sigma), s_star, a, N_MAX)
+        return run
+
+    def nstar_one_by_one():
+        for _, m0, s0, s_star, a in rows:
+            theory.n_star(m0, s0, s_star, a, N_MAX)
+
+    reps = 2 if args.quick else 3
+    t_one_mle = best_time(one_by_one("mle"), reps)[0] / sub_one
+    t_one_map = best_time(one_by_one("map"), reps)[0] / sub_one
+    t_one_nstar = best_time(nstar_one_by_one, reps)[0] / sub_one
+
     res = {
         "problems": P, "n_max": N_MAX,
+        "single": {
+            "decisions": sub_one, "nstar_s": t_one_nstar, "mle_plus_nstar_s": t_one_mle,
+            "map_plus_nstar_s": t_one_map, "nstar_speed_ratio": per_grid / t_one_nstar,
+        },
         "nstar": {
             "ours_per_decision_s": per_ours, "grid_per_decision_s": per_grid,
             "grid_subset": sub_n, "speed_ratio": per_grid / per_ours,
@@ -179,6 +205,10 @@ def main(argv=None) -> dict:
           f"{f['nll_within_1e-6_pct']:.1f}%, max (scipy - ours) {f['nll_scipy_minus_ours_max']:.3g}, "
           f"max (ours - scipy) {f['nll_ours_minus_scipy_max']:.3g}; converged MLE {f['mle_converged_pct']:.2f}% "
           f"MAP {f['map_converged_pct']:.2f}%, on the box {f['mle_at_bound_pct']:.1f}%")
+    o = res["single"]
+    print(f"B=1  per decision ({o['decisions']} problems, one call each): N* {o['nstar_s'] * 1e6:.1f} us "
+          f"(ratio vs grid {o['nstar_speed_ratio']:,.0f}x)   fit MLE + N* {o['mle_plus_nstar_s'] * 1e6:.1f} us   "
+          f"fit MAP + N* {o['map_plus_nstar_s'] * 1e6:.1f} us")
     return res
 
 
