@@ -191,6 +191,54 @@ def _logcdf_logsf(s, mu, sigma) -> tuple[np.ndarray, np.ndarray]:
     return lc, ls
 
 
+def _log1m_from_ratio(r, x, y, d, ls_y):
+    """`_log1m_ratio` given r = `_log_ratio`(x, y, d) and ls_y = `_log_ndtr_scaled`(y) (no erfcx here)."""
+    m = y - 0.5 * d
+    small = d * (1.0 + np.abs(m)) < 1e-3
+    mid = np.log(d) + 0.25 * d * (m + y) - _HALF_LOG_2PI - ls_y + np.log1p(d * d * (m * m - 1.0) / 24.0)
+    return np.where(small, mid, _log1mexp(np.minimum(r, 0.0)))
+
+
+def _logcdf_only(s, mu, sigma) -> np.ndarray:
+    """log F(s) alone, as `_logcdf_logsf` computes it (same formulas, same rounding), for N*: one erfcx per
+    bound in the lower-tail case (log Phi at a, z, b shared by every ratio) and log Z computed once."""
+    s, mu, sigma = np.broadcast_arrays(np.asarray(s, float), mu, sigma)
+    shape = s.shape
+    s, mu, sigma = s.reshape(-1), mu.reshape(-1), sigma.reshape(-1)
+    out = np.empty(s.shape)
+    with np.errstate(**_QUIET):
+        refl, a, b, z, w_az, w_zb, w_ab = _reflected(np.clip(s, 0.0, 1.0), mu, sigma)
+        tail = b <= 0
+        i = np.flatnonzero(tail)
+        if i.size:
+            a_i, b_i, z_i = a[i], b[i], np.minimum(z[i], 0.0)
+            waz, wzb, wab = w_az[i], w_zb[i], w_ab if np.ndim(w_ab) == 0 else w_ab[i]
+            ls_a, ls_b, ls_z = np.split(_log_ndtr_scaled(np.concatenate([a_i, b_i, z_i])), 3)
+            r_zb = ls_z - ls_b + 0.5 * wzb * (z_i + b_i)
+            r_az = ls_a - ls_z + 0.5 * waz * (a_i + z_i)
+            r_ab = ls_a - ls_b + 0.5 * wab * (a_i + b_i)
+            l_ab = _log1m_from_ratio(r_ab, a_i, b_i, wab, ls_b)
+            first = np.minimum(r_zb + _log1m_from_ratio(r_az, a_i, z_i, waz, ls_z) - l_ab, 0.0)
+            big = first > -_LN2
+            second = np.minimum(_log1m_from_ratio(r_zb, z_i, b_i, wzb, ls_b) - l_ab, 0.0)
+            out[i] = np.where(refl[i], np.where(big, second, _log1mexp(first)),
+                              np.where(big, _log1mexp(second), first))
+        i = np.flatnonzero(~tail)
+        if i.size:
+            a_i, b_i, z_i = a[i], b[i], z[i]
+            wab = w_ab if np.ndim(w_ab) == 0 else w_ab[i]
+            log_z = _log_ndtr_diff(a_i, b_i, wab)
+            first = np.minimum(_log_ndtr_diff(a_i, z_i, w_az[i]) - log_z, 0.0)
+            big = first > -_LN2
+            second = np.empty(i.size)
+            j = np.flatnonzero(big)
+            second[j] = np.minimum(_log_ndtr_diff(z_i[j], b_i[j], w_zb[i][j]) - log_z[j], 0.0)
+            first[j] = _log1mexp(second[j])
+            second[~big] = _log1mexp(first[~big])
+            out[i] = np.where(refl[i], second, first)
+    return np.where(s <= 0.0, -np.inf, np.where(s >= 1.0, 0.0, out)).reshape(shape)
+
+
 def _logpdf(x, mu, sigma):
     """log f(x) = -z^2/2 - log(2 pi)/2 - log sigma - log Z; in the lower tail (b <= 0 after reflection)
     -z^2/2 - log Phi(b) = -(z - b)(z + b)/2 - _log_ndtr_scaled(b), with z - b = (x - 1)/sigma."""
@@ -343,7 +391,7 @@ def n_star(mu, sigma, target, alpha, n_max) -> NStar:
         return fast
     mu, sigma = _params(mu, sigma)
     target = _array("target", target, lo=0.0, hi=1.0)
-    return n_star_from_logcdf(_logcdf_logsf(target, mu, sigma)[0], alpha, n_max)
+    return n_star_from_logcdf(_logcdf_only(target, mu, sigma), alpha, n_max)
 
 
 # ------------------------------------------------------------------------------------------ estimation
@@ -440,17 +488,17 @@ def _objective(mu, tau, n, mean, var, prior, need_grad=True):
     m1 = pA - pB
     m2 = 1.0 + A * pA - Bv * pB
     m3 = 2.0 * m1 + A * A * pA - Bv * Bv * pB
-    m4 = 3.0 * m2 + A**3 * pA - Bv**3 * pB
+    m4 = 3.0 * m2 + A * A * A * pA - Bv * Bv * Bv * pB
     mu2 = m2 - m1 * m1
-    mu3 = m3 - 3.0 * m1 * m2 + 2.0 * m1**3
-    mu4c = m4 - 4.0 * m1 * m3 + 6.0 * m1 * m1 * m2 - 3.0 * m1**4 - mu2 * mu2
+    mu3 = m3 - 3.0 * m1 * m2 + 2.0 * (m1 * m1 * m1)
+    mu4c = m4 - 4.0 * m1 * m3 + 6.0 * m1 * m1 * m2 - 3.0 * ((m1 * m1) * (m1 * m1)) - mu2 * mu2
     edge = Bv - m1   # (near edge - E z) in z units
     r, s = _mills_tail(np.maximum(-Bv, 0.0))
     far = tail & (-Bv > 10.0) & (-Bv * w + 0.5 * w * w > 45.0)   # far side carries < e^-45 of the mass
     edge = np.where(far, r, edge)
     mu2 = np.maximum(np.where(far, r * (s - r), mu2), 1e-300)
     rough = np.abs(m1) >= 30.0   # raw 3rd/4th central moments cancel: exponential limit
-    mu3 = np.where(rough, -2.0 * mu2**1.5, mu3)
+    mu3 = np.where(rough, -2.0 * (mu2 * np.sqrt(mu2)), mu3)
     mu4c = np.maximum(np.where(rough, 8.0 * mu2 * mu2, mu4c), 1e-300)
     D = np.where(refl, edge - dist, dist - edge)    # (E x - xbar) / sigma
     delta = np.where(refl, -sigma * (Bv - edge), sigma * (Bv - edge))   # E x - mu = sigma E z
