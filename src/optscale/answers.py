@@ -21,6 +21,7 @@ import re
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
@@ -258,8 +259,9 @@ def choice_equiv(a: str | None, b: str | None) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-class _TimeLimit(Exception):
-    """Raised inside a guarded call when its time limit expires (main thread only)."""
+class _TimeLimit(BaseException):
+    """Raised inside a guarded call when its time limit expires (main thread only). A BaseException,
+    so that the ``except Exception`` handlers inside math-verify and sympy do not swallow it."""
 
 
 _UNSET = object()
@@ -339,46 +341,58 @@ def _math_verify():
     return math_verify
 
 
-_PROBE_POINTS = ((0.7310585, 1.3247180, 0.5772157, 1.6180340, 0.9189385, 1.2020569, 0.6931472, 1.4142136),
-                 (1.2599210, 0.8862269, 1.7320508, 0.6180340, 1.0986123, 0.5493061, 1.5707963, 0.8414710))
+_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+
+
+def _probe_value(name: str, k: int) -> float:
+    """Value given to the symbol ``name`` at probe point ``k`` (a fixed function of the name, in [0.5, 2))."""
+    h = zlib.crc32(f"{k}:{name}".encode())
+    return 0.5 + 1.5 * (h % 100_003) / 100_003
 
 
 def _fingerprint(expr, text: str):
     """A cheap numeric signature of a parsed answer, used to rule out equivalence without sympy's
-    (slow) symbolic comparison. None when the answer has no safe signature.
+    (slow) symbolic comparison; None when the answer has no safe signature.
 
-    ``("seq", values)`` for a number, a tuple or an interval of numbers (ordered values), ``("set",
-    sorted values)`` for a finite set of numbers, ``("sym", names, values)`` for an expression in
-    symbols (its values at two fixed points with positive coordinates). Percentages, equations and
-    anything else get None."""
+    ``("seq", values)`` for a number, an expression, a tuple or an interval (ordered elements),
+    ``("set", values)`` for a finite set; each element is represented by its values at two probe
+    points, where every symbol takes a fixed value derived from its name. Equivalent expressions have
+    equal values at every point, so different values prove non-equivalence. Percentages, equations
+    and words (math-verify compares text answers as strings) get None. Answers containing an
+    unevaluated sum, product, integral, limit or derivative get ``("opaque",)``: they are equivalent
+    only to normalized-equal strings (sympy takes seconds per comparison on them and rarely proves
+    anything)."""
     import sympy
 
-    if "%" in text:
+    if "%" in text or _WORD_RE.search(text):
         return None
+    if not isinstance(expr, sympy.Basic) or isinstance(expr, sympy.Symbol):
+        return None
+    if expr.has(sympy.Sum, sympy.Product, sympy.Integral, sympy.Limit, sympy.Derivative):
+        return ("opaque",)  # unevaluated: comparing it symbolically is slow and rarely succeeds
 
-    def num(e):
-        v = complex(sympy.N(e, 15))
-        if not (math.isfinite(v.real) and math.isfinite(v.imag)):
-            raise ValueError("not finite")
-        return v
+    def vals(e):
+        if not isinstance(e, sympy.Expr):
+            raise ValueError("not an expression")
+        out = []
+        for k in range(2):
+            sub = {x: _probe_value(x.name, k) for x in e.free_symbols}
+            v = complex(sympy.N(e.subs(sub) if sub else e, 15))
+            if not (math.isfinite(v.real) and math.isfinite(v.imag)):
+                raise ValueError("not finite")
+            out.append(v)
+        return tuple(out)
 
     try:
-        if isinstance(expr, sympy.Expr) and not isinstance(expr, sympy.Symbol) and expr.is_number:
-            return ("seq", (num(expr),))
-        if isinstance(expr, sympy.Tuple) and all(isinstance(e, sympy.Expr) and e.is_number for e in expr):
-            return ("seq", tuple(num(e) for e in expr))
-        if isinstance(expr, sympy.Interval) and expr.start.is_number and expr.end.is_number:
-            return ("seq", (num(expr.start), num(expr.end)))
-        if isinstance(expr, sympy.FiniteSet) and all(isinstance(e, sympy.Expr) and e.is_number for e in expr):
-            vals = [num(e) for e in expr]
-            return ("set", tuple(sorted(vals, key=lambda v: (round(v.real, 9), round(v.imag, 9)))))
-        if isinstance(expr, sympy.Expr) and not isinstance(expr, sympy.Symbol) and expr.free_symbols:
-            syms = sorted(expr.free_symbols, key=lambda x: x.name)
-            if len(syms) > len(_PROBE_POINTS[0]):
-                return None
-            names = tuple(x.name for x in syms)
-            vals = tuple(num(expr.subs(dict(zip(syms, pt, strict=False)))) for pt in _PROBE_POINTS)
-            return ("sym", names, vals)
+        if isinstance(expr, sympy.Expr):
+            return ("seq", (vals(expr),))
+        if isinstance(expr, sympy.Tuple):
+            return ("seq", tuple(vals(e) for e in expr))
+        if isinstance(expr, sympy.Interval):
+            return ("seq", (vals(expr.start), vals(expr.end)))
+        if isinstance(expr, sympy.FiniteSet):
+            key = lambda v: (round(v[0].real, 9), round(v[0].imag, 9))  # noqa: E731
+            return ("set", tuple(sorted((vals(e) for e in expr), key=key)))
     except Exception:  # evaluation failed (non-finite, unevaluable): no signature
         return None
     return None
@@ -390,14 +404,14 @@ def _close(u: complex, v: complex) -> bool:
 
 def _surely_different(fa, fb) -> bool:
     """True when two fingerprints prove the answers differ (same kind and shape, different values)."""
+    if (fa is not None and fa[0] == "opaque") or (fb is not None and fb[0] == "opaque"):
+        return True
     if fa is None or fb is None or fa[0] != fb[0]:
         return False  # e.g. a tuple against a set: left to math-verify
-    if fa[0] == "sym" and fa[1] != fb[1]:
-        return False
-    va, vb = fa[-1], fb[-1]
+    va, vb = fa[1], fb[1]
     if len(va) != len(vb):
         return False
-    return not all(_close(u, v) for u, v in zip(va, vb, strict=True))
+    return not all(_close(u, v) for pa, pb in zip(va, vb, strict=True) for u, v in zip(pa, pb, strict=True))
 
 
 def _parse_math(ans: str, limit: float | None):
@@ -435,17 +449,12 @@ def _parse_math(ans: str, limit: float | None):
     return value
 
 
-def math_equiv(a: str | None, b: str | None, timeout: float | None = 5.0) -> bool:
-    """Mathematical equivalence of two answers, via ``math_verify.parse`` + ``math_verify.verify``
-    (``a`` plays the gold answer: math-verify is not always symmetric).
+# verify cache: (answer a, answer b) -> (result, None) or (None, time limit it timed out under)
+_VERIFY_CACHE: dict[tuple[str, str], tuple[bool | None, float | None]] = {}
 
-    Normalized-equal strings are equivalent without parsing; answers either of which cannot be parsed
-    are not equivalent (exact equality having been checked). Answers whose numeric signatures differ
-    (two different numbers, tuples of numbers, or expressions in the same symbols that differ at probe
-    points) are not equivalent without calling sympy's slow symbolic comparison. ``timeout`` (seconds,
-    None = no limit) bounds the whole call: a call that exceeds it returns False instead of hanging.
-    Safe to call from worker threads (see :func:`_call_with_limit`). Parses are cached across calls.
-    """
+
+def _math_compare(a: str | None, b: str | None, timeout: float | None = 5.0) -> bool | None:
+    """:func:`math_equiv`, but None (instead of False) when the time limit was hit."""
     na, nb = normalize_answer(a), normalize_answer(b)
     if na is None or nb is None:
         return False
@@ -453,6 +462,14 @@ def math_equiv(a: str | None, b: str | None, timeout: float | None = 5.0) -> boo
         return True
     if timeout is not None and timeout <= 0:
         raise ParameterError("timeout", f"must be positive or None, got {timeout!r}")
+    key = (na, nb)
+    hit = _VERIFY_CACHE.get(key)
+    if hit is not None:
+        value, timed_out_at = hit
+        if timed_out_at is None:
+            return value
+        if timeout is not None and timeout <= timed_out_at:
+            return None
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def remaining():
@@ -460,10 +477,10 @@ def math_equiv(a: str | None, b: str | None, timeout: float | None = 5.0) -> boo
 
     ra = _parse_math(_clean(str(a)), remaining())
     if ra is _UNSET:
-        return False
+        return None
     rb = _parse_math(_clean(str(b)), remaining())
     if rb is _UNSET:
-        return False
+        return None
     (pa, fa), (pb, fb) = ra, rb  # type: ignore[misc]
     if pa is None or pb is None:
         return False
@@ -478,7 +495,29 @@ def math_equiv(a: str | None, b: str | None, timeout: float | None = 5.0) -> boo
             return False
 
     result = _call_with_limit(work, remaining())
-    return False if result is _UNSET else bool(result)
+    if len(_VERIFY_CACHE) >= _PARSE_CACHE_MAX:
+        _VERIFY_CACHE.clear()
+    if result is _UNSET:
+        _VERIFY_CACHE[key] = (None, math.inf if timeout is None else timeout)
+        return None
+    _VERIFY_CACHE[key] = (bool(result), None)
+    return bool(result)
+
+
+def math_equiv(a: str | None, b: str | None, timeout: float | None = 5.0) -> bool:
+    """Mathematical equivalence of two answers, via ``math_verify.parse`` + ``math_verify.verify``
+    (``a`` plays the gold answer: math-verify is not always symmetric).
+
+    Normalized-equal strings are equivalent without parsing; answers either of which cannot be parsed
+    are not equivalent (exact equality having been checked). Answers whose numeric signatures differ
+    (two different numbers, tuples of numbers, or expressions in the same symbols that differ at probe
+    points) are not equivalent without calling sympy's slow symbolic comparison. ``timeout`` (seconds,
+    None = no limit) bounds the whole call: a call that exceeds it returns False instead of hanging.
+    Safe to call from worker threads (see :func:`_call_with_limit`). Parses and results are cached
+    across calls (a time-out is remembered with its limit: the same pair is retried only with a
+    larger limit).
+    """
+    return bool(_math_compare(a, b, timeout))
 
 
 EQUIVALENCES: dict[str, Equivalence] = {
@@ -505,34 +544,57 @@ def get_equivalence(name: str | Equivalence) -> Equivalence:
 # --------------------------------------------------------------------------------------------------
 
 
-def cluster_answers(answers: Sequence[str | None], equiv: str | Equivalence = "exact") -> np.ndarray:
+def cluster_answers(
+    answers: Sequence[str | None], equiv: str | Equivalence = "exact", *, timeout: float | None = 5.0
+) -> np.ndarray:
     """Answer class id of each answer: ids 0, 1, ... in order of first appearance, -1 for None/empty.
 
     An answer joins the first existing class whose first member (its representative) is equivalent
     to it. Normalized-equal answers share a class without calling ``equiv`` (fast path), and each
     distinct normalized answer is compared with each representative at most once, so clustering
     many copies of few distinct answers costs few comparisons.
+
+    With the math equivalence, ``timeout`` bounds each comparison, and answers that hit it are
+    compared no further, so a pathological answer costs about one time-out, not one per class: a
+    newcomer whose comparison timed out starts its own class and is not used as a representative; a
+    representative involved in two time-outs is skipped from then on. (A time-out is thus not an
+    equivalence: such answers may end up in separate classes.)
     """
     eq = get_equivalence(equiv)
+    is_math = eq is math_equiv
     ids = np.full(len(answers), -1, dtype=np.int64)
     by_norm: dict[str, int] = {}
     reps: list[str] = []  # representative (raw answer) of each class
+    timeouts: dict[int, int] = {}  # class -> time-outs its representative was involved in
+    skip: set[int] = set()  # classes not used as representatives any more
     for i, ans in enumerate(answers):
-        norm = normalize_answer(ans) if isinstance(ans, str) else None
         if ans is not None and not isinstance(ans, str):
             raise ParameterError("answers", f"answer {i} is {type(ans).__name__}, expected str or None")
+        norm = normalize_answer(ans)
         if norm is None:
             continue
         cid = by_norm.get(norm)
         if cid is None:
             cid = -1
+            slow = False
             for c, rep in enumerate(reps):
-                if eq(rep, ans):  # type: ignore[arg-type]
+                if c in skip:
+                    continue
+                r = _math_compare(rep, ans, timeout) if is_math else eq(rep, ans)  # type: ignore[arg-type]
+                if r is None:  # math time-out
+                    timeouts[c] = timeouts.get(c, 0) + 1
+                    if timeouts[c] >= 2:
+                        skip.add(c)
+                    slow = True
+                    break
+                if r:
                     cid = c
                     break
             if cid < 0:
                 cid = len(reps)
                 reps.append(ans)  # type: ignore[arg-type]
+                if slow:
+                    skip.add(cid)
             by_norm[norm] = cid
         ids[i] = cid
     return ids
