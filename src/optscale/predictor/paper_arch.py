@@ -173,7 +173,7 @@ class PaperPredictor:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
             rec = {"epoch": ep + 1, "train_loss": total / max(len(tr), 1)}
             self.history.append(rec)
             if log:
