@@ -20,7 +20,6 @@ Model (see docs/PREDICTOR.md):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
