@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Replay stopping/selection policies offline over a pool of sampled solutions. Each policy is "
             "replayed at each budget N_max over the pool's own sample order plus R random orderings; "
             "hyper-parameters of OptScale (target s*, alpha) are tuned on a calibration split of problems "
-            "and every row is reported on the held-out rest, with bootstrap 95%% intervals over problems."
+            "and every row is reported on the held-out rest, with bootstrap 95% intervals over problems."
         ),
     )
     p.add_argument("pool", metavar="POOL",
