@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from optscale.errors import InputError, ParameterError
 from optscale.pool import (
@@ -261,3 +263,29 @@ def test_summary_small():
 def test_summary_without_correctness():
     s = summary(Pool([Problem("x", "", None, [Sample("1")])]))
     assert s["per_sample_accuracy"] is None and any("accuracy not computed" in n for n in s["notes"])
+
+
+# --------------------------------------------------------------------------------------------------
+# property: any valid pool survives save + load unchanged
+
+_unit = st.floats(0.0, 1.0, allow_nan=False)
+_samples = st.builds(
+    Sample,
+    answer=st.one_of(st.none(), st.text(max_size=8)),
+    score=st.one_of(st.none(), _unit),
+    step_scores=st.one_of(st.none(), st.lists(_unit, max_size=4)),
+    tokens=st.one_of(st.none(), st.integers(0, 10**9)),
+    text=st.one_of(st.none(), st.text(max_size=20)),
+    correct=st.one_of(st.none(), st.booleans()),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.one_of(st.none(), st.text(max_size=6)), st.lists(_samples, min_size=1, max_size=5)),
+                min_size=1, max_size=4))
+def test_round_trip_property(tmp_path, problems):
+    pool = Pool([Problem(id=f"p{i}\u00e9", question="q\n\"x\"", gold=g, samples=s, meta={"k": [i]})
+                 for i, (g, s) in enumerate(problems)])
+    path = tmp_path / "rt.jsonl"
+    save_pool(pool, path)
+    assert load_pool(path).problems == pool.problems
