@@ -252,15 +252,22 @@ def optimize(n, mean, var, prior, lo, hi, mu, tau, max_iter, tol):
         h12 = min(max(h12, -lim), lim)
         hmm, htt = h11 / (sigma * sigma), 4.0 * c * c * h11 + 4.0 * c * h12 + h22
 
-        def direction(k11, k12, k22, free_m, free_t, hmm, htt, sigma=sigma, delta=delta, g1=g1, g2=g2,
-                      gm=gm, gt=gt):
+        def direction(k11, k12, k22, free_m, free_t, sm=0.0, st=0.0, sigma=sigma, delta=delta, g1=g1, g2=g2):
             if free_m and free_t:
                 det = k11 * k22 - k12 * k12
                 q1, q2 = -(k22 * g1 - k12 * g2) / det, -(k11 * g2 - k12 * g1) / det
-                return sigma * q1 - 2.0 * delta * q2, q2
-            return (-gm / hmm if free_m else 0.0), (-gt / htt if free_t and not free_m else 0.0)
+            elif free_m:   # tau held: q2 = st
+                q1, q2 = -(g1 + k12 * st) / k11, st
+            elif free_t:   # mu held: q = (p1, 0) + s (v1, sigma)
+                v1, p1 = 2.0 * (delta - sm), sm / sigma
+                s = -(g1 * v1 + g2 * sigma + p1 * (k11 * v1 + k12 * sigma)) \
+                    / (k11 * v1 * v1 + 2.0 * k12 * v1 * sigma + k22 * sigma * sigma)
+                q1, q2 = p1 + s * v1, s * sigma
+            else:
+                return sm * (1.0 - 2.0 * st), st
+            return sigma * q1 - 2.0 * delta * q2, q2
 
-        dm_f, dt_f = direction(h11, h12, h22, True, True, hmm, htt)
+        dm_f, dt_f = direction(h11, h12, h22, True, True)
         eps_m = min(max(abs(dm_f), abs(gm / hmm)), 1.0)
         eps_t = min(max(abs(dt_f), abs(gt / htt)), 0.5)
         if eps_m != eps_m or eps_t != eps_t:
@@ -269,19 +276,15 @@ def optimize(n, mean, var, prior, lo, hi, mu, tau, max_iter, tol):
         act_t = (t <= lo1 + eps_t and gt > 0) or (t >= hi1 - eps_t and gt < 0)
         free_m, free_t = not act_m, not act_t
         if free_m and free_t:
-            dm, dt = direction(h11, h12, h22, True, True, hmm, htt)
+            dm, dt = direction(h11, h12, h22, True, True)
             out_m = (m <= lo0 and dm < 0) or (m >= hi0 and dm > 0)
             out_t = not out_m and ((t <= lo1 and dt < 0) or (t >= hi1 and dt > 0))
             free_m, free_t = not out_m, not out_t
         snap_m = (lo0 if gm > 0 else hi0) - m
         snap_t = 0.5 * (1.0 - _exp(-2.0 * ((lo1 if gt > 0 else hi1) - t)))
+        snap_m, snap_t = (snap_m if act_m else 0.0), (snap_t if act_t else 0.0)
         for k, damp in enumerate((0.0, la)):
-            dm, dt = direction(h11 * (1 + damp), h12, h22 * (1 + damp), free_m, free_t,
-                               hmm * (1 + damp), htt * (1 + damp))
-            if act_m:
-                dm = snap_m
-            if act_t:
-                dt = snap_t
+            dm, dt = direction(h11 * (1 + damp), h12, h22 * (1 + damp), free_m, free_t, snap_m, snap_t)
             if k == 0:
                 decrement = max(-(gm * dm + gt * dt), 0.0)
         if dm != dm or dt != dt or decrement != decrement:
@@ -289,21 +292,22 @@ def optimize(n, mean, var, prior, lo, hi, mu, tau, max_iter, tol):
         if not decrement > tol * (1.0 + abs(f)):
             return mu, tau, True, it
         step = min(1.0, min(0.375 / max(dt, 1e-300), max(max(2 * abs(m), 20 * sigma), 1.0) / max(abs(dm), 1e-300)))
-        pending, first = True, False
+        pending, first, flat = True, False, False
         for k in range(40):
             den = max(1.0 - 2.0 * step * dt, 1e-300)
             nm = min(max(m + step * dm / den, lo0), hi0)
             nt = min(max(t - 0.5 * _log(den), lo1), hi1)
             lin = gm * (nm - m) + gt * (nt - t)
-            if objective(nm, nt, n, mean, var, prior, need_grad=False) <= f + 1e-4 * min(lin, 0.0):
+            fn = objective(nm, nt, n, mean, var, prior, need_grad=False)
+            if fn <= f + 1e-4 * min(lin, 0.0):
                 mu, tau = nm, nt
-                pending, first = False, k == 0
+                pending, first, flat = False, k == 0, not fn < f
                 break
             step *= 0.5
         lam = la * 0.1 if first else (max(la * 10, 1.0) if pending else la)
         if lam < 1e-6:
             lam = 0.0
-        if pending and la > 1e8:   # no decrease even under heavy damping
+        if (pending and la > 1e8) or flat:   # no decrease even under heavy damping, or none beyond rounding
             converged = decrement <= 1e-6 * (1.0 + abs(f))
             return mu, tau, converged, it
     return mu, tau, converged, it

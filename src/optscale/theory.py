@@ -546,14 +546,21 @@ def _optimize(n, mean, var, prior, lo, hi, init, max_iter, tol):
             h12 = np.clip(h12, -(1 - 1e-12) * np.sqrt(h11 * h22), (1 - 1e-12) * np.sqrt(h11 * h22))
             hmm, htt = h11 / sigma**2, 4.0 * c * c * h11 + 4.0 * c * h12 + h22   # 1-D curvatures in theta
 
-            def direction(k11, k12, k22, free_m, free_t, sigma=sigma, delta=delta, g1=g1, g2=g2, gm=gm, gt=gt,
-                          hmm=hmm, htt=htt):
+            def direction(k11, k12, k22, free_m, free_t, sm=0.0, st=0.0, sigma=sigma, delta=delta, g1=g1, g2=g2):
+                # Newton step of the quadratic model in q over the free variables. A held mu lands on m + sm, a
+                # held tau on the line parameter st: `_move` is a straight line in natural parameters, so both
+                # constraints are lines in q and the held-variable steps stay on the ridge mu / sigma^2 ~ const.
                 det = k11 * k22 - k12 * k12
                 q1, q2 = -(k22 * g1 - k12 * g2) / det, -(k11 * g2 - k12 * g1) / det
-                both = free_m & free_t
-                dm = np.where(both, sigma * q1 - 2.0 * delta * q2, np.where(free_m, -gm / hmm, 0.0))
-                dt = np.where(both, q2, np.where(free_t & ~free_m, -gt / htt, 0.0))
-                return dm, dt
+                r1 = -(g1 + k12 * st) / k11                                 # tau held: q2 = st
+                v1, p1 = 2.0 * (delta - sm), sm / sigma                      # mu held: q = (p1, 0) + s (v1, sigma)
+                s = -(g1 * v1 + g2 * sigma + p1 * (k11 * v1 + k12 * sigma)) \
+                    / (k11 * v1 * v1 + 2.0 * k12 * v1 * sigma + k22 * sigma * sigma)
+                both, some = free_m & free_t, free_m | free_t
+                q1 = np.where(both, q1, np.where(free_m, r1, p1 + s * v1))
+                q2 = np.where(both, q2, np.where(free_m, st, s * sigma))
+                return (np.where(some, sigma * q1 - 2.0 * delta * q2, sm * (1.0 - 2.0 * st)),
+                        np.where(some, q2, st))
 
             # epsilon-active set (Bertsekas 1982): a variable within reach of a bound (its Newton step) whose
             # gradient points outward is snapped onto that bound and held; a variable on its bound whose Newton
@@ -572,10 +579,9 @@ def _optimize(n, mean, var, prior, lo, hi, init, max_iter, tol):
             free_m, free_t = free_m & ~out_m, free_t & ~out_t
             snap_m = np.where(gm > 0, lo[0], hi[0]) - m
             snap_t = 0.5 * (1.0 - np.exp(-2.0 * (np.where(gt > 0, lo[1], hi[1]) - t)))  # lands on the bound
+            snap_m, snap_t = np.where(act_m, snap_m, 0.0), np.where(act_t, snap_t, 0.0)
             for damp in (0.0, la):
-                dm, dt = direction(h11 * (1 + damp), h12, h22 * (1 + damp), free_m, free_t,
-                                   hmm=hmm * (1 + damp), htt=htt * (1 + damp))
-                dm, dt = np.where(act_m, snap_m, dm), np.where(act_t, snap_t, dt)
+                dm, dt = direction(h11 * (1 + damp), h12, h22 * (1 + damp), free_m, free_t, snap_m, snap_t)
                 if damp is not la:
                     decrement = np.maximum(-(gm * dm + gt * dt), 0.0)
             done = ~(decrement > tol * (1.0 + np.abs(f)))
@@ -586,6 +592,7 @@ def _optimize(n, mean, var, prior, lo, hi, init, max_iter, tol):
                                               / np.maximum(np.abs(dm), 1e-300)))
             pending = ~done
             first = np.zeros(active.size, bool)
+            flat = np.zeros(active.size, bool)   # accepted without a strict decrease: at the noise floor of f
             for k in range(40):
                 if not pending.any():
                     break
@@ -594,16 +601,18 @@ def _optimize(n, mean, var, prior, lo, hi, init, max_iter, tol):
                 sub = tuple(r[idx] for r in rows[:3]) + (None if prior is None else
                                                           tuple(p[idx] for p in rows[3]),)
                 lin = gm[idx] * (nm - m[idx]) + gt[idx] * (nt - t[idx])   # first-order change of the move
-                ok = _objective(nm, nt, *sub, need_grad=False) <= f[idx] + 1e-4 * np.minimum(lin, 0.0)
+                fn = _objective(nm, nt, *sub, need_grad=False)
+                ok = fn <= f[idx] + 1e-4 * np.minimum(lin, 0.0)
                 acc = idx[ok]
                 mu[active[acc]], tau[active[acc]] = nm[ok], nt[ok]
                 pending[acc] = False
                 first[acc] = k == 0
+                flat[acc] = ~(fn[ok] < f[acc])
                 step[idx[~ok]] *= 0.5
             lam[active] = np.where(first, la * 0.1, np.where(pending, np.maximum(la * 10, 1.0), la))
             lam[lam < 1e-6] = 0.0
-            # no decrease even under heavy damping: nothing representable left to gain
-            give_up = pending & (la > 1e8)
+            # no decrease even under heavy damping, or none beyond rounding: nothing representable left to gain
+            give_up = (pending & (la > 1e8)) | flat
             converged[active[give_up]] = decrement[give_up] <= 1e-6 * (1.0 + np.abs(f[give_up]))
             active = active[~done & ~give_up]
     return mu, tau, converged, it
