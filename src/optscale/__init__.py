@@ -68,4 +68,4 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from optscale.theory import NStar, Fit, n_star, fit_mle, fit_map  # noqa: F401
+    from optscale.theory import Fit, NStar, fit_map, fit_mle, n_star  # noqa: F401
