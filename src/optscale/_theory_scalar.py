@@ -228,8 +228,10 @@ def objective(mu, tau, n, mean, var, prior, need_grad=True):
     if prior is not None:
         dmu, dsig = (mu - mu0) / (sdm * sdm), (sigma - s0) / (sds * sds)
         g1, g2 = g1 + sigma * dmu, g2 + sigma * dsig - 2.0 * delta * dmu
-        p1, p2 = 1.0 / (sdm * sdm), sigma * sigma / (sds * sds) + max(sigma * dsig, 0.0)
-        h11, h12, h22 = h11 + sigma * sigma * p1, h12 - 2.0 * sigma * delta * p1, h22 + 4.0 * (delta * delta) * p1 + p2
+        p1 = 1.0 / (sdm * sdm)
+        pos = h22 + 4.0 * (delta * delta) * p1 + sigma * sigma / (sds * sds)
+        h11, h12, h22 = (h11 + sigma * sigma * p1, h12 - 2.0 * sigma * delta * p1 + 2.0 * sigma * dmu,
+                         max(pos + (3.0 * sigma * dsig - 8.0 * delta * dmu), 0.1 * pos))
     return f, g1, g2, h11, h12, h22, delta
 
 

@@ -505,11 +505,15 @@ def _objective(mu, tau, n, mean, var, prior, need_grad=True):
     mu3 = np.where(refl, -mu3, mu3)
     g1, g2 = n * D, n * (mu2 - var * w * w - D * D)
     h11, h12, h22 = n * mu2, n * mu3, n * mu4c
-    if prior is not None:   # prior terms mapped to q via J = d(mu, tau)/dq = [[sigma, -2 delta], [0, 1]]
+    if prior is not None:   # prior terms mapped to q via J = d(mu, tau)/dq = [[sigma, -2 delta], [0, 1]]; the
+        # Hessian includes the curvature of the q -> (mu, sigma) map of `_move` (d2 mu/dq1 dq2 = 2 sigma,
+        # d2 mu/dq2^2 = -8 delta, d2 sigma/dq2^2 = 3 sigma), kept positive: Newton converges quadratically
         dmu, dsig = (mu - mu0) / sdm**2, (sigma - s0) / sds**2
         g1, g2 = g1 + sigma * dmu, g2 + sigma * dsig - 2.0 * delta * dmu
-        p1, p2 = 1.0 / sdm**2, sigma**2 / sds**2 + np.maximum(sigma * dsig, 0.0)
-        h11, h12, h22 = h11 + sigma**2 * p1, h12 - 2.0 * sigma * delta * p1, h22 + 4.0 * delta**2 * p1 + p2
+        p1 = 1.0 / sdm**2
+        pos = h22 + 4.0 * delta**2 * p1 + sigma**2 / sds**2
+        h11, h12, h22 = (h11 + sigma**2 * p1, h12 - 2.0 * sigma * delta * p1 + 2.0 * sigma * dmu,
+                         np.maximum(pos + (3.0 * sigma * dsig - 8.0 * delta * dmu), 0.1 * pos))
     return f, g1, g2, h11, h12, h22, delta
 
 
