@@ -22,6 +22,7 @@ import argparse
 import json
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -30,15 +31,42 @@ from optscale import theory
 N_MAX = 64
 
 
-def make_problems(rng, n):
-    mu = rng.uniform(-0.5, 1.5, n)
-    sigma = 10 ** rng.uniform(-1.5, 0.0, n)
-    target = rng.uniform(0.3, 0.99, n)
-    alpha = rng.uniform(0.01, 0.3, n)
+LABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "optscale-paper" / "predictor" \
+    / "train_mu_sigma.json"
+SYNTHETIC = "mu ~ U(-0.5, 1.5), sigma ~ 10^U(-1.5, 0), s* ~ U(0.3, 0.99)"
+LABEL_DERIVED = "(mu, sigma) = moments_to_params of the 4501 MATH labels [mean, std], s* ~ U(0.5, 0.99)"
+COMMON = "alpha ~ U(0.01, 0.3), k = 5..10 scores from the truncated normal"
+
+
+def _scores(rng, mu, sigma, target, alpha):
+    n = mu.size
     k = rng.integers(5, 11, n)
     scores = theory.sample(mu[:, None], sigma[:, None], (n, 10), rng)
     mask = np.arange(10)[None, :] < k[:, None]
     return mu, sigma, target, alpha, scores, mask
+
+
+def make_problems(rng, n):
+    """The wide synthetic set (a stress test: far tails, near-uniform scores, MLEs on the mu box)."""
+    mu = rng.uniform(-0.5, 1.5, n)
+    sigma = 10 ** rng.uniform(-1.5, 0.0, n)
+    target = rng.uniform(0.3, 0.99, n)
+    alpha = rng.uniform(0.01, 0.3, n)
+    return _scores(rng, mu, sigma, target, alpha)
+
+
+def make_label_problems(rng, n, path=LABELS):
+    """Problems whose (mu, sigma) come from the real MATH labels (per-problem [mean, std] of PRM scores),
+    drawn with replacement; None if the label file is absent."""
+    if not path.exists():
+        return None
+    mean, std = np.asarray(json.loads(path.read_text()), dtype=float).T
+    mu_l, sigma_l = theory.moments_to_params(np.clip(mean, 0.0, 1.0), np.maximum(std, 0.0))
+    pick = rng.integers(0, mu_l.size, n)
+    mu, sigma = mu_l[pick], sigma_l[pick]
+    target = rng.uniform(0.5, 0.99, n)
+    alpha = rng.uniform(0.01, 0.3, n)
+    return _scores(rng, mu, sigma, target, alpha)
 
 
 def grid_n_star(mu, sigma, target, alpha, n_max=N_MAX, points=1000):
@@ -111,21 +139,15 @@ def best_time(fn, repeat):
     return best, out
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller yardstick subsets (a few seconds)")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--problems", type=int, default=10_000, help="random problems (default 10000)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    rng = np.random.default_rng(args.seed)
-    P = args.problems
-    sub_n = min(P, 100 if args.quick else 600)       # yardstick subset for N*
-    sub_fit = min(P, 40 if args.quick else 200)      # yardstick subset for fits
-    mu, sigma, target, alpha, scores, mask = make_problems(rng, P)
+def run_set(rng, problems, quick):
+    """N* and fit timings / agreement on one problem set (ours on all problems, yardsticks on a subset)."""
+    mu, sigma, target, alpha, scores, mask = problems
+    P = mu.size
+    sub_n = min(P, 100 if quick else 600)       # yardstick subset for N*
+    sub_fit = min(P, 40 if quick else 200)      # yardstick subset for fits
 
     # ---- N*
-    t_ours, ours = best_time(lambda: theory.n_star(mu, sigma, target, alpha, N_MAX), 3 if args.quick else 5)
+    t_ours, ours = best_time(lambda: theory.n_star(mu, sigma, target, alpha, N_MAX), 3 if quick else 5)
     idx = rng.choice(P, sub_n, replace=False)
     grid_n_star(0.5, 0.2, 0.9, 0.05)   # warm-up: imports and caches are not part of a decision
     t0 = time.perf_counter()
@@ -136,8 +158,8 @@ def main(argv=None) -> dict:
     per_ours, per_grid = t_ours / P, t_grid / sub_n
 
     # ---- fits
-    t_fit, fit = best_time(lambda: theory.fit_mle(scores, mask), 1 if args.quick else 2)
-    t_map, fmap = best_time(lambda: theory.fit_map(scores, mask, mu0=mu, sigma0=sigma), 1)
+    t_fit, fit = best_time(lambda: theory.fit_mle(scores, mask), 2 if quick else 3)
+    t_map, fmap = best_time(lambda: theory.fit_map(scores, mask, mu0=mu, sigma0=sigma), 2 if quick else 3)
     fidx = rng.choice(P, sub_fit, replace=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -149,8 +171,56 @@ def main(argv=None) -> dict:
     our_nll = fit.nll[fidx]
     scale = np.maximum(1.0, np.abs(ref_nll))
     per_fit, per_scipy = t_fit / P, t_scipy / sub_fit
+    return {
+        "nstar": {
+            "ours_per_decision_s": per_ours, "grid_per_decision_s": per_grid,
+            "grid_subset": sub_n, "speed_ratio": per_grid / per_ours,
+            "agree_exact_pct": 100.0 * np.mean(n_ours == exact),
+            "agree_grid_pct": 100.0 * np.mean(n_ours == grid),
+            "grid_within_1_pct": 100.0 * np.mean(np.abs(n_ours - grid) <= 1),
+            "grid_max_abs_diff": int(np.max(np.abs(n_ours - grid))),
+            "grid_agree_exact_pct": 100.0 * np.mean(grid == exact),
+            "unreachable_pct": 100.0 * np.mean(~ours.reachable),
+            "mean_n_star": float(np.mean(ours.n)),
+        },
+        "fit": {
+            "ours_mle_per_fit_s": per_fit, "ours_map_per_fit_s": t_map / P, "scipy_per_fit_s": per_scipy,
+            "scipy_subset": sub_fit, "speed_ratio": per_scipy / per_fit,
+            "map_speed_ratio": per_scipy / (t_map / P),
+            "mle_converged_pct": 100.0 * np.mean(fit.converged),
+            "map_converged_pct": 100.0 * np.mean(fmap.converged),
+            "mle_at_bound_pct": 100.0 * np.mean(fit.at_bound),
+            "nll_ours_le_scipy_pct": 100.0 * np.mean(our_nll <= ref_nll + 1e-6 * scale),
+            "nll_within_1e-6_pct": 100.0 * np.mean(np.abs(our_nll - ref_nll) <= 1e-6 * scale),
+            "nll_scipy_minus_ours_max": float(np.max(ref_nll - our_nll)),
+            "nll_ours_minus_scipy_max": float(np.max(our_nll - ref_nll)),
+            "iterations_mle": fit.iterations, "iterations_map": fmap.iterations,
+        },
+    }
 
-    # ---- one decision at a time (online runner: B = 1, one fit + one N* per problem per wave)
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller yardstick subsets (a few seconds)")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--problems", type=int, default=10_000, help="random problems per set (default 10000)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    P = args.problems
+    problems = make_problems(rng, P)
+    mu, sigma, target, alpha, scores, mask = problems
+    res = {"problems": P, "n_max": N_MAX, "sets": {"synthetic": SYNTHETIC, "label_derived": LABEL_DERIVED},
+           "common": COMMON}
+    res.update(run_set(rng, problems, args.quick))   # the synthetic set keeps the top-level keys
+    labelled = make_label_problems(np.random.default_rng(args.seed + 1), P)
+    if labelled is None:
+        res["label_derived"] = None
+        res["label_derived_skipped"] = f"label file not found: {LABELS}"
+    else:
+        res["label_derived"] = run_set(rng, labelled, args.quick)
+
+    # ---- one decision at a time (online runner: B = 1, one fit + one N* per problem per wave), synthetic set
     sub_one = min(P, 100 if args.quick else 500)
     oidx = rng.choice(P, sub_one, replace=False)
     rows = [(scores[i, mask[i]], float(mu[i]), float(sigma[i]), float(target[i]), float(alpha[i])) for i in oidx]
@@ -170,57 +240,53 @@ def main(argv=None) -> dict:
     t_one_mle = best_time(one_by_one("mle"), reps)[0] / sub_one
     t_one_map = best_time(one_by_one("map"), reps)[0] / sub_one
     t_one_nstar = best_time(nstar_one_by_one, reps)[0] / sub_one
-
-    res = {
-        "problems": P, "n_max": N_MAX,
-        "single": {
-            "decisions": sub_one, "nstar_s": t_one_nstar, "mle_plus_nstar_s": t_one_mle,
-            "map_plus_nstar_s": t_one_map, "nstar_speed_ratio": per_grid / t_one_nstar,
-        },
-        "nstar": {
-            "ours_per_decision_s": per_ours, "grid_per_decision_s": per_grid,
-            "grid_subset": sub_n, "speed_ratio": per_grid / per_ours,
-            "agree_exact_pct": 100.0 * np.mean(n_ours == exact),
-            "agree_grid_pct": 100.0 * np.mean(n_ours == grid),
-            "grid_within_1_pct": 100.0 * np.mean(np.abs(n_ours - grid) <= 1),
-            "grid_max_abs_diff": int(np.max(np.abs(n_ours - grid))),
-            "grid_agree_exact_pct": 100.0 * np.mean(grid == exact),
-            "unreachable_pct": 100.0 * np.mean(~ours.reachable),
-        },
-        "fit": {
-            "ours_mle_per_fit_s": per_fit, "ours_map_per_fit_s": t_map / P, "scipy_per_fit_s": per_scipy,
-            "scipy_subset": sub_fit, "speed_ratio": per_scipy / per_fit,
-            "mle_converged_pct": 100.0 * np.mean(fit.converged),
-            "map_converged_pct": 100.0 * np.mean(fmap.converged),
-            "mle_at_bound_pct": 100.0 * np.mean(fit.at_bound),
-            "nll_ours_le_scipy_pct": 100.0 * np.mean(our_nll <= ref_nll + 1e-6 * scale),
-            "nll_within_1e-6_pct": 100.0 * np.mean(np.abs(our_nll - ref_nll) <= 1e-6 * scale),
-            "nll_scipy_minus_ours_max": float(np.max(ref_nll - our_nll)),
-            "nll_ours_minus_scipy_max": float(np.max(our_nll - ref_nll)),
-            "iterations_mle": fit.iterations,
-        },
+    res["single"] = {
+        "decisions": sub_one, "nstar_s": t_one_nstar, "mle_plus_nstar_s": t_one_mle,
+        "map_plus_nstar_s": t_one_map, "nstar_speed_ratio": res["nstar"]["grid_per_decision_s"] / t_one_nstar,
     }
     if args.json:
         print(json.dumps(res, indent=2))
         return res
-    n, f = res["nstar"], res["fit"]
-    print(f"{P} random problems (mu ~ U(-0.5, 1.5), sigma ~ 10^U(-1.5, 0), s* ~ U(0.3, 0.99), "
-          f"alpha ~ U(0.01, 0.3), n_max = {N_MAX}, k = 5..10 scores)")
+    sets = [("synthetic", res)] + ([("label-derived", res["label_derived"])] if res["label_derived"] else [])
+    print(f"{P} problems per set, n_max = {N_MAX}, {COMMON}")
+    print(f"  synthetic (stress test): {SYNTHETIC}")
+    if res["label_derived"]:
+        print(f"  label-derived:           {LABEL_DERIVED}")
+    else:
+        print(f"  label-derived: skipped ({res['label_derived_skipped']})")
     print("yardsticks are timed on a random subset and reported per decision / per fit; ours on all problems")
-    print(f"N*   ours {n['ours_per_decision_s'] * 1e6:9.3f} us/decision   grid {n['grid_per_decision_s'] * 1e3:8.3f} "
-          f"ms/decision ({sub_n} problems)   ratio {n['speed_ratio']:,.0f}x")
-    print(f"     agreement: exact (50-digit brute force) {n['agree_exact_pct']:.1f}%   grid {n['agree_grid_pct']:.1f}% "
-          f"(within 1: {n['grid_within_1_pct']:.1f}%, max |diff| {n['grid_max_abs_diff']}; "
-          f"grid vs exact {n['grid_agree_exact_pct']:.1f}%)")
-    print(f"fit  ours MLE {f['ours_mle_per_fit_s'] * 1e6:8.2f} us/fit (MAP {f['ours_map_per_fit_s'] * 1e6:.2f})   "
-          f"scipy L-BFGS-B {f['scipy_per_fit_s'] * 1e3:8.3f} ms/fit ({sub_fit} problems)   "
-          f"ratio {f['speed_ratio']:,.0f}x")
-    print(f"     NLL: ours <= scipy + 1e-6 rel on {f['nll_ours_le_scipy_pct']:.1f}%, within 1e-6 rel "
-          f"{f['nll_within_1e-6_pct']:.1f}%, max (scipy - ours) {f['nll_scipy_minus_ours_max']:.3g}, "
-          f"max (ours - scipy) {f['nll_ours_minus_scipy_max']:.3g}; converged MLE {f['mle_converged_pct']:.2f}% "
-          f"MAP {f['map_converged_pct']:.2f}%, on the box {f['mle_at_bound_pct']:.1f}%")
+    head = "".join(f"{name:>24}" for name, _ in sets)
+    print(f"{'':44}{head}")
+
+    def row(label, fmt, get):
+        print(f"{label:44}" + "".join(f"{fmt(get(r)):>24}" for _, r in sets))
+
+    row("N*   ours (us/decision)", lambda v: f"{v * 1e6:.3f}", lambda r: r["nstar"]["ours_per_decision_s"])
+    row("     grid yardstick (ms/decision)", lambda v: f"{v * 1e3:.3f}", lambda r: r["nstar"]["grid_per_decision_s"])
+    row("     ratio", lambda v: f"{v:,.0f}x", lambda r: r["nstar"]["speed_ratio"])
+    row("     mean N*", lambda v: f"{v:.2f}", lambda r: r["nstar"]["mean_n_star"])
+    row("     agree exact (50-digit) / grid (%)", lambda v: f"{v[0]:.1f} / {v[1]:.1f}",
+        lambda r: (r["nstar"]["agree_exact_pct"], r["nstar"]["agree_grid_pct"]))
+    row("     grid within 1 (%) / max |diff|", lambda v: f"{v[0]:.1f} / {v[1]}",
+        lambda r: (r["nstar"]["grid_within_1_pct"], r["nstar"]["grid_max_abs_diff"]))
+    row("     grid vs exact (%) / unreachable (%)", lambda v: f"{v[0]:.1f} / {v[1]:.1f}",
+        lambda r: (r["nstar"]["grid_agree_exact_pct"], r["nstar"]["unreachable_pct"]))
+    row("fit  ours MLE / MAP (us/fit)", lambda v: f"{v[0] * 1e6:.2f} / {v[1] * 1e6:.2f}",
+        lambda r: (r["fit"]["ours_mle_per_fit_s"], r["fit"]["ours_map_per_fit_s"]))
+    row("     scipy L-BFGS-B (ms/fit)", lambda v: f"{v * 1e3:.3f}", lambda r: r["fit"]["scipy_per_fit_s"])
+    row("     ratio MLE / MAP", lambda v: f"{v[0]:,.0f}x / {v[1]:,.0f}x",
+        lambda r: (r["fit"]["speed_ratio"], r["fit"]["map_speed_ratio"]))
+    row("     iterations MLE / MAP", lambda v: f"{v[0]} / {v[1]}",
+        lambda r: (r["fit"]["iterations_mle"], r["fit"]["iterations_map"]))
+    row("     NLL ours <= scipy + 1e-6 rel (%)", lambda v: f"{v:.1f}", lambda r: r["fit"]["nll_ours_le_scipy_pct"])
+    row("     NLL within 1e-6 rel (%)", lambda v: f"{v:.1f}", lambda r: r["fit"]["nll_within_1e-6_pct"])
+    row("     max (scipy - ours) / (ours - scipy)", lambda v: f"{v[0]:.2g} / {v[1]:.2g}",
+        lambda r: (r["fit"]["nll_scipy_minus_ours_max"], r["fit"]["nll_ours_minus_scipy_max"]))
+    row("     converged MLE / MAP (%)", lambda v: f"{v[0]:.2f} / {v[1]:.2f}",
+        lambda r: (r["fit"]["mle_converged_pct"], r["fit"]["map_converged_pct"]))
+    row("     MLE on the box (%)", lambda v: f"{v:.1f}", lambda r: r["fit"]["mle_at_bound_pct"])
     o = res["single"]
-    print(f"B=1  per decision ({o['decisions']} problems, one call each): N* {o['nstar_s'] * 1e6:.1f} us "
+    print(f"B=1  per decision, synthetic set ({o['decisions']} problems, one call each): N* {o['nstar_s'] * 1e6:.1f} us "
           f"(ratio vs grid {o['nstar_speed_ratio']:,.0f}x)   fit MLE + N* {o['mle_plus_nstar_s'] * 1e6:.1f} us   "
           f"fit MAP + N* {o['map_plus_nstar_s'] * 1e6:.1f} us")
     return res
