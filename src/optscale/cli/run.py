@@ -25,7 +25,7 @@ def add_problem_args(p: argparse.ArgumentParser) -> None:
         "gsm8k_test.json, aime24.json, aime25.json, amc23.json, or any such file; a sample pool also works)",
     )
     p.add_argument(
-        "--demo", action="store_true", help="use the built-in demo set (20 easy arithmetic word problems)"
+        "--demo", action="store_true", help=f"use the built-in demo set (20 easy arithmetic word problems; the first {DEMO_DEFAULT_LIMIT} unless --limit)"
     )
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT problems")
     p.add_argument(
@@ -41,7 +41,17 @@ def add_problem_args(p: argparse.ArgumentParser) -> None:
 
 #: default --max-tokens with a server / with the embedded CPU model
 MAX_TOKENS_SERVER = 1024
-MAX_TOKENS_EMBEDDED = 256
+MAX_TOKENS_EMBEDDED = 192
+#: default N_max with a server / with the embedded CPU model
+N_MAX_SERVER = 16
+N_MAX_EMBEDDED = 8
+#: problems of the demo set that ``--demo`` runs unless --limit says otherwise (about 1-2 minutes on 2 cores)
+DEMO_DEFAULT_LIMIT = 6
+#: default policy; verifier-free self-certainty scores of a small model concentrate around 0.4-0.7, where a
+#: PRM-scale target s* = 0.95 is unreachable (N* = N_max always), so with those scorers the default target
+#: sits on their scale
+DEFAULT_METHOD = "optscale0"
+DEFAULT_METHOD_SELF_CERTAINTY = "optscale0:target=0.6,alpha=0.1"
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -128,11 +138,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_problem_args(p)
     p.add_argument(
         "--method",
-        default="optscale0",
-        help="policy spec for make_policy: optscale0 (default), optscale0-seq, optscalet, bon, sc, wsc, esc, "
-        "asc, mr-thinking, with options as 'name:key=val,key=val'",
+        default=None,
+        help="policy spec for make_policy: optscale0, optscale0-seq, optscalet, bon, sc, wsc, esc, "
+        "asc, mr-thinking, with options as 'name:key=val,key=val' (default optscale0, i.e. s*=0.95, "
+        f"alpha=0.05; with the self-certainty scorer {DEFAULT_METHOD_SELF_CERTAINTY}, on that score's scale)",
     )
-    p.add_argument("--n-max", type=int, default=16, help="most samples per problem, N_max (default 16)")
+    p.add_argument(
+        "--n-max", type=int, default=None,
+        help=f"most samples per problem, N_max (default {N_MAX_SERVER} with --base-url, {N_MAX_EMBEDDED} with "
+        "the embedded model)",
+    )
     p.add_argument(
         "--equiv",
         choices=("math", "exact", "number", "choice"),
@@ -164,7 +179,7 @@ def load_cli_problems(args):
     if args.demo and args.problems:
         raise ParameterError("PROBLEMS", "give either a problem file or --demo, not both")
     if args.demo:
-        return load_demo(limit=args.limit)
+        return load_demo(limit=args.limit if args.limit is not None else DEMO_DEFAULT_LIMIT)
     if not args.problems:
         raise ParameterError("PROBLEMS", "give a problem file (JSON / JSON Lines) or --demo")
     problems = load_problems(
@@ -261,6 +276,11 @@ def main(args) -> int:
 
     problems = load_cli_problems(args)
     template = prompt_template(args)
+    if args.method is None:
+        self_certainty = args.scorer.strip().lower().startswith(("self-certainty", "mean-logprob"))
+        args.method = DEFAULT_METHOD_SELF_CERTAINTY if self_certainty else DEFAULT_METHOD
+    if args.n_max is None:
+        args.n_max = N_MAX_SERVER if args.base_url else N_MAX_EMBEDDED
     policy = make_policy(args.method)
     if args.n_max < 1:
         raise ParameterError("--n-max", f"must be >= 1, got {args.n_max}")
