@@ -305,6 +305,9 @@ def optimize(n, mean, var, prior, lo, hi, mu, tau, max_iter, tol):
                 mu, tau = nm, nt
                 pending, first, flat = False, k == 0, not fn < f
                 break
+            if lin < 0.0 and -lin <= 1e-14 * (1.0 + abs(f)):   # predicted decrease below what f resolves
+                pending, flat = False, True
+                break
             step *= 0.5
         lam = la * 0.1 if first else (max(la * 10, 1.0) if pending else la)
         if lam < 1e-6:

@@ -612,6 +612,9 @@ def _optimize(n, mean, var, prior, lo, hi, init, max_iter, tol):
                 pending[acc] = False
                 first[acc] = k == 0
                 flat[acc] = ~(fn[ok] < f[acc])
+                # predicted decrease below what f resolves: shorter steps cannot show one either
+                lost = idx[~ok & (lin < 0.0) & (-lin <= 1e-14 * (1.0 + np.abs(f[idx])))]
+                pending[lost], flat[lost] = False, True
                 step[idx[~ok]] *= 0.5
             lam[active] = np.where(first, la * 0.1, np.where(pending, np.maximum(la * 10, 1.0), la))
             lam[lam < 1e-6] = 0.0
