@@ -9,8 +9,12 @@ negative log-likelihood (scipy.stats.truncnorm), started at the sample mean / st
 
 Ours: theory.n_star (closed form, vectorized) and theory.fit_mle / fit_map (batched projected Newton).
 Also timed one decision at a time (B = 1, as in the online runner): fit + N* per problem, one call each.
-Both run on the same random problems; the slow yardsticks are timed on a random subset and reported per
-decision / per fit. "Exact" N* comes from the definition (smallest N with 1 - F^N >= 1 - alpha) evaluated
+Two problem sets, side by side: the wide synthetic set (mu ~ U(-0.5, 1.5), sigma ~ 10^U(-1.5, 0), a stress
+test with far tails and MLEs on the mu box) and a label-derived set ((mu, sigma) from the 4501 real MATH
+labels, REPO/../shared/data/optscale-paper/predictor/train_mu_sigma.json, [mean, std] of PRM scores per problem
+converted by theory.moments_to_params; skipped with a printed reason when the file is absent). B = 1 timings
+use the synthetic set. Ours and the yardsticks run on the same problems; the slow yardsticks are timed on a
+random subset and reported per decision / per fit. "Exact" N* comes from the definition (smallest N with 1 - F^N >= 1 - alpha) evaluated
 with F in 50-digit arithmetic (mpmath).
 
     python benchmarks/bench_theory.py [--quick] [--json] [--problems 10000] [--seed 0]
