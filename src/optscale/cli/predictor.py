@@ -25,9 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "The prior predictor of OptScale^t maps a problem's text to a prior (mu0, sigma0) on its "
             "verifier-score distribution (normal truncated to [0, 1]) plus an uncertainty (sd_mu, sd_sigma) "
-            "used as the MAP prior's spread. The shipped model stacks a ridge head and a nearest-neighbour head "
-            "on all-MiniLM-L6-v2 sentence embeddings with a TF-IDF ridge (CPU, no hub access); see "
-            "docs/PREDICTOR.md."
+            "used as the MAP prior's spread. The shipped model stacks a ridge on all-MiniLM-L6-v2 hidden states "
+            "(6 layers), nearest-neighbour and RBF kernel-ridge heads on its sentence embedding, a TF-IDF ridge "
+            "and a TF-IDF nearest-neighbour head (CPU, no hub access); see docs/PREDICTOR.md."
         ),
     )
     sub = p.add_subparsers(dest="predictor_command", metavar="ACTION")

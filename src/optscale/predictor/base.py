@@ -4,10 +4,12 @@ uncertainty for each (used as the MAP prior's standard deviations).
 Model (see docs/PREDICTOR.md):
 
 * Targets: the label moments (mean, std) of the problem's verifier scores.
-* Blocks: ``emb`` (ridge on a language-model sentence embedding), ``knn`` (similarity-weighted nearest
-  neighbours in that embedding), ``tfidf`` (ridge on word + bigram TF-IDF), ``surface`` (ridge on a few
-  hand-made text features); ridge penalties chosen by leave-one-out CV on the training set. A linear
-  stacker combines the blocks' leave-one-out predictions.
+* Blocks: ``emb`` (ridge on a language-model embedding; by default all-MiniLM-L6-v2's 6 layers, mean-pooled
+  and concatenated), ``knn`` (similarity-weighted nearest neighbours in the last layer's sentence
+  embedding), ``krr`` (RBF kernel ridge on the ``knn`` block's stored vectors), ``tfidf`` (ridge on word +
+  bigram TF-IDF), ``tknn`` (nearest neighbours in TF-IDF), ``surface`` (ridge on a few hand-made text
+  features); penalties chosen by leave-one-out CV on the training set. A non-negative linear stacker
+  combines the blocks' leave-one-out predictions.
 * Conversion: predicted (mean, std) -> truncated-normal (mu0, sigma0) by moment matching
   (:func:`optscale.theory.moments_to_params`).
 * Uncertainty: the leave-one-out predictions are converted the same way and compared with the
@@ -172,7 +174,7 @@ class Predictor:
     Parameters
     ----------
     embedder: ``"minilm-layers"`` (default), ``"minilm"``, ``"smollm2"`` or ``None`` (no language-model blocks).
-    blocks: which feature blocks to use (subset of ``("emb", "tfidf", "surface")``).
+    blocks: which feature blocks to use (subset of :data:`BLOCKS`; ``krr`` needs ``knn``).
     cache: cache LM embeddings on disk (True: ``~/.cache/optscale``; a path; False).
 
     Penalties, stacker and residual model are fitted on exact leave-one-out predictions of the training set.
