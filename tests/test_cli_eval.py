@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -14,27 +13,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run_cli(argv: list[str]) -> int:
-    """``optscale`` with ``argv``: the real dispatcher when every sub-command imports, else a parser
-    holding only ``eval`` with the dispatcher's error handling."""
-    try:
-        from optscale.cli import build_parser, main
+    """``optscale`` with ``argv`` through the real dispatcher (its error handling included)."""
+    from optscale.cli import main
 
-        build_parser()
-    except ImportError:
-        from optscale.cli import eval as eval_cli
-        from optscale.errors import OptScaleError
-
-        parser = argparse.ArgumentParser(prog="optscale")
-        sub = parser.add_subparsers(dest="command")
-        eval_cli.add_parser(sub)
-        args = parser.parse_args(argv)
-        try:
-            return int(args.func(args) or 0)
-        except OptScaleError as exc:
-            import sys
-
-            print(f"optscale {args.command}: error: {exc}", file=sys.stderr)
-            return 2
     return main(argv)
 
 
@@ -118,3 +99,28 @@ def test_cli_eval_real_selfconsistency_pool(shared_data, tmp_path, capsys):
     assert sc40["accuracy"] == pytest.approx(0.9165, abs=0.01)
     orc = next(r for r in rows if r["method"] == "oracle" and r["budget"] == 40)
     assert orc["params"] == {"reference": "sc"} and orc["tokens"] < sc40["tokens"]
+
+
+def test_cli_eval_predictor_priors_equal_a_priors_file(tmp_path, capsys):
+    """--predictor default feeds OptScale^t the shipped predictor's priors for each problem's question:
+    the report equals the one obtained from a --priors file holding exactly those priors; OptScale's
+    warm-up size k is among the tuned hyper-parameters."""
+    from optscale.predictor import load_default
+
+    pool = write_pool(tmp_path / "pool.jsonl", P=12)
+    from optscale.pool import load_pool
+
+    questions = [p.question for p in load_pool(pool).problems]
+    priors = load_default().priors_for(questions)
+    pri = tmp_path / "pri.json"
+    pri.write_text(json.dumps({f"q{i}": [float(v) for v in row] for i, row in enumerate(priors)}))
+    common = ["eval", str(pool), "--methods", "optscalet,optscale0", "--budgets", "8", "--orderings", "1",
+              "--json", "--no-oracle"]
+    assert run_cli(common + ["--predictor", "default"]) == 0
+    by_predictor = json.loads(capsys.readouterr().out)
+    assert run_cli(common + ["--priors", str(pri)]) == 0
+    by_file = json.loads(capsys.readouterr().out)
+    assert by_predictor["rows"] == by_file["rows"]
+    assert "k" in by_predictor["meta"]["tuned"]["optscale0"]["8"]["params"]
+    assert run_cli(common + ["--predictor", "default", "--priors", str(pri)]) == 2
+    assert "--predictor" in capsys.readouterr().err

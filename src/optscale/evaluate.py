@@ -85,12 +85,15 @@ SWEEP_ALPHAS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_SD_MU = 0.1
 DEFAULT_SD_SIGMA = 0.1
 
+#: warm-up sizes k tried when tuning OptScale (a k above a budget is dropped at that budget)
+TUNE_WARMUPS = (2, 4, 8)
+
 #: default tuning grids per policy name (parameter name -> candidate values; the grid is their product)
 DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
-    "optscale0": {"target": SWEEP_TARGETS, "alpha": SWEEP_ALPHAS},
-    "optscalet": {"target": SWEEP_TARGETS, "alpha": SWEEP_ALPHAS},
-    "optscale0-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5)},
-    "optscalet-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5)},
+    "optscale0": {"target": SWEEP_TARGETS, "alpha": SWEEP_ALPHAS, "k": TUNE_WARMUPS},
+    "optscalet": {"target": SWEEP_TARGETS, "alpha": SWEEP_ALPHAS, "k": TUNE_WARMUPS},
+    "optscale0-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": TUNE_WARMUPS},
+    "optscalet-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": TUNE_WARMUPS},
 }
 
 #: fixed-budget counterpart of each adaptive method (reference of the "match" selection rule)

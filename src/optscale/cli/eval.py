@@ -54,6 +54,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "counterpart's accuracy (default); 'penalty' = max accuracy - penalty * relative tokens")
     p.add_argument("--tolerance", type=float, default=0.005, help="accuracy tolerance of 'match' (default 0.005)")
     p.add_argument("--token-penalty", type=float, default=0.01, help="penalty of 'penalty' (default 0.01)")
+    p.add_argument("--predictor", default=None, metavar="MODEL",
+                   help="OptScale^t priors predicted from each problem's question by a prior predictor: "
+                   "'default' (the shipped one) or a model file from 'optscale predictor train'")
     p.add_argument("--priors", default=None,
                    help="JSON file of OptScale^t priors: a list of [mu0, sigma0] aligned with the problems "
                         "or {id: [mu0, sigma0]} (default: problem meta 'prior' when every problem has one)")
@@ -132,8 +135,15 @@ def run(args) -> int:
     P, M = arrays.answers.shape
 
     priors = None
+    if args.priors and args.predictor:
+        raise ParameterError("--predictor", "give either --priors or --predictor, not both")
     if args.priors:
         priors = ev.load_priors(args.priors, arrays.ids or [p.id for p in pool.problems])
+    elif args.predictor:
+        from optscale.predictor import Predictor, load_default
+
+        model = load_default() if args.predictor == "default" else Predictor.load(args.predictor)
+        priors = model.priors_for([p.question for p in pool.problems])
     else:
         priors = _meta_priors(pool)
         if priors is not None:
