@@ -128,3 +128,13 @@ def test_every_option_has_help():
     for name, p in sub.choices.items():
         for action in p._actions:
             assert action.help, f"pool {name}: {action.dest} has no help"
+
+
+def test_validate_points_published_formats_to_import(shared_data, tmp_path, capsys):
+    src = shared_data / "pools" / "prm-bon-fragments" / "bayesian-prm-search__n4.jsonl"
+    assert main(["pool", "validate", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert "line 1" in err and "'search-and-learn' format" in err and "optscale pool import" in err
+    assert main(["pool", "validate", str(src), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["valid"] is False and out["line"] == 1 and "search-and-learn" in out["hint"]

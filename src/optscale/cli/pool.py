@@ -167,6 +167,20 @@ def _load(args):
     return load_pool(args.pool, on_error="skip-truncated-last" if args.skip_truncated_last else "raise")
 
 
+def _import_hint(path) -> str | None:
+    """A hint when ``path`` is not a pool but a published format that ``optscale pool import`` reads."""
+    from optscale.errors import InputError
+    from optscale.importers import sniff_format
+
+    try:
+        fmt = sniff_format(path)
+    except (InputError, OSError, UnicodeDecodeError):
+        return None
+    if fmt == "pool":
+        return None
+    return f"this file looks like the {fmt!r} format: convert it with 'optscale pool import {path} -o POOL.jsonl'"
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from optscale.errors import InputError
     from optscale.pool import summary
@@ -174,10 +188,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     try:
         pool = _load(args)
     except InputError as exc:
+        hint = _import_hint(args.pool)
         if args.json:
-            emit_json({"valid": False, "error": str(exc), "file": exc.file, "line": exc.line, "field": exc.field})
+            emit_json({"valid": False, "error": str(exc), "file": exc.file, "line": exc.line, "field": exc.field,
+                       "hint": hint})
         else:
-            print(f"optscale pool validate: invalid: {exc}", file=sys.stderr)
+            print(f"optscale pool validate: invalid: {exc}" + (f"\n  hint: {hint}" if hint else ""),
+                  file=sys.stderr)
         return 2
     s = summary(pool)
     if args.json:
