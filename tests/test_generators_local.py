@@ -251,3 +251,35 @@ def test_local_prompt_cache_hit_gives_same_samples(smol_gguf):
         assert [(c.text, c.logprobs) for c in a] == [(c.text, c.logprobs) for c in b]
     finally:
         gen.close()
+
+
+# ---------------------------------------------------------------- the CLI against the real server
+@pytest.mark.timeout(600)
+def test_cli_run_generate_eval_against_real_server(llama_server, tmp_path, capsys):
+    """What a user does with a server: ``optscale run --base-url`` (adaptive waves, scored by the
+    server's own log-probabilities), then ``optscale generate`` a pool and ``optscale eval`` it."""
+    import json
+
+    from optscale.cli import main
+
+    results = tmp_path / "results.jsonl"
+    common = ["--demo", "--limit", "2", "--base-url", llama_server, "--model", "smol", "--max-tokens", "32"]
+    assert main(["run", *common, "--n-max", "4", "--out", str(results), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["problems"] == summary["completed"] == 2
+    assert 1 <= summary["mean_samples"] <= 4 and summary["new_tokens"] > 0
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == ["demo-01", "demo-02"]
+    for r in lines:
+        assert 1 <= r["n_samples"] == len(r["samples"]) <= 4
+        assert all(0.0 < s["score"] <= 1.0 and s["tokens"] > 0 for s in r["samples"])
+
+    pool = tmp_path / "pool.jsonl"
+    assert main(["generate", *common, "-k", "4", "-o", str(pool), "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["completed"] == 2
+    out = tmp_path / "eval"
+    assert main(["eval", str(pool), "--methods", "bon,sc,optscale0", "--budgets", "2,4", "--orderings", "2",
+                 "--no-tune", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {r["method"] for r in report["rows"]} >= {"bon", "sc", "optscale0"}
+    assert (out / "accuracy_vs_tokens.png").stat().st_size > 0
