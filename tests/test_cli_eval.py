@@ -124,3 +124,47 @@ def test_cli_eval_predictor_priors_equal_a_priors_file(tmp_path, capsys):
     assert "k" in by_predictor["meta"]["tuned"]["optscale0"]["8"]["params"]
     assert run_cli(common + ["--predictor", "default", "--priors", str(pri)]) == 2
     assert "--predictor" in capsys.readouterr().err
+
+
+def _pool_without_tokens(path, partial=False, P=8, M=8):
+    problems = []
+    for i in range(P):
+        samples = [Sample(answer=str(j % 2), score=float(j % 2), tokens=(7 if partial and j == 0 else None),
+                          correct=None) for j in range(M)]
+        problems.append(Problem(id=f"q{i}", question=f"question {i}", gold="1", samples=samples, meta={}))
+    save_pool(Pool(problems=problems), path)
+    return path
+
+
+def test_cli_eval_pool_without_tokens_costs_samples(tmp_path, capsys):
+    pool = _pool_without_tokens(tmp_path / "nt.jsonl")
+    assert run_cli(["eval", str(pool), "--methods", "bon,sc", "--budgets", "4,8", "--orderings", "1",
+                    "--no-oracle", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["meta"]["cost"] == "samples"
+    for r in data["rows"]:
+        assert r["tokens"] == r["samples"] == r["budget"]   # each drawn sample costs 1
+    assert run_cli(["eval", str(pool), "--methods", "bon", "--budgets", "4", "--no-oracle"]) == 0
+    assert "no token counts" in capsys.readouterr().out
+    partial = _pool_without_tokens(tmp_path / "pt.jsonl", partial=True)
+    assert run_cli(["eval", str(partial), "--methods", "bon", "--budgets", "4"]) == 2
+    assert "some samples have token counts" in capsys.readouterr().err
+
+
+def test_cli_eval_mr_thinking_keeps_the_pool_order(tmp_path, capsys):
+    """MR-Thinking's samples are sequential rounds: random orderings must not scramble them (the last
+    round of this pool is always correct, so MR-Thinking@8 is always right)."""
+    pool = _pool_without_tokens(tmp_path / "rounds.jsonl")
+    assert run_cli(["eval", str(pool), "--methods", "mr-thinking", "--budgets", "8", "--orderings", "5",
+                    "--no-oracle", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["accuracy"] == 1.0
+
+
+def test_cli_eval_rejects_bad_numbers(tmp_path, capsys):
+    pool = write_pool(tmp_path / "pool.jsonl", P=6)
+    for flag, val, name in (("--seed", "-1", "seed"), ("--tolerance", "-1", "tolerance"),
+                            ("--token-penalty", "nan", "token_penalty")):
+        assert run_cli(["eval", str(pool), "--methods", "bon", "--budgets", "8", flag, val]) == 2
+        err = capsys.readouterr().err
+        assert f"parameter '{name}'" in err and "Traceback" not in err

@@ -65,3 +65,17 @@ def test_subprocess_entry_point():
     out = json.loads(proc.stdout)
     f = float(cdf(0.9, 0.6, 0.2))
     assert out["n_star"] == min(64, math.ceil(math.log(0.05) / math.log(f)))
+
+
+def test_json_is_strict_json(capsys):
+    """Non-finite values (ln α / ln F(s*) when the target is unreachable) are written as null, not as
+    the non-standard Infinity; 1 - 0.95 is reported as 0.05."""
+    import json
+
+    assert main(["nstar", "--mu", "30", "--sigma", "0.8", "--target", "1", "--json"]) == 0
+
+    def reject(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    out = json.loads(capsys.readouterr().out, parse_constant=reject)
+    assert out["reachable"] is False and out["exact"] is None and out["alpha"] == 0.05

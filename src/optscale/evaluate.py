@@ -610,7 +610,14 @@ def evaluate(
     budgets = _check_budgets(budgets, M)
     if not methods:
         raise ParameterError("methods", "no method given")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ParameterError("seed", f"must be an integer >= 0, got {seed!r}")
+    if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
+        raise ParameterError("tolerance", f"must be a finite number >= 0, got {tolerance!r}")
+    if not (isinstance(token_penalty, (int, float)) and np.isfinite(token_penalty) and token_penalty >= 0):
+        raise ParameterError("token_penalty", f"must be a finite number >= 0, got {token_penalty!r}")
     grids = dict(DEFAULT_GRIDS if grids is None else grids)
+    arrays, cost_unit = _cost_arrays(arrays)
 
     difficulty, difficulty_source = _resolve_difficulty(arrays, difficulty, priors, methods)
     prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors,
@@ -636,6 +643,7 @@ def evaluate(
     n_ord = prep.n_orderings
 
     report = EvalReport(meta={
+        "cost": cost_unit,
         "problems": int(P), "max_samples": int(M), "orderings": int(n_ord), "ordering_mode": ordering_mode,
         "seed": int(seed), "budgets": list(budgets), "methods": [str(m) for m in methods],
         "split": report_split, "calib_frac": calib_frac if tuned_any else None,
@@ -655,6 +663,7 @@ def evaluate(
             ref_cache[key] = _replay(prep, split_rows, _make(name, {}), name, b)
         return ref_cache[key]
 
+    prep_pool_order = None
     for m, (name, params) in zip(methods, specs, strict=True):
         pol = policies[m if isinstance(m, str) else id(m)]
         display = getattr(pol, "display", name) + (" seq" if getattr(pol, "mode", None) == "sequential" else "")
@@ -685,6 +694,18 @@ def evaluate(
                          _per_problem(mt, n_ord), W_rep, n_ord, level)
                 if progress:
                     progress(label, b)
+        elif name in POOL_ORDER_ONLY:
+            # sequential rounds: only the pool's own order is meaningful (a permutation scrambles the rounds)
+            if prep_pool_order is None:
+                prep_pool_order = build_batch(arrays, orderings=0, seed=seed, ordering_mode=ordering_mode,
+                                              priors=priors, difficulty=difficulty)
+            rows0 = prep_pool_order.rows_of(report_problems)
+            for b in budgets:
+                mt = _replay(prep_pool_order, rows0, pol, name, b)
+                sink.add(name, label, _policy_params(pol, params), b, report_split, _kind(name),
+                         _per_problem(mt, 1), W_rep, 1, level)
+                if progress:
+                    progress(label, b)
         else:
             for b in budgets:
                 mt = _replay(prep, rows_rep, pol, name, b)
@@ -704,6 +725,26 @@ def evaluate(
     report.rows.extend(sink.finish())
     report.mark_pareto()
     return report
+
+
+#: policies whose samples are sequential rounds: replayed in the pool's own order only
+POOL_ORDER_ONLY = frozenset({"mr-thinking"})
+
+
+def _cost_arrays(arrays):
+    """``(arrays, cost unit)``. A pool without any token counts is costed in samples (each drawn sample
+    costs 1, reported in the tokens columns and named in ``meta["cost"]``); a pool where only some samples
+    have token counts cannot be costed and raises :class:`ParameterError`."""
+    if getattr(arrays, "has_tokens", True):
+        return arrays, "tokens"
+    tokens = np.asarray(arrays.tokens, dtype=np.float64)
+    n = np.asarray(arrays.n, dtype=np.int64)
+    valid = np.arange(tokens.shape[1])[None, :] < n[:, None]
+    if np.any(np.nan_to_num(tokens)[valid] != 0):
+        raise ParameterError(
+            "pool", "some samples have token counts and others have none: the cost of a policy would be "
+            "wrong; give every sample a token count (or none, to count cost in samples)")
+    return dataclasses.replace(arrays, tokens=valid.astype(np.float64)), "samples"
 
 
 def _check_budgets(budgets: Sequence[int], M: int) -> list[int]:
@@ -889,11 +930,12 @@ def sweep(
     point is held-out. ``baselines`` (fixed-budget methods) are added as split-``"all"`` rows."""
     P, M = np.asarray(arrays.answers).shape
     budgets = _check_budgets(budgets, M)
+    arrays, cost_unit = _cost_arrays(arrays)
     prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors)
     rows = prep.rows_of(None)
     W = bootstrap_weights(P, n_boot, seed)
     n_ord = prep.n_orderings
-    report = EvalReport(meta={"problems": int(P), "orderings": int(n_ord), "seed": int(seed),
+    report = EvalReport(meta={"cost": cost_unit, "problems": int(P), "orderings": int(n_ord), "seed": int(seed),
                               "budgets": list(budgets), "split": SPLIT_SWEEP,
                               "note": "grid sweep over all problems: not held-out, for plots only"})
     sink = _RowSink()

@@ -136,6 +136,10 @@ class EvalReport:
             if head:
                 lines.append("; ".join(str(h) for h in head))
                 lines.append("")
+            if m.get("cost") == "samples":
+                lines.append("Note: the pool has no token counts; cost is counted in samples (each drawn "
+                             "sample = 1 in the tokens columns).")
+                lines.append("")
         order = [SPLIT_TEST, SPLIT_ALL, SPLIT_CALIB, SPLIT_SWEEP]
         splits = sorted({r.split for r in self.rows}, key=lambda s: order.index(s) if s in order else 99)
         for split in splits:

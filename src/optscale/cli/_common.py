@@ -14,8 +14,29 @@ def add_json_flag(parser) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=_default)
+    """Standard JSON on stdout: numpy values converted, non-finite floats (inf, nan) written as null."""
+    json.dump(_finite(obj), sys.stdout, indent=2, default=_default, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def _finite(o: Any) -> Any:
+    import math
+
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return o
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    if isinstance(o, np.floating):
+        return _finite(float(o))
+    return o
 
 
 def _default(o: Any):

@@ -49,12 +49,12 @@ def run(args) -> int:
         confidence = 0.95 if args.confidence is None else args.confidence
         if not 0.0 < confidence < 1.0:
             raise ParameterError("confidence", f"must be in (0, 1), got {confidence:g}")
-        alpha = 1.0 - confidence
+        alpha = float(f"{1.0 - confidence:.15g}")   # 1 - 0.95 = 0.050000000000000044 otherwise
     result = theory.n_star(args.mu, args.sigma, args.target, alpha, args.max_n)
     n = int(result.n)
     log_f = float(theory.logcdf(args.target, args.mu, args.sigma))
     with np.errstate(under="ignore"):
-        p_reach = float(-np.expm1(n * log_f))   # 1 - F(s*)^N*, exact when F is close to 1
+        p_reach = float(-np.expm1(n * log_f)) + 0.0   # 1 - F(s*)^N*, exact when F is close to 1 (no -0.0)
     out = {
         "n_star": n,
         "reachable": bool(result.reachable),
