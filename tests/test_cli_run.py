@@ -189,3 +189,21 @@ def test_sigkill_and_resume_generate(tmp_path):
     assert texts.keys() == reference.keys()
     differ = sorted(k for k in texts if texts[k] != reference[k])
     assert not differ, f"texts differ from an uninterrupted run with the same seed: {differ[:3]}"
+
+
+@pytest.mark.timeout(60)
+def test_run_timeout_and_retries_options_against_a_stalled_server(tmp_path, capsys):
+    """--timeout / --max-retries reach the client: a server that never answers gives one clear error after
+    exactly 1 + max_retries attempts, quickly, instead of hanging."""
+    with FakeServer(lambda i, body: ("stall",), stall_limit=5.0, lifetime=30.0) as server:
+        url = f"http://127.0.0.1:{server.port}/v1"
+        t0 = time.monotonic()
+        code = main(["run", "--demo", "--limit", "1", "--base-url", url, "--model", "fake", "--n-max", "1",
+                     "--method", "bon", "--timeout", "0.3", "--max-retries", "1", "--out",
+                     str(tmp_path / "r.jsonl"), "--no-progress"])
+        elapsed = time.monotonic() - t0
+        err = capsys.readouterr().err
+        assert code == 2 and "error" in err and "Traceback" not in err
+        assert len(server.requests) == 2 and elapsed < 15
+    assert main(["run", "--demo", "--base-url", url, "--model", "fake", "--timeout", "0"]) == 2
+    assert "--timeout" in capsys.readouterr().err

@@ -270,21 +270,8 @@ def test_shipped_predictor_fresh_process_offline(tmp_path):
 
 # ------------------------------------------------------------------------------------------- CLI
 def _cli(*args, env=None, timeout=1200):
-    # the real `optscale` entry point; while sibling sub-commands are still missing, the same dispatch
-    # restricted to `predictor` (identical error handling: one line, exit code 2)
-    code = (
-        "import sys, argparse, importlib\n"
-        "from optscale import cli\n"
-        "try:\n    [importlib.import_module('optscale.cli.' + c) for c in cli.COMMANDS]\n    full = True\n"
-        "except ImportError:\n    full = False\n"
-        "if full:\n    sys.exit(cli.main(sys.argv[1:]))\n"
-        "from optscale.cli import predictor\n"
-        "from optscale.errors import OptScaleError\n"
-        "p = argparse.ArgumentParser(prog='optscale'); sub = p.add_subparsers(dest='command')\n"
-        "predictor.add_parser(sub); a = p.parse_args(sys.argv[1:])\n"
-        "try:\n    sys.exit(a.func(a) or 0)\n"
-        "except OptScaleError as e:\n    print(f'optscale {a.command}: error: {e}', file=sys.stderr); sys.exit(2)\n"
-    )
+    """The real ``optscale`` entry point in a fresh process."""
+    code = "import sys\nfrom optscale import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env=dict(os.environ, **(env or {})), timeout=timeout)
 
@@ -452,3 +439,25 @@ def test_minilm_embedder_runs_offline(monkeypatch):
 def test_pyproject_ships_weights():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert "predictor/weights/*" in text
+
+
+def test_cli_predict_pool_errors_are_reported_and_json(tmp_path):
+    """A file that looks like a pool is validated as one (its error is reported, not turned into a priors
+    file); --json prints a machine-readable summary."""
+    bad = tmp_path / "bad.jsonl"
+    rec = {"id": "a", "question": "What is 1+1?", "gold": "2",
+           "samples": [{"answer": "2", "score": 7, "tokens": 3}], "meta": {}}
+    bad.write_text(json.dumps(rec) + "\n")
+    r = _cli("predictor", "predict", str(bad), "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 2 and "line 1" in r.stderr and "samples[0].score" in r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+    rec["samples"][0]["score"] = 0.7
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(rec) + "\n")
+    r = _cli("predictor", "predict", str(good), "--out", str(tmp_path / "o.jsonl"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"problems": 1, "output": str(tmp_path / "o.jsonl"), "kind": "pool"}
+    from optscale.pool import load_pool
+
+    (prob,) = load_pool(tmp_path / "o.jsonl").problems
+    assert len(prob.meta["prior"]) == 4 and all(np.isfinite(prob.meta["prior"]))

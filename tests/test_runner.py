@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from optscale.errors import InputError, ParameterError
+from optscale.errors import InputError, OptScaleError, ParameterError
 from optscale.online.checkpoint import checkpoint_path, recover_jsonl
 from optscale.online.data import Question
 from optscale.online.generators import Completion, GenerationError, Generator
@@ -389,3 +389,24 @@ def test_generate_crash_resume(tmp_path):
     b = {p.id: [x.text for x in p.samples] for p in load_pool(out).problems}
     assert a == b
     assert gen.calls == 4 * len(PROBLEMS) - recorded
+
+
+def test_invalid_scores_are_errors_not_defaults(tmp_path):
+    """A scorer that returns NaN, None or a value outside [0, 1] for one sample stops the run with an error
+    naming that sample; the score is never replaced by a default or dropped."""
+
+    class BadScorer(FakeScorer):
+        name = "bad-scorer"
+
+        def __init__(self, bad):
+            self.bad = bad
+
+        def score(self, question, completions):
+            out = super().score(question, completions)
+            out[-1] = self.bad
+            return out
+
+    for bad in (float("nan"), None, 1.5, -0.1):
+        with pytest.raises(OptScaleError, match=r"bad-scorer.*sample \d+ the score"):
+            run(PROBLEMS[:1], FakeGenerator(), BadScorer(bad), WavePolicy(), 6, results_path=None,
+                equiv="exact", progress=False)

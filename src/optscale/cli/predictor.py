@@ -70,6 +70,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="how to read INPUT (default auto: a pool if it parses as one)")
     r.add_argument("--question-field", default=None, help="question field of a problem file (auto by default)")
     _model_arg(r)
+    add_json_flag(r)
     r.set_defaults(func=run_predict)
 
     i = sub.add_parser("info", help="describe a predictor file (training metrics, blocks)")
@@ -225,13 +226,17 @@ def _read_pool(path):
 def run_predict(args) -> int:
     pred = _load_model(args.model)
     pool = None
-    if args.kind in ("auto", "pool"):
-        try:
-            pool = _read_pool(args.input)
-        except Exception:
-            if args.kind == "pool":
-                raise
-            pool = None
+    kind = args.kind
+    if kind == "auto":
+        from optscale.errors import InputError
+        from optscale.importers import sniff_format
+
+        try:  # a file that looks like a pool is read (and validated) as one: its errors are reported
+            kind = "pool" if sniff_format(args.input) == "pool" else "problems"
+        except InputError:
+            kind = "problems"
+    if kind == "pool":
+        pool = _read_pool(args.input)
     if pool is not None:
         texts = [p.question for p in pool.problems]
         ids = [p.id for p in pool.problems]
@@ -245,13 +250,19 @@ def run_predict(args) -> int:
         for prob, r in zip(pool.problems, rows, strict=True):
             prob.meta = dict(prob.meta or {}, prior=r)
         save_pool(pool, args.out)
-        print(f"wrote {len(rows)} priors into pool meta 'prior' -> {args.out}", file=sys.stderr)
+        if args.json:
+            emit_json({"problems": len(rows), "output": str(args.out), "kind": "pool"})
+        else:
+            print(f"wrote {len(rows)} priors into pool meta 'prior' -> {args.out}", file=sys.stderr)
         return 0
     # {id: prior}, or a list aligned with the problems when ids repeat
     data = dict(zip(ids, rows, strict=True)) if len(set(ids)) == len(ids) else rows
     if args.out:
         Path(args.out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        print(f"wrote {len(rows)} priors [mu0, sigma0, sd_mu, sd_sigma] -> {args.out}", file=sys.stderr)
+        if args.json:
+            emit_json({"problems": len(rows), "output": str(args.out), "kind": "priors"})
+        else:
+            print(f"wrote {len(rows)} priors [mu0, sigma0, sd_mu, sd_sigma] -> {args.out}", file=sys.stderr)
     else:
         emit_json(data)
     return 0

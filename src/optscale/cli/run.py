@@ -70,10 +70,21 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
         "--model-path", default=None, help="GGUF file for the embedded model instead of SmolLM2-135M"
     )
     g.add_argument(
+        "--timeout", type=float, default=60.0,
+        help="seconds one request to --base-url may take before it is retried (default 60)",
+    )
+    g.add_argument(
+        "--max-retries", type=int, default=4,
+        help="retries of a request to --base-url after a timeout, a connection error, 429 or 5xx, with "
+        "exponential backoff (default 4); then the run stops with the error",
+    )
+    g.add_argument(
         "--scorer",
         default="self-certainty",
-        help="verifier: self-certainty (default; mean token log-probability of the sample), "
-        "prm:<hf-model>[,device=cuda], reward-endpoint:<url>, judge, or 'none' (policies without scores)",
+        help="verifier: self-certainty (default: exp of the mean token log-probability of the sample), "
+        "mean-logprob, self-certainty,method=kl, prm:<hf-model>[,device=cuda] (Qwen2.5-Math-PRM layout), "
+        "prm-shepherd:<hf-model>, prm-rlhflow:<hf-model>, reward-endpoint:<url> (vLLM pooling API), "
+        "judge[:<base-url>,model=NAME], or 'none' (policies without scores)",
     )
     s = p.add_argument_group("sampling")
     s.add_argument(
@@ -139,8 +150,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default=None,
-        help="policy spec for make_policy: optscale0, optscale0-seq, optscalet, bon, sc, wsc, esc, "
-        "asc, mr-thinking, with options as 'name:key=val,key=val' (default optscale0, i.e. s*=0.95, "
+        help="policy spec for make_policy: optscale0, optscale0-seq, optscalet, optscalet-seq, bon, sc, wsc, "
+        "esc, asc, mr-thinking (dsc is a batch policy: use it offline with 'optscale eval'), with options "
+        "as 'name:key=val,key=val' (default optscale0, i.e. s*=0.95, "
         f"alpha=0.05; with the self-certainty scorer {DEFAULT_METHOD_SELF_CERTAINTY}, on that score's scale)",
     )
     p.add_argument(
@@ -226,11 +238,17 @@ def make_generator(args):
     """The generator chosen by --base-url/--model/--api-key/--model-path (embedded model by default)."""
     import os
 
+    from optscale.errors import ParameterError
     from optscale.online.generators import default_generator
 
     if args.base_url:
         api_key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY")
-        return default_generator(args.base_url, args.model, api_key=api_key)
+        if not (args.timeout > 0):
+            raise ParameterError("--timeout", f"must be > 0 seconds, got {args.timeout}")
+        if args.max_retries < 0:
+            raise ParameterError("--max-retries", f"must be >= 0, got {args.max_retries}")
+        return default_generator(args.base_url, args.model, api_key=api_key, timeout=args.timeout,
+                                 max_retries=args.max_retries)
     return default_generator(model_path=args.model_path)
 
 
@@ -290,6 +308,13 @@ def main(args) -> int:
             "--scorer", f"--method {args.method} needs scores; choose a scorer other than 'none'"
         )
     prior_fn = _prior_fn(policy)
+    if prior_fn is not None and not args.scorer.strip().lower().startswith("prm"):
+        print(
+            f"optscale run: warning: the shipped prior predictor was trained on process-reward-model scores "
+            f"(Qwen2.5-Math-PRM-7B on DeepSeek-R1-Distill-Qwen-7B solutions to MATH problems); with --scorer "
+            f"{args.scorer} its priors are on another score scale and can dominate the MAP fit",
+            file=sys.stderr,
+        )
     generator = make_generator(args)
     summary = run(
         problems,

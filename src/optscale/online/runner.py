@@ -333,11 +333,19 @@ def _batches_by_seed(generator) -> bool:
     return isinstance(generator, LlamaCppGenerator)
 
 
-def _finite_or_none(x) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
+def _checked_score(x, index: int, scorer) -> float:
+    """A scorer's score for sample ``index``: a finite number in [0, 1], else an error naming the sample
+    (a missing or invalid score is never replaced by a default)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise OptScaleError(
+            f"scorer {getattr(scorer, 'name', type(scorer).__name__)!r} gave sample {index} the score {x!r}; "
+            "scores must be finite numbers in [0, 1]"
+        )
+    return v
 
 
 def _check_args(n_max, max_tokens, temperature, concurrency) -> None:
@@ -518,7 +526,7 @@ class _Runner:
                 raise OptScaleError(
                     f"scorer {type(self.scorer).__name__} returned {len(got)} scores for {count} samples"
                 )
-            scores = [_finite_or_none(x) for x in got]
+            scores = [_checked_score(x, i, self.scorer) for i, x in enumerate(got)]
         out = {}
         for j, (c, score) in enumerate(zip(comps, scores, strict=True)):
             t0 = time.perf_counter()
