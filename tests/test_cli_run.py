@@ -207,3 +207,17 @@ def test_run_timeout_and_retries_options_against_a_stalled_server(tmp_path, caps
         assert len(server.requests) == 2 and elapsed < 15
     assert main(["run", "--demo", "--base-url", url, "--model", "fake", "--timeout", "0"]) == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_run_kl_self_certainty_gets_the_top_logprobs_it_needs(tmp_path, capsys):
+    """--scorer self-certainty:method=kl needs top-k log-probabilities per token: the CLI asks the
+    (embedded) generator for them, and every sample gets a score in (0, 1]."""
+    _need_local_model()
+    out = tmp_path / "kl.jsonl"
+    assert main(["run", "--demo", "--limit", "1", "--n-max", "2", "--max-tokens", "16", "--method", "bon",
+                 "--scorer", "self-certainty:method=kl", "--out", str(out), "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["completed"] == 1
+    (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rec["samples"]) == 2 and all(0.0 < s["score"] <= 1.0 for s in rec["samples"])

@@ -50,7 +50,7 @@ def main(args) -> int:
     if args.k < 1:
         raise ParameterError("-k", f"must be >= 1, got {args.k}")
     scorer = make_cli_scorer(args)
-    generator = make_generator(args)
+    generator = make_generator(args, scorer)
     summary = generate(
         problems,
         generator,

@@ -82,7 +82,7 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
         "--scorer",
         default="self-certainty",
         help="verifier: self-certainty (default: exp of the mean token log-probability of the sample), "
-        "mean-logprob, self-certainty,method=kl, prm:<hf-model>[,device=cuda] (Qwen2.5-Math-PRM layout), "
+        "mean-logprob, self-certainty:method=kl, prm:<hf-model>[,device=cuda] (Qwen2.5-Math-PRM layout), "
         "prm-shepherd:<hf-model>, prm-rlhflow:<hf-model>, reward-endpoint:<url> (vLLM pooling API), "
         "judge[:<base-url>,model=NAME], or 'none' (policies without scores)",
     )
@@ -234,13 +234,16 @@ def max_tokens(args) -> int:
     return MAX_TOKENS_SERVER if args.base_url else MAX_TOKENS_EMBEDDED
 
 
-def make_generator(args):
-    """The generator chosen by --base-url/--model/--api-key/--model-path (embedded model by default)."""
+def make_generator(args, scorer=None):
+    """The generator chosen by --base-url/--model/--api-key/--model-path (embedded model by default); it
+    returns as many top log-probabilities per token as ``scorer`` needs (``scorer.top_logprobs``)."""
     import os
 
     from optscale.errors import ParameterError
     from optscale.online.generators import default_generator
 
+    k = int(getattr(scorer, "top_logprobs", 0) or 0)
+    extra = {"top_logprobs": k} if k > 1 else {}
     if args.base_url:
         api_key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY")
         if not (args.timeout > 0):
@@ -248,8 +251,8 @@ def make_generator(args):
         if args.max_retries < 0:
             raise ParameterError("--max-retries", f"must be >= 0, got {args.max_retries}")
         return default_generator(args.base_url, args.model, api_key=api_key, timeout=args.timeout,
-                                 max_retries=args.max_retries)
-    return default_generator(model_path=args.model_path)
+                                 max_retries=args.max_retries, **extra)
+    return default_generator(model_path=args.model_path, **extra)
 
 
 def make_cli_scorer(args):
@@ -315,7 +318,7 @@ def main(args) -> int:
             f"{args.scorer} its priors are on another score scale and can dominate the MAP fit",
             file=sys.stderr,
         )
-    generator = make_generator(args)
+    generator = make_generator(args, scorer)
     summary = run(
         problems,
         generator,
