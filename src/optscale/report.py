@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from optscale._json import json_default
+
 #: the ``kind`` of a row
 KIND_FIXED = "fixed"  # a fixed-budget method (BoN, self-consistency): draws N_max samples
 KIND_ADAPTIVE = "adaptive"  # an adaptive method (OptScale, ESC, ASC, DSC, ...)
@@ -101,7 +103,7 @@ class EvalReport:
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The report as JSON text; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default)
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False, default=json_default)
         if path is not None:
             Path(path).write_text(text + "\n", encoding="utf-8")
         return text
@@ -114,7 +116,7 @@ class EvalReport:
         w.writerow(names)
         for r in self.rows:
             d = r.to_dict()
-            d["params"] = json.dumps(d["params"], sort_keys=True, default=_json_default)
+            d["params"] = json.dumps(d["params"], sort_keys=True, default=json_default)
             w.writerow([_csv_cell(d[n]) for n in names])
         text = buf.getvalue()
         if path is not None:
@@ -288,20 +290,6 @@ def _csv_cell(v: Any) -> Any:
     if isinstance(v, float):
         return repr(v)
     return v
-
-
-def _json_default(o: Any):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any
 
+from optscale._json import json_default
+
 
 def add_json_flag(parser) -> None:
     parser.add_argument(
@@ -15,7 +17,7 @@ def add_json_flag(parser) -> None:
 
 def emit_json(obj: Any) -> None:
     """Standard JSON on stdout: numpy values converted, non-finite floats (inf, nan) written as null."""
-    json.dump(_finite(obj), sys.stdout, indent=2, default=_default, allow_nan=False)
+    json.dump(_finite(obj), sys.stdout, indent=2, default=json_default, allow_nan=False)
     sys.stdout.write("\n")
 
 
@@ -37,20 +39,6 @@ def _finite(o: Any) -> Any:
     if isinstance(o, np.floating):
         return _finite(float(o))
     return o
-
-
-def _default(o: Any):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.bool_):
-        return bool(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def progress(total: int | None = None, desc: str = "", disable: bool | None = None, unit: str = "it"):

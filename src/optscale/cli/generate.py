@@ -13,10 +13,10 @@ import argparse
 from optscale.cli.run import (
     add_generation_args,
     add_problem_args,
+    generation_kwargs,
     load_cli_problems,
     make_cli_scorer,
     make_generator,
-    max_tokens,
     print_summary,
     prompt_template,
 )
@@ -57,15 +57,7 @@ def main(args) -> int:
         scorer,
         args.k,
         out_path=args.out,
-        prompt_template=template,
-        max_tokens=max_tokens(args),
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        concurrency=args.concurrency,
-        resume=args.resume,
-        progress=args.progress,
-        save_texts=args.save_texts,
+        **generation_kwargs(args, template),
     )
     print_summary(summary, args, what="generate")
     return 0

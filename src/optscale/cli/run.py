@@ -234,6 +234,21 @@ def max_tokens(args) -> int:
     return MAX_TOKENS_SERVER if args.base_url else MAX_TOKENS_EMBEDDED
 
 
+def generation_kwargs(args, template: str) -> dict:
+    """Keyword arguments of the runner that ``run`` and ``generate`` share (sampling, checkpointing)."""
+    return dict(
+        prompt_template=template,
+        max_tokens=max_tokens(args),
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        resume=args.resume,
+        progress=args.progress,
+        save_texts=args.save_texts,
+    )
+
+
 def make_generator(args, scorer=None):
     """The generator chosen by --base-url/--model/--api-key/--model-path (embedded model by default); it
     returns as many top log-probabilities per token as ``scorer`` needs (``scorer.top_logprobs``)."""
@@ -325,18 +340,10 @@ def main(args) -> int:
         scorer,
         policy,
         args.n_max,
-        prompt_template=template,
-        max_tokens=max_tokens(args),
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        concurrency=args.concurrency,
         equiv=args.equiv,
         results_path=args.out,
-        resume=args.resume,
-        progress=args.progress,
-        save_texts=args.save_texts,
         prior_fn=prior_fn,
+        **generation_kwargs(args, template),
     )
     print_summary(summary, args)
     if summary.completed < summary.problems:  # pragma: no cover - run() raises before this

@@ -17,8 +17,8 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
+from optscale._json import json_default
 from optscale.errors import InputError
 
 #: version of the sample checkpoint format
@@ -90,7 +90,7 @@ class JsonlAppender:
         if not objs:
             return
         buf = b"".join(
-            json.dumps(o, ensure_ascii=False, default=_json_default).encode() + b"\n" for o in objs
+            json.dumps(o, ensure_ascii=False, default=json_default).encode() + b"\n" for o in objs
         )
         self._fh.write(buf)
         self._fh.flush()
@@ -106,20 +106,6 @@ class JsonlAppender:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _json_default(o: Any):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def checkpoint_path(results_path: str | Path) -> Path:
@@ -138,7 +124,7 @@ class SampleCheckpoint:
 
     def __init__(self, path: str | Path, config: dict, *, resume: bool = True, warn=None):
         self.path = Path(path)
-        self.config = json.loads(json.dumps(config, default=_json_default))
+        self.config = json.loads(json.dumps(config, default=json_default))
         self.samples: dict[str, dict[int, dict]] = {}
         self.torn = False
         warn = warn or _warn
