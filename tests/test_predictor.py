@@ -461,3 +461,25 @@ def test_cli_predict_pool_errors_are_reported_and_json(tmp_path):
 
     (prob,) = load_pool(tmp_path / "o.jsonl").problems
     assert len(prob.meta["prior"]) == 4 and all(np.isfinite(prob.meta["prior"]))
+
+
+def test_boundary_prior_does_not_pin_the_fit():
+    """A prior on the family's boundary (mu0 = 100, most MATH problems) is worth at most a few samples
+    (prior_samples): scores that contradict it move the MAP fit to where the data are."""
+    from optscale import theory
+
+    pred = Predictor.load(DEFAULT_WEIGHTS)
+    texts = ["What is $1+1$?", "Compute $\\\\displaystyle\\\\int_0^1 x^2\\\\,dx$.", "Find all real $x$ with $x^2=4$."]
+    pri = pred.priors_for(texts)
+    x = np.clip(np.random.default_rng(0).normal(0.15, 0.05, (len(texts), 10)), 0, 1)
+    fit = theory.fit_map(x, mu0=pri[:, 0], sigma0=pri[:, 1], sd_mu=pri[:, 2], sd_sigma=pri[:, 3])
+    mle = theory.fit_mle(x)
+    map_mean, _ = theory.params_to_moments(fit.mu, fit.sigma)
+    mle_mean, _ = theory.params_to_moments(mle.mu, mle.sigma)
+    prior_mean, _ = theory.params_to_moments(pri[:, 0], pri[:, 1])
+    assert np.all(prior_mean > 0.8)                           # the prior says: scores near 1
+    np.testing.assert_allclose(map_mean, mle_mean, atol=0.03)  # the fitted law follows the scores (~0.15)
+    uncapped = Predictor.load(DEFAULT_WEIGHTS)
+    uncapped.prior_samples = None
+    raw = uncapped.priors_for(texts)
+    assert np.all(pri[:, 2:] >= raw[:, 2:]) and np.all(pri[:, :2] == raw[:, :2])

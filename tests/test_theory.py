@@ -370,3 +370,18 @@ def test_map_converges_in_few_iterations():
     mu, sigma, x, mask = _random_batch(rng, 400)
     fmap = T.fit_map(x, mask, mu0=mu, sigma0=sigma)
     assert np.all(fmap.converged) and fmap.iterations <= 40
+
+
+def test_fisher_information_limits_and_no_nan():
+    """Interior (untruncated) limit: I = (1/sigma^2, 2/sigma^2); at the boundary (half-normal, mu = 1):
+    I_mu_mu = (1 - 2/pi) / sigma^2; finite and positive for mu far outside [0, 1] and tiny sigma."""
+    s = np.array([1e-2, 1e-3, 1e-4])
+    i_mu, i_sg = T.fisher_information(0.5, s)
+    np.testing.assert_allclose(i_mu, 1 / s**2, rtol=1e-3)
+    np.testing.assert_allclose(i_sg, 2 / s**2, rtol=1e-3)
+    i_mu, _ = T.fisher_information(1.0, s)
+    np.testing.assert_allclose(i_mu, (1 - 2 / np.pi) / s**2, rtol=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        i_mu, i_sg = T.fisher_information(np.array([30.0, 100.0, -50.0, 0.3]), np.array([0.8, 3.0, 1.0, 1e-4]))
+    assert np.all(np.isfinite(i_mu) & (i_mu > 0)) and np.all(np.isfinite(i_sg) & (i_sg > 0))

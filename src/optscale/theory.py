@@ -765,6 +765,37 @@ def _n_star_scalar(mu, sigma, target, alpha, n_max) -> NStar | None:
     return NStar(n=np.int64(n), reachable=np.bool_(reachable), exact=np.array(exact))
 
 
+# --------------------------------------------------------------------------------- Fisher information
+def fisher_information(mu, sigma, *, grid: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample Fisher information (I_mu_mu, I_sigma_sigma) of the truncated normal at (mu, sigma).
+
+    The family is exponential with natural parameters (mu / sigma^2, -1 / (2 sigma^2)) and sufficient
+    statistics (x, x^2), so I = J^T Cov(x, x^2) J, which gives
+    I_mu_mu = Var(x) / sigma^4 and I_sigma_sigma = Var((x - mu)^2) / sigma^6.
+    The moments are integrated by a ``grid``-point midpoint rule over the part of [0, 1] within 12 sigma
+    of the mode clip(mu, 0, 1) (weights from ``logpdf``, normalised: no NaN for mu far outside [0, 1] or
+    tiny sigma). Used to cap how many samples a prior is worth: a prior sd below 1 / sqrt(k0 I) says more
+    than k0 observations would.
+    """
+    mu, sigma = _params(mu, sigma)
+    mu, sigma = np.broadcast_arrays(mu, sigma)
+    shape = mu.shape
+    m, sg = mu.reshape(-1, 1), sigma.reshape(-1, 1)
+    mode = np.clip(m, 0.0, 1.0)
+    lo, hi = np.maximum(0.0, mode - 12.0 * sg), np.minimum(1.0, mode + 12.0 * sg)
+    x = lo + (hi - lo) * ((np.arange(grid) + 0.5) / grid)[None, :]
+    with np.errstate(**_QUIET):
+        lp = _logpdf(x, m, sg)
+        w = np.exp(lp - lp.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        mean = (w * x).sum(axis=1, keepdims=True)
+        var = (w * (x - mean) ** 2).sum(axis=1)
+        d2 = (x - m) ** 2
+        var2 = (w * (d2 - (w * d2).sum(axis=1, keepdims=True)) ** 2).sum(axis=1)
+        s = sg[:, 0]
+        return (var / s**4).reshape(shape), (var2 / s**6).reshape(shape)
+
+
 # --------------------------------------------------------------------------------- moment matching
 def params_to_moments(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) of the truncated normal: mean = mu + sigma E[z], std = sigma sqrt(Var z), with

@@ -176,12 +176,19 @@ class Predictor:
     embedder: ``"minilm-layers"`` (default), ``"minilm"``, ``"smollm2"`` or ``None`` (no language-model blocks).
     blocks: which feature blocks to use (subset of :data:`BLOCKS`; ``krr`` needs ``knn``).
     cache: cache LM embeddings on disk (True: ``~/.cache/optscale``; a path; False).
+    prior_samples: the most observations a prior may be worth (default 5): each prior sd is raised to at
+        least 1 / sqrt(prior_samples * I), I the per-sample Fisher information of the truncated normal at
+        (mu0, sigma0) (``theory.fisher_information``). Without it a prior on the family's boundary
+        (mu0 = 100, where the parametrisation is flat) would pin mu however far the scores are; None: no cap.
 
     Penalties, stacker and residual model are fitted on exact leave-one-out predictions of the training set.
     """
 
     def __init__(self, embedder: str | dict | None = "minilm-layers", blocks: Sequence[str] = BLOCKS, *,
-                 cache: bool | str = True, calibrate: bool = True):
+                 cache: bool | str = True, calibrate: bool = True, prior_samples: float | None = 5.0):
+        if prior_samples is not None and not (np.isfinite(prior_samples) and prior_samples > 0):
+            raise ParameterError("prior_samples", f"must be a positive number or None, got {prior_samples!r}")
+        self.prior_samples = prior_samples
         blocks = tuple(blocks)
         for b in blocks:
             if b not in BLOCKS:
@@ -333,8 +340,16 @@ class Predictor:
             z = np.zeros(0)
             return Priors(z, z, z, z, z, z)
         mu0, sigma0 = moments_to_params(pm[:, 0], pm[:, 1])
-        return Priors(np.asarray(mu0, float), np.asarray(sigma0, float), self.sd_mu_(pm[:, 0]),
-                      self.sd_sigma_(pm[:, 0]), pm[:, 0], pm[:, 1])
+        mu0, sigma0 = np.asarray(mu0, float), np.asarray(sigma0, float)
+        sd_mu, sd_sigma = np.asarray(self.sd_mu_(pm[:, 0]), float), np.asarray(self.sd_sigma_(pm[:, 0]), float)
+        if getattr(self, "prior_samples", None) is not None:
+            from optscale.theory import fisher_information
+
+            i_mu, i_sigma = fisher_information(mu0, sigma0)
+            k0 = float(self.prior_samples)
+            sd_mu = np.maximum(sd_mu, 1.0 / np.sqrt(k0 * np.maximum(i_mu, 1e-300)))
+            sd_sigma = np.maximum(sd_sigma, 1.0 / np.sqrt(k0 * np.maximum(i_sigma, 1e-300)))
+        return Priors(mu0, sigma0, sd_mu, sd_sigma, pm[:, 0], pm[:, 1])
 
     def priors_for(self, texts: Sequence[str], **kw) -> np.ndarray:
         """float64 [P, 4]: (mu0, sigma0, sd_mu, sd_sigma) per text, for ``ReplayBatch.priors`` / the
