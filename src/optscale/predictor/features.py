@@ -245,10 +245,18 @@ class Knn:
         R = self._reduce(X)
         self.qscale_ = np.maximum(np.abs(R).max(1), 1e-12) / 127.0
         self.q_ = np.round(R / self.qscale_[:, None]).astype(np.int8)
+        return self._leave_one_out()
+
+    def _sims(self, R, T, s: int) -> np.ndarray:
+        """Cosine similarities of rows ``s:s+2048`` of ``R`` to every training vector."""
+        return R[s:s + 2048] @ T.T
+
+    def _leave_one_out(self):
+        """``oof_``: each training problem predicted from the others (its own similarity set to -inf)."""
         T = self._train_vectors()
         out = []
-        for s in range(0, len(T), 2048):
-            S = T[s:s + 2048] @ T.T
+        for s in range(0, T.shape[0], 2048):
+            S = self._sims(T, T, s)
             S[np.arange(S.shape[0]), np.arange(s, s + S.shape[0])] = -np.inf
             out.append(self._predict_sim(S))
         self.oof_ = np.concatenate(out, 0)
@@ -259,8 +267,8 @@ class Knn:
     def predict(self, X) -> np.ndarray:
         T = self._train_vectors()
         R = self._reduce(X)
-        P = np.concatenate([self._predict_sim(R[s:s + 2048] @ T.T) for s in range(0, len(R), 2048)], 0) \
-            if len(R) else np.zeros((0, self.y_.shape[1]))
+        P = np.concatenate([self._predict_sim(self._sims(R, T, s)) for s in range(0, R.shape[0], 2048)], 0) \
+            if R.shape[0] else np.zeros((0, self.y_.shape[1]))
         return P[:, 0] if self._ndim == 1 else P
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -317,23 +325,7 @@ class SparseKnn(Knn):
         self.indptr_ = R.indptr.astype(np.int64)
         self.indices_ = R.indices.astype(np.uint16 if R.shape[1] < 65536 else np.int32)
         self.data_ = R.data.astype(np.float16)
-        T = self._train_vectors()
-        out = []
-        for s in range(0, T.shape[0], 2048):
-            S = self._sims(T, T, s)
-            S[np.arange(S.shape[0]), np.arange(s, s + S.shape[0])] = -np.inf
-            out.append(self._predict_sim(S))
-        self.oof_ = np.concatenate(out, 0)
-        if self._ndim == 1:
-            self.oof_ = self.oof_[:, 0]
-        return self
-
-    def predict(self, X) -> np.ndarray:
-        T = self._train_vectors()
-        R = self._reduce(X)
-        P = np.concatenate([self._predict_sim(self._sims(R, T, s)) for s in range(0, R.shape[0], 2048)], 0) \
-            if R.shape[0] else np.zeros((0, self.y_.shape[1]))
-        return P[:, 0] if self._ndim == 1 else P
+        return self._leave_one_out()
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}indptr": self.indptr_.astype(np.int32), f"{prefix}indices": self.indices_,
