@@ -99,25 +99,9 @@ def _load_texts(path, field=None) -> tuple[list[str], list[str]]:
     """(texts, ids) from a JSON list / JSON Lines file of objects (question field picked automatically
     or ``field``) or of strings. Ids need not be unique here (the paper's MATH file repeats one)."""
     from optscale.errors import InputError
+    from optscale.online.data import read_records
 
-    path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(str(path), None, None, "file not found") from None
-    try:
-        data = json.loads(raw)
-        items = [(None, x) for x in data] if isinstance(data, list) else None
-    except json.JSONDecodeError:
-        items = None
-    if items is None:
-        items = []
-        for no, line in enumerate(raw.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((no, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise InputError(str(path), no, None, f"invalid JSON: {exc.msg}") from None
+    items, _ = read_records(path)
     texts, ids = [], []
     for pos, (line, rec) in enumerate(items):
         where = f"item {pos}: " if line is None else ""

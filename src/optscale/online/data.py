@@ -73,8 +73,10 @@ def normalize_gold(value: Any) -> str:
     return text
 
 
-def _read_records(path: Path) -> tuple[list[tuple[int | None, Any]], str]:
-    """Records of a JSON / JSON Lines file as (line number or None, record), and the format found."""
+def read_records(path: str | Path) -> tuple[list[tuple[int | None, Any]], str]:
+    """Records of a JSON / JSON Lines file as (line number or None, record), and the format found
+    (``"json"`` or ``"jsonl"``); InputError naming the file and the line of a syntax error."""
+    path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -145,7 +147,7 @@ def load_problems(
     if str(path) == DEMO:
         path = demo_path()
     path = Path(path)
-    records, fmt = _read_records(path)
+    records, fmt = read_records(path)
     if limit is not None:
         records = records[:limit]
     file = str(path)
