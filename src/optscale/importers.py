@@ -104,20 +104,26 @@ def _gsm8k_gold(answer: str) -> str:
     return m.group(1).strip() if m else answer.strip()
 
 
-def load_prompts(path: str | os.PathLike) -> list[dict]:
-    """The items of an OptScale prompts file (a JSON list: math500_test, gsm8k_test, aime24/25, amc23),
-    each as ``{"question", "gold", "id", "meta"}``. GSM8K-style answers ("... #### 18") give the number
-    after ``####``."""
-    file = str(path)
+def _read_json_list(file: str, what: str) -> list:
+    """The JSON list in ``file``; InputError naming the file (and the line and column of a syntax error)."""
     try:
         with open(file, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError:
         raise InputError(file, None, None, "no such file") from None
     except json.JSONDecodeError as exc:
-        raise InputError(file, exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+        raise InputError(file, exc.lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(data, list):
-        raise InputError(file, None, None, f"a prompts file is a JSON list, got {type(data).__name__}")
+        raise InputError(file, None, None, f"{what} is a JSON list, got {type(data).__name__}")
+    return data
+
+
+def load_prompts(path: str | os.PathLike) -> list[dict]:
+    """The items of an OptScale prompts file (a JSON list: math500_test, gsm8k_test, aime24/25, amc23),
+    each as ``{"question", "gold", "id", "meta"}``. GSM8K-style answers ("... #### 18") give the number
+    after ``####``."""
+    file = str(path)
+    data = _read_json_list(file, "a prompts file")
     out = []
     for k, item in enumerate(data):
         where = f"[{k}]"
@@ -169,15 +175,7 @@ def import_optscale(
     file = str(path)
     if score_field not in ("scores", "last_scores"):
         raise ParameterError("score_field", f"must be 'scores' or 'last_scores', got {score_field!r}")
-    try:
-        with open(file, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise InputError(file, None, None, "no such file") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(file, exc.lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-    if not isinstance(data, list):
-        raise InputError(file, None, None, f"an OptScale pool is a JSON list, got {type(data).__name__}")
+    data = _read_json_list(file, "an OptScale pool")
     if not data:
         raise InputError(file, None, None, "empty list: no problems")
     prompt_items = load_prompts(prompts) if prompts is not None else None
