@@ -155,6 +155,10 @@ class Generator(ABC):
         Raises :class:`GenerationError` when the backend fails for good, ParameterError on bad arguments.
         """
 
+    async def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Make sure the backend can run (e.g. load a local model) so that a batch run fails before it
+        creates any file; raises GenerationError. Default: nothing (HTTP upstreams are not probed)."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources (HTTP connections, model memory). Idempotent."""
 

@@ -237,6 +237,10 @@ class LlamaCppGenerator(Generator):
         self._cells = 0  # KV cells reserved since the cache was cleared (prompt + max_tokens per row)
 
     # ------------------------------------------------------------------ model lifecycle
+    async def prepare(self) -> None:
+        """Load the model now (in a thread), so a bad model file fails before a run creates its files."""
+        await asyncio.to_thread(self.load)
+
     def load(self) -> None:
         """Load the model and create the decoding context (idempotent, blocking)."""
         with self._lock:
