@@ -50,12 +50,14 @@ class Scripted(Generator):
         self.started: list[int] = []
         self.cancelled: list[int] = []
         self.bodies: list[dict | None] = []
+        self.stops: list = []
 
     async def generate(
         self, prompt, n, *, seed=None, max_tokens, temperature, top_p=1.0, logprobs=False, stop=None,
         extra_body=None,
     ):  # fmt: skip
         self.bodies.append(extra_body)
+        self.stops.append(stop)
         out = []
         for j in range(n):
             i = index_of(seed) + j
@@ -426,6 +428,8 @@ def test_configuration_is_validated():
         (dict(n_max=2, seed=1.5), "seed"),
         (dict(n_max=2, scorer_failure="ignore"), "scorer_failure"),
         (dict(n_max=2, equiv="nope"), "equiv"),
+        (dict(n_max=2, stop="\n"), "stop"),
+        (dict(n_max=2, stop=["", "x"]), "stop"),
     ]:
         with pytest.raises(ParameterError, match=name):
             SamplingConfig(**kw)
@@ -434,3 +438,11 @@ def test_configuration_is_validated():
     loop = AdaptiveLoop(Scripted([1]), None, Waves(1, needs_scores=False), SamplingConfig(n_max=1))
     with pytest.raises(ParameterError, match="extra_body"):
         asyncio.run(loop.solve(PROMPT, "q", extra_body=["x"]))
+
+
+def test_stop_sequences_and_extra_body_reach_every_call():
+    gen = Scripted([1] * 3)
+    cfg = SamplingConfig(n_max=3, stop=["\n\n", "END"])
+    res = solve(gen, None, Waves(2, 1, needs_scores=False), config=cfg, extra_body={"top_k": 5})
+    assert len(res.samples) == 3 and gen.stops == [["\n\n", "END"]] * 3 and gen.bodies == [{"top_k": 5}] * 3
+    assert cfg.stop == ("\n\n", "END")

@@ -79,7 +79,8 @@ class SamplingConfig:
     ``"choice"`` or a callable ``(a, b) -> bool``); ``scorer_failure``: ``"fail"`` (raise) or ``"vote"``
     (continue without scores, majority vote, ``degraded=True``); ``batch_samples``: draw each run of
     consecutive samples of a wave in one generator call (only valid for generators with
-    ``seed_per_sample``; None: decided by the generator's ``seed_per_sample``), else one call per sample.
+    ``seed_per_sample``; None: decided by the generator's ``seed_per_sample``), else one call per sample;
+    ``stop``: stop sequences passed to every generator call (None: none).
     """
 
     n_max: int
@@ -90,6 +91,7 @@ class SamplingConfig:
     equiv: str | Callable[[str, str], bool] = "math"
     scorer_failure: str = "fail"
     batch_samples: bool | None = None
+    stop: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.n_max) or self.n_max < 1:
@@ -115,6 +117,10 @@ class SamplingConfig:
             raise ParameterError(
                 "scorer_failure", f"must be one of {SCORER_FAILURE_MODES}, got {self.scorer_failure!r}"
             )
+        if self.stop is not None:
+            if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
+                raise ParameterError("stop", f"must be a sequence of non-empty strings, got {self.stop!r}")
+            object.__setattr__(self, "stop", tuple(self.stop))
         if self.batch_samples is not None and not isinstance(self.batch_samples, bool):
             raise ParameterError("batch_samples", f"must be True, False or None, got {self.batch_samples!r}")
 
@@ -412,9 +418,9 @@ class _Problem:
                 if timeout is not None and timeout <= 0:
                     reason = "deadline"
                     break
-                done, pending = await asyncio.wait(
-                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
+                # stop_early looks at every completed prefix; otherwise only a failure interrupts the wave
+                when = asyncio.FIRST_COMPLETED if loop._stop_early is not None else asyncio.FIRST_EXCEPTION
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=when)
                 if not done:
                     reason = "deadline"
                     break
@@ -460,6 +466,8 @@ class _Problem:
             top_p=cfg.top_p,
             logprobs=loop.want_logprobs,
         )
+        if cfg.stop:
+            kw["stop"] = list(cfg.stop)
         if self.extra_body:
             kw["extra_body"] = self.extra_body
         comps = await loop.generator.generate(self.prompt, count, **kw)

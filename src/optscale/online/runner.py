@@ -361,6 +361,7 @@ class _BatchEngine:
             "method": self.policy_name,
             "n_max": self.n_max,
             "equiv": s.equiv_name,
+            **({"stop": list(s.stop)} if s.stop else {}),
         }
 
     def _open_files(self):
