@@ -446,3 +446,38 @@ def test_stop_sequences_and_extra_body_reach_every_call():
     res = solve(gen, None, Waves(2, 1, needs_scores=False), config=cfg, extra_body={"top_k": 5})
     assert len(res.samples) == 3 and gen.stops == [["\n\n", "END"]] * 3 and gen.bodies == [{"top_k": 5}] * 3
     assert cfg.stop == ("\n\n", "END")
+
+
+def test_scorer_usage_sums_an_llm_judges_requests():
+    """The judge's upstream requests are summed into scorer_usage, apart from the generator's usage."""
+    from optscale.online.scorers import JudgeScorer
+
+    class JudgeServer(FakeServer):
+        def answer(self, path, body, i):
+            ans = super().answer(path, body, i)
+            tops = [{"token": "Yes", "logprob": math.log(0.75)}, {"token": "No", "logprob": math.log(0.25)}]
+            for ch in ans["choices"]:
+                ch["message"]["content"] = "Yes"
+                ch["logprobs"] = {"content": [{"token": "Yes", "logprob": math.log(0.75), "top_logprobs": tops}]}
+            ans["usage"] = {"prompt_tokens": 11 + i, "completion_tokens": 1, "total_tokens": 12 + i}
+            return ans
+
+    with JudgeServer() as srv:
+
+        async def main():
+            async with http_gen(srv, top_logprobs=5) as judge_gen:
+                judge = JudgeScorer(judge_gen)
+                loop = AdaptiveLoop(Scripted([1, 2, 1]), judge, Waves(2, 1), SamplingConfig(n_max=3))
+                return await loop.solve(PROMPT, "What is 1 + 1?", key=KEY)
+
+        res = asyncio.run(main())
+    assert [s["score"] for s in res.samples] == pytest.approx([0.75] * 3)
+    n = len(srv.requests)
+    assert n == 3
+    assert res.scorer_usage == {
+        "prompt_tokens": sum(11 + i for i in range(n)),
+        "completion_tokens": n,
+        "total_tokens": sum(12 + i for i in range(n)),
+        "requests": n,
+    }
+    assert res.usage == summed([{"prompt_tokens": 7, "completion_tokens": 10 + i} for i in range(3)])

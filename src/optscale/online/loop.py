@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optscale.errors import OptScaleError, ParameterError
+from optscale.online.generators import usage_sink
 
 __all__ = ["AdaptiveLoop", "LoopResult", "SamplingConfig", "sample_seed", "first_error"]
 
@@ -146,7 +147,9 @@ class LoopResult:
     otherwise); ``waves``: samples kept per wave; ``stop_reason``: ``"policy"`` | ``"n_max"`` | ``"target"``
     | ``"deadline"`` | ``"error"``; ``info``: the policy's diagnostics for the final observation (fitted
     mu/sigma, n_star, ...) or None; ``usage``: exact sum of the upstream-reported usage of every generator
-    call made for this problem (calls whose samples were discarded included); ``partial``: a failure after
+    call made for this problem (calls whose samples were discarded included); ``scorer_usage``: the same
+    for the upstream requests the scorer made (an LLM judge), with their count in ``"requests"``; None when
+    the scorer made none (local scorers); ``partial``: a failure after
     >= 1 sample, ``error`` says why; ``degraded``: the scorer failed and the answer was chosen by vote;
     ``controller_s``: time in policy decisions.
 
@@ -336,6 +339,7 @@ class _Problem:
         self.comps: list = []
         self.ids: list[int] = []
         self.usage = _zero_usage()
+        self.scorer_usage: dict = {}
         self.error: BaseException | None = None  # a failed call (generator, or scorer with "fail")
         self.degraded_error: BaseException | None = None  # a scorer failure under scorer_failure="vote"
 
@@ -480,6 +484,7 @@ class _Problem:
         self.res.new_tokens += sum(int(c.tokens) for c in comps)
         scores: list[float | None] = [None] * count
         if loop.scorer is not None and self.degraded_error is None:
+            token = usage_sink.set(self.scorer_usage)  # an LLM judge's requests add their usage here
             try:
                 got = await loop.score(self.question, comps)
                 scores = [checked_score(x, start + j, loop.scorer) for j, x in enumerate(got)]
@@ -489,6 +494,8 @@ class _Problem:
                 if self.degraded_error is None:
                     self.degraded_error = e
                 scores = [None] * count
+            finally:
+                usage_sink.reset(token)
         out = {}
         for j, (c, score) in enumerate(zip(comps, scores, strict=True)):
             rec = {
@@ -525,6 +532,8 @@ class _Problem:
         res.ranking = loop._ranking(o, sel, degraded=degraded)
         res.info = policy_info(loop.policy, o, loop.config.n_max) if self.samples and not degraded else None
         res.usage = self.usage
+        if self.scorer_usage:
+            res.scorer_usage = {k: self.scorer_usage.get(k, 0) for k in (*_zero_usage(), "requests")}
         res.partial = self.error is not None
         res.degraded = degraded
         errs = [e for e in (self.error, self.degraded_error) if e is not None]

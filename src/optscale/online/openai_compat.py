@@ -42,6 +42,7 @@ from optscale.online.generators import (
     Prompt,
     as_messages,
     check_generate_args,
+    record_usage,
 )
 from optscale.online.http import (  # noqa: F401 - Backoff, parse_retry_after, RETRY_STATUSES re-exported
     RETRY_STATUSES,
@@ -387,7 +388,9 @@ class OpenAICompatGenerator(Generator):
         self, prompt: Prompt, n: int, seed: int | None, kw: dict[str, Any]
     ) -> list[Completion]:
         data = await self._post(self._body(prompt, n, seed, **kw))
-        return self._parse(data, kw["logprobs"])
+        out = self._parse(data, kw["logprobs"])
+        record_usage(out[0].usage)
+        return out
 
     async def generate(
         self,
