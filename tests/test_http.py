@@ -61,7 +61,9 @@ def scorer(answers, backoff, **kw):
 
 @pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 503])
 def test_generator_and_scorer_retry_the_same_statuses_and_honour_retry_after(status):
-    script = lambda ok: [(status, {"error": "busy"}, {"Retry-After": "7"}), (status, {}, None), (200, ok, None)]  # noqa: E731
+    def script(ok):
+        return [(status, {"error": "busy"}, {"Retry-After": "7"}), (status, {}, None), (200, ok, None)]
+
     gb, sb = Recording(), Recording()
     g, gseen = generator(script(CHAT_OK), gb, max_retries=3)
     s, sseen = scorer(script(POOL_OK), sb, max_retries=3)
@@ -124,6 +126,8 @@ def test_retry_after_forms():
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert parse_retry_after(date, now=now) == pytest.approx(30.0)
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
-    assert parse_retry_after("5") == 5.0 and parse_retry_after(" 2.5 ") == 2.5 and parse_retry_after("-3") == 0.0
+    assert (
+        parse_retry_after("5") == 5.0 and parse_retry_after(" 2.5 ") == 2.5 and parse_retry_after("-3") == 0.0
+    )
     for bad in (None, "", "soon", "nan", "inf", "Wed, 99 Foo 2015"):
         assert parse_retry_after(bad) is None

@@ -250,7 +250,9 @@ def test_cancelling_solve_closes_every_in_flight_request():
                         break
                     await asyncio.sleep(0.025)
                 # all 4 concurrency slots are free again: 4 fresh requests run at once
-                fresh = await asyncio.wait_for(g.generate("fresh", 4, seed=1, max_tokens=4, temperature=0), 10)
+                fresh = await asyncio.wait_for(
+                    g.generate("fresh", 4, seed=1, max_tokens=4, temperature=0), 10
+                )
                 return fresh
 
         fresh = asyncio.run(main())
@@ -298,7 +300,9 @@ def test_allow_partial_returns_the_best_so_far():
     # a gap: sample 0 never finished, samples 1 and 3 did; index is the draw index
     gen = Scripted([2, 3, 2, 2], [0.4, 0.9, 0.5, 0.5], fail={2}, hold={0}, delay={2: 0.05})
     res = solve(gen, TextScorer(), Waves(4), allow_partial=True)
-    assert [s["index"] for s in res.samples] == [1, 3] and res.selected == 0 and res.samples[0]["answer"] == "3"
+    assert (
+        [s["index"] for s in res.samples] == [1, 3] and res.selected == 0 and res.samples[0]["answer"] == "3"
+    )
     # a failure before any sample: nothing to return, the error is raised
     with pytest.raises(GenerationError):
         solve(Scripted([2] * 4, fail={0, 1, 2, 3}), TextScorer(), Waves(4), allow_partial=True)
@@ -458,7 +462,9 @@ def test_scorer_usage_sums_an_llm_judges_requests():
             tops = [{"token": "Yes", "logprob": math.log(0.75)}, {"token": "No", "logprob": math.log(0.25)}]
             for ch in ans["choices"]:
                 ch["message"]["content"] = "Yes"
-                ch["logprobs"] = {"content": [{"token": "Yes", "logprob": math.log(0.75), "top_logprobs": tops}]}
+                ch["logprobs"] = {
+                    "content": [{"token": "Yes", "logprob": math.log(0.75), "top_logprobs": tops}]
+                }
             ans["usage"] = {"prompt_tokens": 11 + i, "completion_tokens": 1, "total_tokens": 12 + i}
             return ans
 

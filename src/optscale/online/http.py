@@ -63,7 +63,9 @@ class Backoff:
                 f"needs base >= 0, factor >= 1, max >= 0, 0 <= jitter <= 1, max_retry_after >= 0: {self}",
             )
 
-    def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+    def delay(
+        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float:
         """Seconds to wait before retry ``attempt`` (0-based)."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
