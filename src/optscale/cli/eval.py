@@ -156,6 +156,8 @@ def run(args) -> int:
             difficulty = np.asarray(vals, dtype=float)
             break
 
+    del pool  # the arrays, priors and difficulty hold all the evaluation needs (frees the sample objects)
+
     if args.methods:
         methods = _split_methods(args.methods)
     else:
