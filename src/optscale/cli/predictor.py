@@ -99,7 +99,7 @@ def _load_texts(path, field=None) -> tuple[list[str], list[str]]:
     """(texts, ids) from a JSON list / JSON Lines file of objects (question field picked automatically
     or ``field``) or of strings. Ids need not be unique here (the paper's MATH file repeats one)."""
     from optscale.errors import InputError
-    from optscale.online.data import read_records
+    from optscale.problems import read_records
 
     items, _ = read_records(path)
     texts, ids = [], []
