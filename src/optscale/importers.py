@@ -24,12 +24,11 @@ import math
 import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from optscale import jsonio
 from optscale.answers import extract_answer, grade
 from optscale.errors import InputError, ParameterError
-from optscale import jsonio
 from optscale.pool import PROBLEM_FIELDS, Pool, Problem, Sample, iter_jsonl, load_pool
 
 __all__ = [

@@ -350,12 +350,18 @@ class NStar:
     exact: np.ndarray
 
 
+#: the largest sampling budget N_max accepted (2^53: integers up to it are exact in float64)
+MAX_N_MAX = 2**53
+
+
 def _check_alpha_nmax(alpha, n_max) -> tuple[np.ndarray, np.ndarray]:
     alpha = _array("alpha", alpha, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     n_max = np.asarray(n_max)
     if not np.issubdtype(n_max.dtype, np.number) or np.any(~np.isfinite(n_max)) or np.any(n_max < 1) \
             or np.any(n_max != np.floor(n_max)):
         raise ParameterError("n_max", "must be an integer >= 1")
+    if np.any(n_max > MAX_N_MAX):  # beyond 2^53 the float arithmetic of N* is not exact (and int64 overflows)
+        raise ParameterError("n_max", f"must be at most 2^53 = {MAX_N_MAX}, got {n_max.max()}")
     return alpha, n_max.astype(np.int64)
 
 
@@ -777,7 +783,7 @@ def _n_star_scalar(mu, sigma, target, alpha, n_max) -> NStar | None:
     mu, sigma, target, alpha = (float(v) for v in args)
     n_max = int(n_max)
     if not (abs(mu) < np.inf and 0.0 < sigma < np.inf and 0.0 <= target <= 1.0 and 0.0 < alpha < 1.0
-            and 1 <= n_max < 2**62):
+            and 1 <= n_max <= MAX_N_MAX):
         return None
     from optscale import _theory_scalar as S
 
