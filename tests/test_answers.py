@@ -150,10 +150,12 @@ def test_math_equiv_rejects_bad_timeout():
         math_equiv("1", "2", timeout=0)
 
 
+# No wall-clock bounds below (a loaded machine would make them flaky): each slow call returns a value of
+# its own when it is NOT interrupted, so getting ``_UNSET`` back proves the limit cut it short.
 def test_call_with_limit_main_thread_interrupts():
-    t = time.monotonic()
-    assert A._call_with_limit(lambda: time.sleep(5), 0.2) is A._UNSET
-    assert time.monotonic() - t < 2
+    assert threading.current_thread() is threading.main_thread()
+    assert A._call_with_limit(lambda: time.sleep(5) or "finished", 0.2) is A._UNSET
+    assert A._call_with_limit(lambda: "fast", 5.0) == "fast"
 
 
 def test_call_with_limit_survives_except_exception():
@@ -168,18 +170,14 @@ def test_call_with_limit_survives_except_exception():
                 pass
         return "finished"
 
-    t = time.monotonic()
     assert A._call_with_limit(stubborn, 0.2) is A._UNSET
-    assert time.monotonic() - t < 2
 
 
 def test_call_with_limit_worker_thread():
     out = {}
 
     def run():
-        t = time.monotonic()
-        out["slow"] = A._call_with_limit(lambda: time.sleep(3), 0.2)
-        out["elapsed"] = time.monotonic() - t
+        out["slow"] = A._call_with_limit(lambda: time.sleep(3) or "finished", 0.2)
         out["fast"] = A._call_with_limit(lambda: 42, 1.0)
         try:
             A._call_with_limit(lambda: 1 / 0, 1.0)
@@ -188,8 +186,8 @@ def test_call_with_limit_worker_thread():
 
     th = threading.Thread(target=run)
     th.start()
-    th.join(10)
-    assert out["slow"] is A._UNSET and out["elapsed"] < 2
+    th.join(60)
+    assert out["slow"] is A._UNSET
     assert out["fast"] == 42 and out["raised"]
 
 
@@ -217,10 +215,9 @@ def test_math_equiv_timeout_returns_false(monkeypatch):
 
     monkeypatch.setattr(math_verify, "verify", slow_verify)
     A._VERIFY_CACHE.clear()
-    t = time.monotonic()
-    # fingerprints are not comparable (tuple vs set), so verify is reached
+    # fingerprints are not comparable (tuple vs set), so verify is reached; slow_verify would say True
     assert math_equiv(r"(1, 2)", r"\{7, 9\}", timeout=0.3) is False
-    assert time.monotonic() - t < 3
+    assert list(A._VERIFY_CACHE.values()) == [(None, 0.3)]   # remembered as a time-out, with its limit
     A._VERIFY_CACHE.clear()
 
 
