@@ -92,7 +92,7 @@ def asc_confidence(v1: Any, v2: Any) -> np.ndarray:
     return betainc(v2 + 1.0, v1 + 1.0, 0.5)
 
 
-def _check_threshold(value: Any) -> float:
+def check_threshold(value: Any) -> float:
     try:
         t = float(value)
     except (TypeError, ValueError):
@@ -199,7 +199,7 @@ class ASC(Policy):
     display = "ASC"
 
     def __init__(self, threshold: float = 0.95):
-        self.threshold = _check_threshold(threshold)
+        self.threshold = check_threshold(threshold)
 
     def params(self) -> dict[str, Any]:
         return {"threshold": self.threshold}

@@ -218,11 +218,11 @@ class Knn:
     def __init__(self, dim: int = 128, k: int = 50, temp: float = 0.05):
         self.dim, self.k, self.temp = int(dim), int(k), float(temp)
 
-    def _reduce(self, X) -> np.ndarray:
+    def reduce(self, X) -> np.ndarray:
         Z = (np.asarray(X, np.float64) - self.center_) @ self.proj_
         return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
 
-    def _train_vectors(self) -> np.ndarray:
+    def train_vectors(self) -> np.ndarray:
         R = self.q_.astype(np.float64) * self.qscale_[:, None]
         return R / np.maximum(np.linalg.norm(R, axis=1, keepdims=True), 1e-12)
 
@@ -242,7 +242,7 @@ class Knn:
         self.center_ = X.mean(0)
         _, _, Vt = np.linalg.svd(X - self.center_, full_matrices=False)
         self.proj_ = Vt[: min(self.dim, Vt.shape[0])].T.astype(np.float32).astype(np.float64)
-        R = self._reduce(X)
+        R = self.reduce(X)
         self.qscale_ = np.maximum(np.abs(R).max(1), 1e-12) / 127.0
         self.q_ = np.round(R / self.qscale_[:, None]).astype(np.int8)
         return self._leave_one_out()
@@ -253,7 +253,7 @@ class Knn:
 
     def _leave_one_out(self):
         """``oof_``: each training problem predicted from the others (its own similarity set to -inf)."""
-        T = self._train_vectors()
+        T = self.train_vectors()
         out = []
         for s in range(0, T.shape[0], 2048):
             S = self._sims(T, T, s)
@@ -265,8 +265,8 @@ class Knn:
         return self
 
     def predict(self, X) -> np.ndarray:
-        T = self._train_vectors()
-        R = self._reduce(X)
+        T = self.train_vectors()
+        R = self.reduce(X)
         P = np.concatenate([self._predict_sim(self._sims(R, T, s)) for s in range(0, R.shape[0], 2048)], 0) \
             if R.shape[0] else np.zeros((0, self.y_.shape[1]))
         return P[:, 0] if self._ndim == 1 else P
@@ -298,7 +298,7 @@ class SparseKnn(Knn):
     def __init__(self, k: int = 50, temp: float = 0.05):
         super().__init__(dim=0, k=k, temp=temp)
 
-    def _reduce(self, X):
+    def reduce(self, X):
         import scipy.sparse as sp
 
         X = sp.csr_matrix(X, dtype=np.float64)
@@ -306,7 +306,7 @@ class SparseKnn(Knn):
         norm[norm == 0] = 1.0
         return sp.diags(1.0 / norm) @ X
 
-    def _train_vectors(self):
+    def train_vectors(self):
         import scipy.sparse as sp
 
         return sp.csr_matrix((self.data_.astype(np.float64), self.indices_.astype(np.int64), self.indptr_),
@@ -319,7 +319,7 @@ class SparseKnn(Knn):
         Y = np.asarray(Y, np.float64)
         self._ndim = Y.ndim
         self.y_ = (Y[:, None] if Y.ndim == 1 else Y).astype(np.float32).astype(np.float64)
-        R = self._reduce(X).tocsr()
+        R = self.reduce(X).tocsr()
         R.sort_indices()
         self.ncols_ = R.shape[1]
         self.indptr_ = R.indptr.astype(np.int64)
