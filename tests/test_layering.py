@@ -235,3 +235,23 @@ def test_checker_flags_an_upward_import_and_a_private_name(fake_src):
     assert priv == {("optscale.evaluate", "optscale.policies._vec"),
                     ("optscale.evaluate", "optscale.policies._vec._helper"),
                     ("optscale.online.prm", "optscale.online.scorers._check")}
+
+
+#: library modules that still print; each to be turned into warnings/logging by its owner (then removed here)
+KNOWN_PRINTS = {
+    "optscale.online.runner": "helper `core` (torn-line warning; runner.py is being split into loop.py)",
+    "optscale.online.checkpoint": "helper `core` (_warn)",
+}
+
+
+def test_library_code_warns_instead_of_printing():
+    """Library code reports through `warnings` / `logging` (or a tqdm bar); only the CLI prints."""
+    printing = set()
+    for mod, path in _modules().items():
+        if mod == "optscale.cli" or mod.startswith("optscale.cli."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                printing.add(mod)
+    assert not printing - set(KNOWN_PRINTS), f"library modules that print: {sorted(printing - set(KNOWN_PRINTS))}"
+    assert not set(KNOWN_PRINTS) - printing, f"no longer print, remove from KNOWN_PRINTS: {set(KNOWN_PRINTS) - printing}"
