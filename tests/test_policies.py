@@ -34,6 +34,7 @@ from optscale.policies import (
     replay_loop,
 )
 from optscale.policies._vec import best_score, prefix_top2, vote_winner
+from optscale.policies.consistency import top2_votes
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -270,6 +271,26 @@ def test_esc_step_waves():
 
 
 # ----------------------------------------------------------------------------------------- ASC
+@settings(max_examples=200, deadline=None)
+@given(answers=st.lists(st.integers(-1, 4), max_size=70), threshold=st.floats(0.51, 0.999))
+def test_asc_step_decision_is_the_beta_criterion(answers, threshold):
+    """The online decision (vote count + cached bound) equals the definition, computed here with
+    np.unique counts and the Beta confidence, on any observation."""
+    a = np.array(answers, dtype=np.int64)
+    _, counts = np.unique(a[a >= 0], return_counts=True)
+    counts = np.sort(counts)[::-1]
+    v1 = int(counts[0]) if counts.size else 0
+    v2 = int(counts[1]) if counts.size > 1 else 0
+    assert top2_votes(a) == (v1, v2)
+    stop = a.size > 0 and float(asc_confidence(v1, v2)) >= threshold
+    obs = Observation(a, np.full(a.size, np.nan), np.ones(a.size))
+    pol = ASC(threshold)
+    assert pol.next_wave(obs, 64) == (0 if stop or a.size >= 64 else 1)
+    for u in range(6):   # the cached bound is the smallest stopping v1 for that runner-up count
+        m = pol.min_leader_votes(u)
+        assert asc_confidence(m, u) >= threshold and (m <= max(u, 1) or asc_confidence(m - 1, u) < threshold)
+
+
 def test_asc_confidence_closed_form():
     # 1 - I_{1/2}(v1+1, v2+1) = P(Bin(v1+v2+1, 1/2) <= v1)
     for v1, v2 in [(0, 0), (1, 0), (3, 0), (4, 0), (4, 1), (6, 1), (5, 5), (20, 11)]:
