@@ -292,6 +292,37 @@ def test_cluster_ids_first_appearance_order(answers):
                 assert (i == j) == exact_equiv(a, b)
 
 
+MIXED = ["1/2", r"\frac{1}{2}", "0.5", "0.5000001", "0.50000000001", "3", "3.0", "-3", "1e6", "1000000",
+         "1000000.5", "(1, 2)", "(2, 1)", r"\left(1,2\right)", r"\{1, 2\}", r"\{2, 1\}", "[0, 1)", "x + 1",
+         "1 + x", "2x", "x^2", r"\sqrt{2}", "1.41421356", r"\pi", "3.14159265", r"10\%", "yes", "(1, 2, 3)",
+         r"\sum_{k=1}^{n} k", "0", "-0", r"\infty", "unparsable ((", "2", "2.000000001", r"\frac{14}{2}", "7",
+         r"-\frac{3}{4}", "-0.75", "-3/4", r"\frac{3}{0}", "3/0", r"\dfrac{3}{4}", "007", "0.3333333", "1/3"]
+
+
+def _all_pairs(a, b):
+    """math_equiv as a plain callable: cluster_answers then compares a newcomer with every class in turn."""
+    return math_equiv(a, b, timeout=10.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.sampled_from(MIXED)), max_size=25))
+def test_cluster_math_index_gives_the_all_pairs_classes(answers):
+    """The fingerprint index prunes comparisons, never changes the classes."""
+    assert cluster_answers(answers, "math", timeout=10.0).tolist() == cluster_answers(answers, _all_pairs).tolist()
+
+
+def test_cluster_math_many_distinct_numbers_compares_few_pairs(monkeypatch):
+    """Distinct numbers (plus a few equal spellings) need about one comparison per new answer,
+    not one per (answer, class) pair, and keep the all-pairs classes."""
+    answers = [str(i) for i in range(300)] + ["7.0", r"\frac{14}{2}", "299.0", "299.0000001", "-7"]
+    calls = []
+    real = A._math_compare
+    monkeypatch.setattr(A, "_math_compare", lambda a, b, t=5.0: calls.append((a, b)) or real(a, b, t))
+    ids = cluster_answers(answers, "math")
+    assert ids.tolist() == list(range(300)) + [7, 7, 299, 300, 301]
+    assert len(calls) < 20, len(calls)   # the all-pairs loop makes 300 * 299 / 2 + ... = 45,000+
+
+
 def test_grade():
     assert grade("43", "43.0") is True
     assert grade("(b)", "b") is True
