@@ -21,11 +21,7 @@ DESIGN = REPO / "docs" / "DESIGN.md"
 
 #: Violations that exist on purpose for now, each with who removes it. The test fails when one of them
 #: disappears (so the entry is deleted with the fix) as well as for any violation not listed here.
-KNOWN = {
-    # runner.py checks isinstance(generator, LlamaCppGenerator) (an engine reaching into an edge); helper
-    # `core` is moving the loop into online/loop.py, which imports only the Generator/Scorer interfaces.
-    ("optscale.online.runner", "optscale.online.local"): "engine imports an edge",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path, src: Path = SRC) -> str:
@@ -238,10 +234,7 @@ def test_checker_flags_an_upward_import_and_a_private_name(fake_src):
 
 
 #: library modules that still print; each to be turned into warnings/logging by its owner (then removed here)
-KNOWN_PRINTS = {
-    "optscale.online.runner": "helper `core` (torn-line warning; runner.py is being split into loop.py)",
-    "optscale.online.checkpoint": "helper `core` (_warn)",
-}
+KNOWN_PRINTS: dict[str, str] = {}
 
 
 def test_library_code_warns_instead_of_printing():
