@@ -13,7 +13,7 @@ import importlib
 import sys
 
 #: sub-command modules, in the order shown by ``optscale --help``
-COMMANDS = ("run", "generate", "eval", "nstar", "pool", "predictor")
+COMMANDS = ("run", "generate", "eval", "nstar", "pool", "predictor", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
