@@ -28,6 +28,8 @@ import time
 import uuid
 from typing import Any
 
+from fastapi import Request  # module level: route signatures are resolved from these globals
+
 from optscale.server.config import ServerConfig
 from optscale.server.errors import APIError, bad_request, error_body, from_exception
 from optscale.server.protocol import RequestPlan, alias_names, parse_request
@@ -112,6 +114,15 @@ class _TimedScorer:
             self._hist.observe(time.perf_counter() - t0)
 
 
+class _NoGenerator:
+    """Placeholder generator for warming up a policy (never called)."""
+
+    seed_per_sample = False
+
+    async def generate(self, *a: Any, **k: Any) -> list:  # pragma: no cover - never called
+        raise RuntimeError("warm-up only")
+
+
 class ServerState:
     """Generators (one per upstream model and endpoint), the scorer, metrics and admission of one app."""
 
@@ -143,6 +154,24 @@ class ServerState:
         self.scorer = _TimedScorer(scorer, self.metrics.scorer_seconds) if scorer is not None else None
         if self.config.embedded:
             self.generator(self.config.served_model, "chat").load()
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Pay one-time costs (lazy imports of the answer parser, scipy, the policy's estimators) at
+        start-up instead of in the first request."""
+        from optscale.answers import extract_answer, get_equivalence
+        from optscale.online.loop import AdaptiveLoop, SamplingConfig
+        from optscale.policies import make_policy
+
+        eq = get_equivalence(self.config.equiv)
+        eq(extract_answer("so \\boxed{\\frac{1}{2}}") or "", extract_answer("the answer is 0.5") or "")
+        for spec in {self.config.default_method(), "optscale0", "bon"}:
+            policy = make_policy(spec)
+            if getattr(policy, "needs_scores", False) and self.scorer is None:
+                continue
+            with contextlib.suppress(Exception):
+                AdaptiveLoop(_NoGenerator(), self.scorer, policy,
+                             SamplingConfig(n_max=self.config.default_n_max())).warm_up()
 
     async def aclose(self) -> None:
         for gen in list(self._generators.values()):
@@ -154,6 +183,14 @@ class ServerState:
                 await self.scorer.aclose()
 
     # ---------------------------------------------------------------- pieces
+    @property
+    def batch_samples(self) -> bool | None:
+        """Ask the upstream for a whole wave with ``n`` (it may fan out itself when the upstream ignores
+        ``n``); the loop's default otherwise."""
+        if self._generator_factory is None and not self.config.embedded and self.config.n_mode != "separate":
+            return True
+        return None
+
     @property
     def needs_logprobs(self) -> bool:
         return bool(self.scorer is not None and getattr(self.scorer, "needs_logprobs", False))
@@ -274,7 +311,7 @@ def _optscale_info(plan: RequestPlan, result: Any, request_id: str) -> dict[str,
         "waves": list(result.waves or []),
         "stop_reason": result.stop_reason,
         "chosen": result.selected,
-        "ranking": list(result.ranking or [])[: max(plan.n, 1)],
+        "ranking": list(result.ranking or []),
         "scores": [s.get("score") for s in samples],
         "seed": plan.seed,
         "mu": info.get("mu"),
@@ -367,7 +404,7 @@ def create_app(config: ServerConfig | None = None, *, scorer: Any = None, genera
         scorer: a ready :class:`~optscale.online.scorers.Scorer` instead of ``config.scorer`` (library use).
         generator_factory: ``(model, endpoint) -> Generator`` instead of the configured upstream (library use).
     """
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     class _Stream(StreamingResponse):
@@ -565,6 +602,7 @@ def create_app(config: ServerConfig | None = None, *, scorer: Any = None, genera
         cfg = SamplingConfig(
             n_max=plan.n_max, max_tokens=plan.max_tokens, temperature=plan.temperature, top_p=plan.top_p,
             seed=plan.seed, equiv=config.equiv, scorer_failure=config.scorer_failure,
+            batch_samples=state.batch_samples,
         )  # fmt: skip
         gen = state.generator(plan.model, plan.endpoint)
         loop = AdaptiveLoop(gen, state.scorer, plan.policy, cfg)
