@@ -64,7 +64,11 @@ class Completion:
     ``tokens`` counts the completion tokens of this sample. ``logprobs`` holds the log-probability of
     each generated token (None when not requested or not returned); ``top_logprobs`` the top
     alternatives at each position (token text -> logprob). ``prompt_tokens`` is the prompt length of
-    the request that produced it (None if the server did not report usage).
+    the request that produced it (None if the server did not report usage). ``usage`` is the
+    upstream-reported usage of that request (``{"prompt_tokens", "completion_tokens", "total_tokens"}``),
+    set on the FIRST completion of each request only (None on the others), so summing ``usage`` over the
+    completions of any set of calls counts every request exactly once. ``raw`` is the upstream's choice
+    object unchanged (e.g. an OpenAI ``message`` with ``tool_calls``), None for local backends.
     """
 
     text: str
@@ -73,6 +77,8 @@ class Completion:
     top_logprobs: list[dict[str, float]] | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
+    usage: dict[str, int] | None = None
+    raw: dict[str, Any] | None = None
 
 
 @dataclass
