@@ -266,24 +266,25 @@ class ServerState:
 # helpers
 # ------------------------------------------------------------------------------------------------------
 def _finite(x: Any) -> Any:
+    """``x`` with non-finite floats as None and numpy scalars as Python numbers (JSON-safe)."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
+    if isinstance(x, str | int | bool) or x is None:
+        return x
     if isinstance(x, dict):
         return {k: _finite(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_finite(v) for v in x]
-    try:
-        import numpy as np
-
-        if isinstance(x, np.generic):
-            return _finite(x.item())
-    except ImportError:  # pragma: no cover
-        pass
-    return x
+    item = getattr(x, "item", None)  # numpy scalars
+    return _finite(item()) if callable(item) and getattr(x, "ndim", None) == 0 else x
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, default=str)
+    """Compact JSON; the (rare) non-finite values become null."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError):
+        return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, default=str)
 
 
 async def _wait_disconnect(receive: Any) -> None:
@@ -329,7 +330,7 @@ def _optscale_info(plan: RequestPlan, result: Any, request_id: str) -> dict[str,
             {k: s.get(k) for k in ("index", "answer", "class", "score", "tokens", "finish_reason", "seed", "text")}
             for s in samples
         ]
-    return _finite(out)
+    return out
 
 
 def _headers(meta: dict[str, Any]) -> dict[str, str]:

@@ -25,6 +25,7 @@ unchanged.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import secrets
@@ -323,6 +324,13 @@ def parse_request(
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=64)
+def _policy_keys(name: str) -> tuple[str, ...]:
+    from optscale.policies.registry import POLICIES
+
+    return tuple(p for p in inspect.signature(_factory_class(POLICIES[name])).parameters if p != "self")
+
+
 def _make_policy(method: str, mparam: str, overrides: dict[str, Any], given: dict) -> Any:
     from optscale.policies import make_policy
     from optscale.policies.registry import POLICIES, parse_spec
@@ -338,7 +346,7 @@ def _make_policy(method: str, mparam: str, overrides: dict[str, Any], given: dic
     if getattr(cls, "batch_only", False):
         raise bad_request(f"method {name!r} is a batch policy (it ranks a whole problem set); it cannot serve "
                           "single requests", mparam)
-    valid = [p for p in inspect.signature(cls).parameters if p != "self"]
+    valid = _policy_keys(name)
     for key in overrides:
         if key not in valid:
             raise bad_request(f"method {name!r} has no parameter {key!r} (its parameters: "
