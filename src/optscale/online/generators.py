@@ -142,12 +142,16 @@ class Generator(ABC):
         top_p: float = 1.0,
         logprobs: bool = False,
         stop: list[str] | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> list[Completion]:
         """Return exactly ``n`` completions of ``prompt``.
 
         ``seed`` makes sampling reproducible where the backend supports it (sample ``i`` of a call uses a
         seed derived from ``seed + i`` when samples are drawn separately). ``logprobs=True`` fills
         :attr:`Completion.logprobs` (per generated token) and :attr:`Completion.top_logprobs`.
+        ``extra_body``: extra request fields forwarded unchanged to an HTTP upstream (backends without a
+        request body reject them with ParameterError). The first completion of each upstream request
+        carries that request's usage in :attr:`Completion.usage`.
         Raises :class:`GenerationError` when the backend fails for good, ParameterError on bad arguments.
         """
 

@@ -363,8 +363,14 @@ class LlamaCppGenerator(Generator):
         top_p: float = 1.0,
         logprobs: bool = False,
         stop: list[str] | None = None,
+        extra_body: dict | None = None,
     ) -> list[Completion]:
         check_generate_args(n, max_tokens, temperature, top_p)
+        if extra_body:
+            raise ParameterError(
+                "extra_body",
+                f"the embedded llama.cpp model takes no extra request fields, got {sorted(extra_body)}",
+            )
         if not isinstance(prompt, str):
             as_messages(prompt)
         if seed is None:
@@ -581,6 +587,12 @@ class LlamaCppGenerator(Generator):
             )
         if not job.todo and job.live_units == 0 and job not in self._waiting:
             out = [job.results[i] for i in range(len(job.seeds))]
+            done = sum(c.tokens for c in out)
+            out[0].usage = {
+                "prompt_tokens": len(job.tokens or []),
+                "completion_tokens": done,
+                "total_tokens": len(job.tokens or []) + done,
+            }
             self.usage.add(samples=len(out), completion_tokens=sum(c.tokens for c in out))
             _settle(job.future, out)
 

@@ -6,9 +6,10 @@ is made, not at import time.
 
 Behaviour:
 
-* ``n`` samples per request. Some servers (llama.cpp's) ignore ``n`` and return one choice; in
-  ``n_mode="auto"`` the missing samples are then requested separately (with seeds ``seed + i``) and
-  later calls go straight to separate requests. ``"native"`` trusts ``n`` (fewer choices is an error);
+* ``n`` samples per request. Some servers ignore ``n`` and return one choice (llama-cpp-python), others
+  refuse ``n != 1`` with HTTP 400 (llama.cpp's ``llama-server``); in ``n_mode="auto"`` the missing
+  samples are then requested separately (with seeds ``seed + i``) and this generator instance remembers
+  it: later calls go straight to separate requests (one instance per upstream). ``"native"`` trusts ``n`` (fewer choices is an error);
   ``"separate"`` always sends ``n`` requests with ``n=1``.
 * Per-token logprobs: chat sends ``logprobs=true, top_logprobs=k`` (llama.cpp needs ``k >= 1`` to return
   any); completions sends ``logprobs=k``.
@@ -18,12 +19,18 @@ Behaviour:
   and timeouts are retried up to ``max_retries`` times with exponential backoff and jitter
   (``Retry-After`` is honoured, capped at ``Backoff.max_retry_after``); then :class:`GenerationError`
   names the URL, the last status and the number of attempts. Other 4xx answers fail at once.
+* Per call: ``extra_body`` fields are merged into the request unchanged (after the instance's own
+  ``extra_body``); each :class:`Completion` keeps the upstream choice object in ``raw``; the first
+  completion of each request carries that request's usage in ``usage``. A reply that breaks the OpenAI
+  schema (a non-object message, a logprob that is not a number, a negative token count, ...) is one
+  :class:`GenerationError` naming the field.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import math
 import random
 import time
@@ -44,6 +51,11 @@ __all__ = ["Backoff", "OpenAICompatGenerator"]
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 """Retried besides every 5xx status."""
+
+N_REFUSED = frozenset({400, 422})
+"""Statuses with which a server refuses ``n > 1`` (llama.cpp's server: 400 "only n = 1 is supported")."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -285,6 +297,7 @@ class OpenAICompatGenerator(Generator):
         top_p: float,
         logprobs: bool,
         stop: list[str] | None,
+        extra_body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
@@ -307,33 +320,84 @@ class OpenAICompatGenerator(Generator):
         if stop:
             body["stop"] = list(stop)
         body.update(self.extra_body)
+        if extra_body:
+            body.update(extra_body)
         return body
 
     def _parse(self, data: dict[str, Any], want_logprobs: bool) -> list[Completion]:
-        if not data["choices"] or not all(isinstance(c, dict) for c in data["choices"]):
-            raise GenerationError(
-                f"POST {self.url}: answer has no usable choices: {str(data)[:200]}",
-                url=self.url,
+        """Completions of one answer, in ``index`` order. A reply that does not follow the OpenAI schema is
+        one :class:`GenerationError` naming the field (never a traceback); ``content`` given as a list of
+        parts (valid OpenAI) is accepted: its text parts are joined."""
+        url = self.url
+
+        def bad(where: str, what: str, value: Any) -> GenerationError:
+            self.usage.add(failures=1)
+            return GenerationError(
+                f"POST {url}: malformed answer: {where} {what}, got {_short(value)}",
+                url=url,
                 status=200,
                 attempts=1,
             )
-        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-        usage = data.get("usage") or {}
+
+        choices = data["choices"]
+        if not choices:
+            raise bad("'choices'", "has no usable choices (empty list)", choices)
+        order: list[tuple[int, dict]] = []
+        for k, ch in enumerate(choices):
+            if not isinstance(ch, dict):
+                raise bad(f"choices[{k}]", "must be an object", ch)
+            idx = ch.get("index", k)
+            if not _is_count(idx):
+                raise bad(f"choices[{k}].index", "must be an integer >= 0", idx)
+            order.append((idx, ch))
+        if len({i for i, _ in order}) != len(order):
+            raise bad("'choices'", "repeat an index", [i for i, _ in order])
+        order.sort(key=lambda t: t[0])
+        usage = data.get("usage")
+        if usage is None:
+            usage = {}
+        if not isinstance(usage, dict):
+            raise bad("'usage'", "must be an object", usage)
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            if usage.get(key) is not None and not _is_count(usage[key]):
+                raise bad(f"usage.{key}", "must be an integer >= 0", usage[key])
         prompt_tokens = usage.get("prompt_tokens")
         total_completion = usage.get("completion_tokens")
         out: list[Completion] = []
-        for ch in choices:
+        for k, (_, ch) in enumerate(order):
+            where = f"choices[{k}]"
             if self.endpoint == "chat":
-                text = (ch.get("message") or {}).get("content") or ""
-                lp, top = _chat_logprobs(ch.get("logprobs"))
+                msg = ch.get("message")
+                if msg is None:
+                    msg = {}
+                if not isinstance(msg, dict):
+                    raise bad(f"{where}.message", "must be an object", msg)
+                text = _content_text(msg.get("content"), f"{where}.message.content", bad)
+                lp, top = (
+                    _chat_logprobs(ch.get("logprobs"), f"{where}.logprobs", bad)
+                    if want_logprobs
+                    else (None, None)
+                )
             else:
-                text = ch.get("text") or ""
-                lp, top = _completion_logprobs(ch.get("logprobs"))
+                text = ch.get("text")
+                if text is None:
+                    text = ""
+                if not isinstance(text, str):
+                    raise bad(f"{where}.text", "must be a string", text)
+                lp, top = (
+                    _completion_logprobs(ch.get("logprobs"), f"{where}.logprobs", bad)
+                    if want_logprobs
+                    else (None, None)
+                )
+            finish = ch.get("finish_reason")
+            if finish is not None and not isinstance(finish, str):
+                raise bad(f"{where}.finish_reason", "must be a string or null", finish)
             if want_logprobs and lp is None:
+                self.usage.add(failures=1)
                 raise GenerationError(
-                    f"POST {self.url}: logprobs=True was requested but the server returned none "
+                    f"POST {url}: logprobs=True was requested but the server returned none "
                     f"(does it support logprobs on the {self.endpoint} endpoint?)",
-                    url=self.url,
+                    url=url,
                     status=200,
                     attempts=1,
                 )
@@ -341,14 +405,23 @@ class OpenAICompatGenerator(Generator):
                 Completion(
                     text=text,
                     tokens=0,
-                    logprobs=lp if want_logprobs else None,
-                    top_logprobs=top if want_logprobs else None,
-                    finish_reason=ch.get("finish_reason"),
+                    logprobs=lp,
+                    top_logprobs=top,
+                    finish_reason=finish,
                     prompt_tokens=prompt_tokens,
+                    raw=ch,
                 )
             )
+        if total_completion is None and not all(c.logprobs is not None for c in out):
+            raise bad("'usage.completion_tokens'", "is needed to count tokens (no logprobs)", usage or None)
         _assign_tokens(out, total_completion)
         completion_tokens = sum(c.tokens for c in out)
+        reported = total_completion if total_completion is not None else completion_tokens
+        out[0].usage = {
+            "prompt_tokens": int(prompt_tokens or 0),
+            "completion_tokens": int(reported),
+            "total_tokens": int(prompt_tokens or 0) + int(reported),
+        }
         self.usage.add(
             requests=1,
             samples=len(out),
@@ -374,15 +447,25 @@ class OpenAICompatGenerator(Generator):
         top_p: float = 1.0,
         logprobs: bool = False,
         stop: list[str] | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> list[Completion]:
         check_generate_args(n, max_tokens, temperature, top_p)
+        if extra_body is not None and not isinstance(extra_body, dict):
+            raise ParameterError("extra_body", f"must be a dict, got {type(extra_body).__name__}")
         if self.endpoint == "completions" and not isinstance(prompt, str):
             raise ParameterError(
                 "prompt", "the completions endpoint takes a text prompt; use endpoint='chat' for messages"
             )
         if self.endpoint == "chat":
             as_messages(prompt)  # validate before any request
-        kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=logprobs, stop=stop)
+        kw = dict(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            logprobs=logprobs,
+            stop=stop,
+            extra_body=extra_body,
+        )
 
         def seed_of(i: int) -> int | None:
             return None if seed is None else seed + i
@@ -390,7 +473,17 @@ class OpenAICompatGenerator(Generator):
         separate = self.n_mode == "separate" or (self.n_mode == "auto" and self.server_honours_n is False)
         if n == 1 or separate:
             return await _gather([self._request(prompt, 1, seed_of(i), kw) for i in range(n)])
-        got = (await self._request(prompt, n, seed, kw))[:n]
+        try:
+            got = (await self._request(prompt, n, seed, kw))[:n]
+        except GenerationError as e:
+            # llama.cpp's server rejects n != 1 (HTTP 400); while it is unknown whether this upstream
+            # honours n, such a refusal switches this generator to one request per sample for good
+            if not (self.n_mode == "auto" and self.server_honours_n is None and e.status in N_REFUSED):
+                raise
+            self.server_honours_n = False
+            logger.info("%s refused n=%d (HTTP %s); sending one request per sample from now on", self.url, n,
+                        e.status)  # fmt: skip
+            return await _gather([self._request(prompt, 1, seed_of(i), kw) for i in range(n)])
         if len(got) == n:
             if self.n_mode == "auto":
                 self.server_honours_n = True
@@ -429,30 +522,105 @@ def _leaves(group: BaseExceptionGroup):
             yield e
 
 
-def _float(x: Any) -> float:
-    return float(x) if x is not None else math.nan
+def _short(value: Any, n: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _chat_logprobs(obj: Any) -> tuple[list[float] | None, list[dict[str, float]] | None]:
-    if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _logprob(x: Any, where: str, bad, *, allow_null: bool = False) -> float:
+    """A log-probability: a number <= 0 (JSON has no -inf; ``null`` only where the schema allows it)."""
+    if x is None and allow_null:
+        return math.nan
+    if isinstance(x, bool) or not isinstance(x, int | float) or x != x or x > 1e-6:
+        raise bad(where, "must be a number <= 0", x)
+    return float(x)
+
+
+def _content_text(content: Any, where: str, bad) -> str:
+    """The text of a chat message ``content``: a string, null (e.g. tool calls only) or a list of content
+    parts, whose ``text`` parts are joined (other part types, e.g. refusals or images, add no text)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            if not isinstance(part, dict):
+                raise bad(f"{where}[{j}]", "must be a content part object", part)
+            if part.get("type", "text") == "text":
+                t = part.get("text")
+                if not isinstance(t, str):
+                    raise bad(f"{where}[{j}].text", "must be a string", t)
+                texts.append(t)
+        return "".join(texts)
+    raise bad(where, "must be a string, null or a list of content parts", content)
+
+
+def _chat_logprobs(obj: Any, where: str, bad) -> tuple[list[float] | None, list[dict[str, float]] | None]:
+    if obj is None:
         return None, None
+    if not isinstance(obj, dict):
+        raise bad(where, "must be an object", obj)
+    items = obj.get("content")
+    if items is None:
+        return None, None
+    if not isinstance(items, list):
+        raise bad(f"{where}.content", "must be a list", items)
     lps, tops = [], []
-    for item in obj["content"]:
-        lps.append(_float(item.get("logprob")))
-        tops.append(
-            {t["token"]: _float(t.get("logprob")) for t in item.get("top_logprobs") or [] if "token" in t}
-        )
+    for j, item in enumerate(items):
+        w = f"{where}.content[{j}]"
+        if not isinstance(item, dict):
+            raise bad(w, "must be an object", item)
+        lps.append(_logprob(item.get("logprob"), f"{w}.logprob", bad))
+        alts = item.get("top_logprobs")
+        if alts is None:
+            alts = []
+        if not isinstance(alts, list):
+            raise bad(f"{w}.top_logprobs", "must be a list", alts)
+        top: dict[str, float] = {}
+        for m, alt in enumerate(alts):
+            if not isinstance(alt, dict) or not isinstance(alt.get("token"), str):
+                raise bad(f"{w}.top_logprobs[{m}]", "must be an object with a string 'token'", alt)
+            top[alt["token"]] = _logprob(alt.get("logprob"), f"{w}.top_logprobs[{m}].logprob", bad)
+        tops.append(top)
     return lps, tops
 
 
-def _completion_logprobs(obj: Any) -> tuple[list[float] | None, list[dict[str, float]] | None]:
-    if not isinstance(obj, dict) or not isinstance(obj.get("token_logprobs"), list):
+def _completion_logprobs(
+    obj: Any, where: str, bad
+) -> tuple[list[float] | None, list[dict[str, float]] | None]:
+    if obj is None:
         return None, None
-    lps = [_float(x) for x in obj["token_logprobs"]]
+    if not isinstance(obj, dict):
+        raise bad(where, "must be an object", obj)
+    raw = obj.get("token_logprobs")
+    if raw is None:
+        return None, None
+    if not isinstance(raw, list):
+        raise bad(f"{where}.token_logprobs", "must be a list", raw)
+    # null is valid for the first token of an echoed prompt
+    lps = [_logprob(x, f"{where}.token_logprobs[{j}]", bad, allow_null=True) for j, x in enumerate(raw)]
     raw_top = obj.get("top_logprobs")
-    tops = (
-        [{k: _float(v) for k, v in (d or {}).items()} for d in raw_top] if isinstance(raw_top, list) else None
-    )
+    tops = None
+    if raw_top is not None:
+        if not isinstance(raw_top, list):
+            raise bad(f"{where}.top_logprobs", "must be a list", raw_top)
+        tops = []
+        for j, d in enumerate(raw_top):
+            if d is None:
+                tops.append({})
+                continue
+            if not isinstance(d, dict):
+                raise bad(f"{where}.top_logprobs[{j}]", "must be an object", d)
+            tops.append({str(k): _logprob(v, f"{where}.top_logprobs[{j}][{k!r}]", bad) for k, v in d.items()})
     return lps, tops
 
 
@@ -465,7 +633,7 @@ def _assign_tokens(out: list[Completion], total: int | None) -> None:
         for c in out:
             c.tokens = len(c.logprobs or [])
         return
-    if total is None:
+    if total is None:  # pragma: no cover - _parse checks this first
         raise GenerationError("the server reported no usage.completion_tokens; cannot count tokens")
     if len(out) == 1:
         out[0].tokens = int(total)
