@@ -401,3 +401,41 @@ def test_metrics_count_samples_and_savings(server):
     assert "optscale_samples_drawn_total 6.0" in m and "optscale_samples_saved_total 0.0" in m
     assert 'optscale_requests_total{endpoint="/v1/chat/completions",status="200"} 2.0' in m
     assert "optscale_scorer_seconds_count 2.0" in m and 'optscale_stop_reason_total{reason="policy"} 2.0' in m
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def test_optscale_serve_command_serves_and_validates_its_config(fake, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from serve_util import free_port
+
+    from optscale.cli import main
+
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("upstream:\n  url: http://127.0.0.1:1/v1\n  model: m\nlimits:\n  max_queue: -1\n")
+    assert main(["serve", "--config", str(bad)]) == 2  # one clear error, nothing bound
+    assert main(["serve", "--upstream", fake.url]) == 2  # --model is required with --upstream
+    port = free_port()
+    args = ["serve", "--upstream", fake.url, "--model", "fake", "--scorer", "none", "--method", "sc", "--n-max", "2",
+            "--port", str(port), "--api-key", KEY, "--log-level", "warning"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; from optscale.cli import main; sys.exit(main({args!r}))"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "optscale serve did not become ready"
+            time.sleep(0.1)
+        r = client(f"http://127.0.0.1:{port}/v1").chat.completions.create(model="fake", messages=MSG)
+        assert r.model_extra["optscale"]["method"] == "sc" and r.model_extra["optscale"]["samples"] == 2
+    finally:
+        proc.terminate()
+        proc.wait(15)

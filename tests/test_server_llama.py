@@ -30,17 +30,19 @@ OPT = {"method": "optscale0:target=0.6,alpha=0.1", "k": 2, "n_max": 3, "return_s
 def proxied(llama_server):  # noqa: F811
     with urllib.request.urlopen(f"{llama_server}/models", timeout=5) as r:
         model = json.load(r)["data"][0]["id"]
-    cfg = ServerConfig(upstream=llama_server, model=model, scorer="self-certainty", max_tokens=24, keepalive_s=0.5)
+    cfg = ServerConfig(upstream=llama_server, model=model, scorer="self-certainty", max_tokens=16, keepalive_s=0.5)
     with running(create_app(cfg)) as url:
         yield url, model
 
 
-def check_usage(r) -> None:
+def check_usage(r, calls_per: str = "sample") -> None:
     meta = r.model_extra["optscale"]
     toks = [s["tokens"] for s in meta["sample_details"]]
     assert r.usage.completion_tokens == sum(toks) and r.usage.total_tokens == r.usage.prompt_tokens + sum(toks)
-    # llama_cpp.server answers n with one choice: one request per sample, each reporting the prompt
-    assert r.usage.prompt_tokens > 0 and r.usage.prompt_tokens % meta["samples"] == 0
+    # llama_cpp.server answers n with one choice: one request per sample, each reporting the prompt; the
+    # embedded model decodes a wave from one prompt evaluation
+    calls = meta["samples"] if calls_per == "sample" else len(meta["waves"])
+    assert r.usage.prompt_tokens > 0 and r.usage.prompt_tokens % calls == 0
 
 
 def test_sync_client_with_raw_response_against_llama_server(proxied):
@@ -89,7 +91,7 @@ def test_default_server_is_the_embedded_model(smol_gguf):  # noqa: F811
         r = c.chat.completions.create(model=ids[0], messages=MSG, seed=3, extra_body={"optscale": OPT})
         meta = r.model_extra["optscale"]
         assert 2 <= meta["samples"] <= 3 and r.choices[0].message.content
-        check_usage(r)
+        check_usage(r, calls_per="wave")
         chunks = list(c.chat.completions.create(model=ids[0], messages=MSG, seed=3, stream=True,
                                                 extra_body={"optscale": OPT}))
         assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == r.choices[0].message.content
