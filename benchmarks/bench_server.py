@@ -115,7 +115,13 @@ async def latency(direct: str, proxied: str, n: int, reps: int, method: str) -> 
             p.append(time.perf_counter() - t0)
             assert r.status_code == 200 and r.json()["optscale"]["samples"] == n, r.text
     ms = 1000.0
-    return {"direct_p50_ms": pct(d, .5) * ms, "direct_p99_ms": pct(d, .99) * ms,
+    # what the same process spends to make one bare httpx request (the cost floor of any Python proxy hop)
+    async with httpx.AsyncClient(timeout=30) as c:
+        t0 = time.process_time()
+        for i in range(reps):
+            await c.post(f"{direct}/v1/chat/completions", json={**body, "n": n, "seed": i})
+        bare = (time.process_time() - t0) / reps
+    return {"httpx_client_cpu_ms_per_request": bare * ms, "direct_p50_ms": pct(d, .5) * ms, "direct_p99_ms": pct(d, .99) * ms,
             "proxy_p50_ms": pct(p, .5) * ms, "proxy_p99_ms": pct(p, .99) * ms,
             "added_p50_ms": (pct(p, .5) - pct(d, .5)) * ms, "added_p99_ms": (pct(p, .99) - pct(d, .99)) * ms,
             "added_p50_ms_per_sample": (pct(p, .5) - pct(d, .5)) * ms / n}
@@ -223,7 +229,9 @@ def main() -> None:
     try:
         for label, scorer, method in [
             ("scorer=none, method=sc", "none", "sc"),
-            ("scorer=reward-endpoint (fake /pooling), method=bon",
+            ("scorer=reward-endpoint, one /pooling call per wave (input_format=text), method=bon",
+             f"reward-endpoint:http://127.0.0.1:{fake_port}/pooling,max_retries=0,input_format=text", "bon"),
+            ("scorer=reward-endpoint, one /pooling call per sample (messages), method=bon",
              f"reward-endpoint:http://127.0.0.1:{fake_port}/pooling,max_retries=0", "bon"),
         ]:
             serve, url = start_serve(fake_port, scorer, method, max_conc=args.concurrency,
@@ -256,6 +264,8 @@ def main() -> None:
               f"({la['added_p50_ms_per_sample']:.2f} ms/sample)")
         print(f"  latency p99  direct {la['direct_p99_ms']:.2f} ms  proxied {la['proxy_p99_ms']:.2f} ms  "
               f"added {la['added_p99_ms']:.2f} ms")
+        print(f"  (reference: a bare httpx client spends {la['httpx_client_cpu_ms_per_request']:.2f} ms CPU per request "
+              "on this machine)")
         print(f"  one worker: {th['req_per_s']:.0f} req/s, {th['samples_per_s']:.0f} samples/s, server CPU "
               f"{th['server_cpu_ms_per_sample']:.3f} ms/sample ({th['server_cpu_ms_per_request']:.2f} ms/request), "
               f"errors {th['errors']}")

@@ -235,18 +235,22 @@ class FakeUpstream:
             return None, None
         if mode["score_status"]:
             return int(mode["score_status"]), {"error": {"message": "fake scorer down"}}
-        text = ""
-        for m in body.get("messages") or []:
-            if m.get("role") == "assistant":
-                text = m.get("content") or ""
-        s = mode["score"]
-        if s == "nan":
-            value: Any = math.nan
-        elif s == "seed":
-            value = 0.2 + 0.6 * ((sum(map(ord, text)) * 7919) % 1000) / 1000.0
+        if isinstance(body.get("input"), list):  # input_format=text: all completions in one request
+            texts = [str(t) for t in body["input"]]
         else:
-            value = float(s)
-        return 200, json.dumps({"data": [{"index": 0, "data": value}]}).encode()
+            texts = [next((m.get("content") or "" for m in reversed(body.get("messages") or [])
+                           if m.get("role") == "assistant"), "")]
+        s = mode["score"]
+
+        def value(text: str) -> Any:
+            if s == "nan":
+                return math.nan
+            if s == "seed":
+                return 0.2 + 0.6 * ((sum(map(ord, text)) * 7919) % 1000) / 1000.0
+            return float(s)
+
+        data = [{"index": i, "data": value(t)} for i, t in enumerate(texts)]
+        return 200, json.dumps({"data": data}).encode()
 
 
 def main() -> None:  # pragma: no cover - process mode for benchmarks

@@ -169,6 +169,16 @@ def test_streaming_sends_keepalive_comments_while_sampling(fake):
     assert lines.index(": keep-alive") < min(i for i, x in enumerate(lines) if x.startswith("data:"))
 
 
+def test_streaming_failure_after_the_header_is_an_error_event(fake):
+    fake.configure(stall=True)  # the 200 header goes out after keepalive_s; then the upstream times out
+    with running(create_app(config(fake, keepalive_s=0.1, upstream_timeout=0.6))) as url:
+        with client(url) as c, pytest.raises(openai.APIError) as e:
+            list(c.chat.completions.create(model="fake", messages=MSG, stream=True))
+        assert "did not answer in time" in e.value.message
+        m = httpx.get(url.replace("/v1", "/metrics")).text
+        assert 'optscale_errors_total{kind="upstream_timeout"} 1.0' in m
+
+
 def test_async_client_concurrent_requests(server):
     fake, url = server
 
