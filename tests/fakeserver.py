@@ -8,10 +8,12 @@
 * ``("stall",)`` — send nothing until the server stops (bounded by ``stall_limit`` seconds);
 * ``("hold",)`` — send nothing until the CLIENT closes the connection (counted in ``disconnects``), the
   server stops or ``stall_limit`` passes: shows that a cancelled request really was closed;
-* ``("reply", code, obj)`` — answer ``obj`` (any JSON value) with that status (malformed replies);
+* ``("reply", code, obj[, headers])`` — answer ``obj`` (any JSON value, or raw ``bytes``) with that status
+  and headers (malformed replies, other APIs such as a reward model's ``/pooling``);
 * ``("drop",)`` — close the connection without an answer.
 
-``answer(path, body, i)`` builds the well-formed answer; override it for other contents. ``usage`` keeps
+``answer(path, body, i)`` builds the well-formed answer; override it for other contents, and
+``dispatch(path, body, i)`` (default: ``script(i, body)``) to script by path. ``usage`` keeps
 what each ``ok`` answer reported, so a test can sum it.
 
 The server refuses more than ``max_requests`` requests (answers 418) and shuts itself down after
@@ -79,7 +81,7 @@ class FakeServer:
                 if i >= fake.max_requests:
                     self._send(418, {"error": "fake server: request limit reached"})
                     return
-                action = fake.script(i, body)
+                action = fake.dispatch(self.path, body, i)
                 kind = action[0]
                 if kind == "ok":
                     ans = fake.answer(self.path, body, i)
@@ -87,7 +89,7 @@ class FakeServer:
                         fake.usage.append(ans.get("usage"))
                     self._send(200, ans)
                 elif kind == "reply":
-                    self._send(action[1], action[2])
+                    self._send(action[1], action[2], action[3] if len(action) > 3 else None)
                 elif kind == "hold":
                     with fake.lock:
                         fake.active_holds += 1
@@ -136,7 +138,7 @@ class FakeServer:
                 return False
 
             def _send(self, code: int, obj: Any, headers: dict | None = None) -> None:
-                data = json.dumps(obj).encode()
+                data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
@@ -157,6 +159,9 @@ class FakeServer:
         )
         self._timer = threading.Timer(lifetime, self.stop)
         self._timer.daemon = True
+
+    def dispatch(self, path: str, body: dict, i: int) -> Action:
+        return self.script(i, body)
 
     def answer(self, path: str, body: dict, i: int) -> dict:
         n = int(body.get("n", 1))

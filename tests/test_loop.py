@@ -50,12 +50,14 @@ class Scripted(Generator):
         self.started: list[int] = []
         self.cancelled: list[int] = []
         self.bodies: list[dict | None] = []
+        self.stops: list = []
 
     async def generate(
         self, prompt, n, *, seed=None, max_tokens, temperature, top_p=1.0, logprobs=False, stop=None,
         extra_body=None,
     ):  # fmt: skip
         self.bodies.append(extra_body)
+        self.stops.append(stop)
         out = []
         for j in range(n):
             i = index_of(seed) + j
@@ -248,7 +250,9 @@ def test_cancelling_solve_closes_every_in_flight_request():
                         break
                     await asyncio.sleep(0.025)
                 # all 4 concurrency slots are free again: 4 fresh requests run at once
-                fresh = await asyncio.wait_for(g.generate("fresh", 4, seed=1, max_tokens=4, temperature=0), 10)
+                fresh = await asyncio.wait_for(
+                    g.generate("fresh", 4, seed=1, max_tokens=4, temperature=0), 10
+                )
                 return fresh
 
         fresh = asyncio.run(main())
@@ -296,7 +300,9 @@ def test_allow_partial_returns_the_best_so_far():
     # a gap: sample 0 never finished, samples 1 and 3 did; index is the draw index
     gen = Scripted([2, 3, 2, 2], [0.4, 0.9, 0.5, 0.5], fail={2}, hold={0}, delay={2: 0.05})
     res = solve(gen, TextScorer(), Waves(4), allow_partial=True)
-    assert [s["index"] for s in res.samples] == [1, 3] and res.selected == 0 and res.samples[0]["answer"] == "3"
+    assert (
+        [s["index"] for s in res.samples] == [1, 3] and res.selected == 0 and res.samples[0]["answer"] == "3"
+    )
     # a failure before any sample: nothing to return, the error is raised
     with pytest.raises(GenerationError):
         solve(Scripted([2] * 4, fail={0, 1, 2, 3}), TextScorer(), Waves(4), allow_partial=True)
@@ -426,6 +432,8 @@ def test_configuration_is_validated():
         (dict(n_max=2, seed=1.5), "seed"),
         (dict(n_max=2, scorer_failure="ignore"), "scorer_failure"),
         (dict(n_max=2, equiv="nope"), "equiv"),
+        (dict(n_max=2, stop="\n"), "stop"),
+        (dict(n_max=2, stop=["", "x"]), "stop"),
     ]:
         with pytest.raises(ParameterError, match=name):
             SamplingConfig(**kw)
@@ -434,3 +442,48 @@ def test_configuration_is_validated():
     loop = AdaptiveLoop(Scripted([1]), None, Waves(1, needs_scores=False), SamplingConfig(n_max=1))
     with pytest.raises(ParameterError, match="extra_body"):
         asyncio.run(loop.solve(PROMPT, "q", extra_body=["x"]))
+
+
+def test_stop_sequences_and_extra_body_reach_every_call():
+    gen = Scripted([1] * 3)
+    cfg = SamplingConfig(n_max=3, stop=["\n\n", "END"])
+    res = solve(gen, None, Waves(2, 1, needs_scores=False), config=cfg, extra_body={"top_k": 5})
+    assert len(res.samples) == 3 and gen.stops == [["\n\n", "END"]] * 3 and gen.bodies == [{"top_k": 5}] * 3
+    assert cfg.stop == ("\n\n", "END")
+
+
+def test_scorer_usage_sums_an_llm_judges_requests():
+    """The judge's upstream requests are summed into scorer_usage, apart from the generator's usage."""
+    from optscale.online.scorers import JudgeScorer
+
+    class JudgeServer(FakeServer):
+        def answer(self, path, body, i):
+            ans = super().answer(path, body, i)
+            tops = [{"token": "Yes", "logprob": math.log(0.75)}, {"token": "No", "logprob": math.log(0.25)}]
+            for ch in ans["choices"]:
+                ch["message"]["content"] = "Yes"
+                ch["logprobs"] = {
+                    "content": [{"token": "Yes", "logprob": math.log(0.75), "top_logprobs": tops}]
+                }
+            ans["usage"] = {"prompt_tokens": 11 + i, "completion_tokens": 1, "total_tokens": 12 + i}
+            return ans
+
+    with JudgeServer() as srv:
+
+        async def main():
+            async with http_gen(srv, top_logprobs=5) as judge_gen:
+                judge = JudgeScorer(judge_gen)
+                loop = AdaptiveLoop(Scripted([1, 2, 1]), judge, Waves(2, 1), SamplingConfig(n_max=3))
+                return await loop.solve(PROMPT, "What is 1 + 1?", key=KEY)
+
+        res = asyncio.run(main())
+    assert [s["score"] for s in res.samples] == pytest.approx([0.75] * 3)
+    n = len(srv.requests)
+    assert n == 3
+    assert res.scorer_usage == {
+        "prompt_tokens": sum(11 + i for i in range(n)),
+        "completion_tokens": n,
+        "total_tokens": sum(12 + i for i in range(n)),
+        "requests": n,
+    }
+    assert res.usage == summed([{"prompt_tokens": 7, "completion_tokens": 10 + i} for i in range(3)])

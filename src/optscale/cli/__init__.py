@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 #: sub-command modules, in the order shown by ``optscale --help``
 COMMANDS = ("run", "generate", "eval", "nstar", "pool", "predictor", "serve")
@@ -39,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():
+            # library warnings (e.g. a torn checkpoint line discarded) as one line each, not a source excerpt
+            warnings.showwarning = lambda message, *a, **k: print(
+                f"optscale {args.command}: warning: {message}", file=sys.stderr
+            )
+            code = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

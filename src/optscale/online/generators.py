@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,22 @@ __all__ = [
 
 Prompt = str | list[dict]
 """A plain-text prompt, or chat messages ``[{"role": "user", "content": "..."}, ...]``."""
+
+
+usage_sink: ContextVar[dict | None] = ContextVar("optscale_usage_sink", default=None)
+"""Where generators add the usage of each upstream request made in the current context (None: nowhere).
+The adaptive loop sets it around a scorer call, so the usage of an LLM judge's requests is summed exactly
+into ``LoopResult.scorer_usage`` (asyncio tasks inherit the context of the task that creates them)."""
+
+
+def record_usage(usage: dict | None) -> None:
+    """Add one request's usage to the current :data:`usage_sink` (if any)."""
+    sink = usage_sink.get()
+    if sink is None or not usage:
+        return
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        sink[key] = sink.get(key, 0) + int(usage.get(key) or 0)
+    sink["requests"] = sink.get("requests", 0) + 1
 
 
 class GenerationError(OptScaleError):
@@ -154,6 +171,10 @@ class Generator(ABC):
         carries that request's usage in :attr:`Completion.usage`.
         Raises :class:`GenerationError` when the backend fails for good, ParameterError on bad arguments.
         """
+
+    async def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Make sure the backend can run (e.g. load a local model) so that a batch run fails before it
+        creates any file; raises GenerationError. Default: nothing (HTTP upstreams are not probed)."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources (HTTP connections, model memory). Idempotent."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optscale.errors import OptScaleError, ParameterError
+from optscale.online.generators import usage_sink
 
 __all__ = ["AdaptiveLoop", "LoopResult", "SamplingConfig", "sample_seed", "first_error"]
 
@@ -79,7 +80,8 @@ class SamplingConfig:
     ``"choice"`` or a callable ``(a, b) -> bool``); ``scorer_failure``: ``"fail"`` (raise) or ``"vote"``
     (continue without scores, majority vote, ``degraded=True``); ``batch_samples``: draw each run of
     consecutive samples of a wave in one generator call (only valid for generators with
-    ``seed_per_sample``; None: decided by the generator's ``seed_per_sample``), else one call per sample.
+    ``seed_per_sample``; None: decided by the generator's ``seed_per_sample``), else one call per sample;
+    ``stop``: stop sequences passed to every generator call (None: none).
     """
 
     n_max: int
@@ -90,6 +92,7 @@ class SamplingConfig:
     equiv: str | Callable[[str, str], bool] = "math"
     scorer_failure: str = "fail"
     batch_samples: bool | None = None
+    stop: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.n_max) or self.n_max < 1:
@@ -115,6 +118,10 @@ class SamplingConfig:
             raise ParameterError(
                 "scorer_failure", f"must be one of {SCORER_FAILURE_MODES}, got {self.scorer_failure!r}"
             )
+        if self.stop is not None:
+            if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
+                raise ParameterError("stop", f"must be a sequence of non-empty strings, got {self.stop!r}")
+            object.__setattr__(self, "stop", tuple(self.stop))
         if self.batch_samples is not None and not isinstance(self.batch_samples, bool):
             raise ParameterError("batch_samples", f"must be True, False or None, got {self.batch_samples!r}")
 
@@ -140,7 +147,9 @@ class LoopResult:
     otherwise); ``waves``: samples kept per wave; ``stop_reason``: ``"policy"`` | ``"n_max"`` | ``"target"``
     | ``"deadline"`` | ``"error"``; ``info``: the policy's diagnostics for the final observation (fitted
     mu/sigma, n_star, ...) or None; ``usage``: exact sum of the upstream-reported usage of every generator
-    call made for this problem (calls whose samples were discarded included); ``partial``: a failure after
+    call made for this problem (calls whose samples were discarded included); ``scorer_usage``: the same
+    for the upstream requests the scorer made (an LLM judge), with their count in ``"requests"``; None when
+    the scorer made none (local scorers); ``partial``: a failure after
     >= 1 sample, ``error`` says why; ``degraded``: the scorer failed and the answer was chosen by vote;
     ``controller_s``: time in policy decisions.
 
@@ -330,6 +339,7 @@ class _Problem:
         self.comps: list = []
         self.ids: list[int] = []
         self.usage = _zero_usage()
+        self.scorer_usage: dict = {}
         self.error: BaseException | None = None  # a failed call (generator, or scorer with "fail")
         self.degraded_error: BaseException | None = None  # a scorer failure under scorer_failure="vote"
 
@@ -412,9 +422,9 @@ class _Problem:
                 if timeout is not None and timeout <= 0:
                     reason = "deadline"
                     break
-                done, pending = await asyncio.wait(
-                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
+                # stop_early looks at every completed prefix; otherwise only a failure interrupts the wave
+                when = asyncio.FIRST_COMPLETED if loop._stop_early is not None else asyncio.FIRST_EXCEPTION
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=when)
                 if not done:
                     reason = "deadline"
                     break
@@ -460,6 +470,8 @@ class _Problem:
             top_p=cfg.top_p,
             logprobs=loop.want_logprobs,
         )
+        if cfg.stop:
+            kw["stop"] = list(cfg.stop)
         if self.extra_body:
             kw["extra_body"] = self.extra_body
         comps = await loop.generator.generate(self.prompt, count, **kw)
@@ -472,6 +484,7 @@ class _Problem:
         self.res.new_tokens += sum(int(c.tokens) for c in comps)
         scores: list[float | None] = [None] * count
         if loop.scorer is not None and self.degraded_error is None:
+            token = usage_sink.set(self.scorer_usage)  # an LLM judge's requests add their usage here
             try:
                 got = await loop.score(self.question, comps)
                 scores = [checked_score(x, start + j, loop.scorer) for j, x in enumerate(got)]
@@ -481,6 +494,8 @@ class _Problem:
                 if self.degraded_error is None:
                     self.degraded_error = e
                 scores = [None] * count
+            finally:
+                usage_sink.reset(token)
         out = {}
         for j, (c, score) in enumerate(zip(comps, scores, strict=True)):
             rec = {
@@ -517,6 +532,8 @@ class _Problem:
         res.ranking = loop._ranking(o, sel, degraded=degraded)
         res.info = policy_info(loop.policy, o, loop.config.n_max) if self.samples and not degraded else None
         res.usage = self.usage
+        if self.scorer_usage:
+            res.scorer_usage = {k: self.scorer_usage.get(k, 0) for k in (*_zero_usage(), "requests")}
         res.partial = self.error is not None
         res.degraded = degraded
         errs = [e for e in (self.error, self.degraded_error) if e is not None]

@@ -29,12 +29,9 @@ Behaviour:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import math
 import random
-import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from optscale.errors import ParameterError
@@ -45,61 +42,23 @@ from optscale.online.generators import (
     Prompt,
     as_messages,
     check_generate_args,
+    record_usage,
+)
+from optscale.online.http import (  # noqa: F401 - Backoff, parse_retry_after, RETRY_STATUSES re-exported
+    RETRY_STATUSES,
+    Backoff,
+    HTTPFailure,
+    make_client,
+    parse_retry_after,
+    post_with_retries,
 )
 
 __all__ = ["Backoff", "OpenAICompatGenerator"]
-
-RETRY_STATUSES = frozenset({408, 409, 425, 429})
-"""Retried besides every 5xx status."""
 
 N_REFUSED = frozenset({400, 422})
 """Statuses with which a server refuses ``n > 1`` (llama.cpp's server: 400 "only n = 1 is supported")."""
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff: attempt ``k`` (0-based) waits ``min(max, base * factor**k)`` seconds, times a
-    random factor in ``[1 - jitter, 1]``. A server's ``Retry-After`` replaces that delay (capped at
-    ``max_retry_after``)."""
-
-    base: float = 0.5
-    factor: float = 2.0
-    max: float = 8.0
-    jitter: float = 0.25
-    max_retry_after: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not (self.base >= 0 and self.factor >= 1 and self.max >= 0 and 0 <= self.jitter <= 1):
-            raise ParameterError(
-                "backoff", f"needs base >= 0, factor >= 1, max >= 0, 0 <= jitter <= 1: {self}"
-            )
-
-    def delay(
-        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
-    ) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
-        d = min(self.max, self.base * self.factor**attempt)
-        u = (rng or random).random()
-        return d * (1.0 - self.jitter * u)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class OpenAICompatGenerator(Generator):
@@ -122,6 +81,7 @@ class OpenAICompatGenerator(Generator):
         extra_body: extra JSON fields merged into every request (e.g. ``{"top_k": 20}``).
         headers: extra HTTP headers.
         trust_env: let httpx read proxy settings from the environment.
+        transport: an ``httpx.AsyncBaseTransport`` to use instead of the network (tests).
     """
 
     name = "openai-compat"
@@ -142,6 +102,7 @@ class OpenAICompatGenerator(Generator):
         extra_body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         trust_env: bool = True,
+        transport: Any = None,
     ) -> None:
         super().__init__()
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
@@ -175,6 +136,7 @@ class OpenAICompatGenerator(Generator):
         self.extra_body = dict(extra_body or {})
         self.headers = dict(headers or {})
         self.trust_env = trust_env
+        self.transport = transport
         # None = unknown; False once the server answered n>1 with fewer choices (auto mode)
         self.server_honours_n: bool | None = None
         self._client: Any = None
@@ -195,18 +157,17 @@ class OpenAICompatGenerator(Generator):
 
     def _bind(self) -> tuple[Any, asyncio.Semaphore]:
         """The httpx client and slot semaphore of the running event loop (recreated for a new loop)."""
-        import httpx
-
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._client is None or self._client.is_closed:
             headers = {"Content-Type": "application/json", **self.headers}
             if self.api_key:
                 headers["Authorization"] = f"Bearer {self.api_key}"
-            self._client = httpx.AsyncClient(
+            self._client = make_client(
+                timeout=self.timeout,
                 headers=headers,
-                timeout=httpx.Timeout(self.timeout),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.concurrency),
+                max_keepalive=self.concurrency,
                 trust_env=self.trust_env,
+                transport=self.transport,
             )
             if self._loop is not loop or self._slots is None:
                 self._slots = asyncio.Semaphore(self.concurrency)
@@ -223,68 +184,61 @@ class OpenAICompatGenerator(Generator):
                 pass
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` with retries; the parsed JSON answer of the first successful attempt."""
-        import httpx
-
+        """POST ``body`` with retries (:mod:`optscale.online.http`); the parsed JSON answer."""
         client, slots = self._bind()
         url = self.url
-        attempts = 0
-        while True:
-            attempts += 1
-            status: int | None = None
-            retry_after: float | None = None
-            try:
-                async with slots:
-                    async with asyncio.timeout(self.timeout):
-                        resp = await client.post(url, json=body)
-                status = resp.status_code
-                if status == 200:
-                    try:
-                        data = resp.json()
-                    except ValueError as e:
-                        self.usage.add(failures=1)
-                        raise GenerationError(
-                            f"POST {url}: HTTP 200 with a body that is not JSON ({e}): {resp.text[:200]!r}",
-                            url=url,
-                            status=status,
-                            attempts=attempts,
-                        ) from None
-                    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                        self.usage.add(failures=1)
-                        raise GenerationError(
-                            f"POST {url}: answer has no 'choices' list: {str(data)[:200]}",
-                            url=url,
-                            status=status,
-                            attempts=attempts,
-                        )
-                    return data
-                detail = f"HTTP {status}: {resp.text[:300].strip()}"
-                if status not in RETRY_STATUSES and status < 500:
-                    self.usage.add(failures=1)
-                    hint = ""
-                    if status == 404:
-                        hint = " (is base_url the API root including '/v1', and is the endpoint/model right?)"
-                    raise GenerationError(
-                        f"POST {url} failed (not retried): {detail}{hint}",
-                        url=url,
-                        status=status,
-                        attempts=attempts,
-                    )
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
-            except (TimeoutError, httpx.TimeoutException):
-                detail = f"no complete answer within timeout={self.timeout:g} s"
-            except httpx.TransportError as e:
-                detail = f"connection error: {type(e).__name__}: {e}".rstrip(": ")
-            if attempts > self.max_retries:
-                self.usage.add(failures=1)
-                raise GenerationError(
-                    f"POST {url} failed after {attempts} attempt{'s' if attempts > 1 else ''}: {detail}",
-                    url=url,
-                    status=status,
-                    attempts=attempts,
-                )
-            self.usage.add(retries=1)
-            await asyncio.sleep(self.backoff.delay(attempts - 1, retry_after, self._rng))
+        try:
+            resp, attempts = await post_with_retries(
+                client,
+                url,
+                body,
+                max_retries=self.max_retries,
+                backoff=self.backoff,
+                timeout=self.timeout,
+                slots=slots,
+                rng=self._rng,
+                on_retry=lambda: self.usage.add(retries=1),
+            )
+        except HTTPFailure as e:
+            self.usage.add(failures=1)
+            n = e.attempts
+            raise GenerationError(
+                f"POST {url} failed after {n} attempt{'s' if n > 1 else ''}: {e.detail}",
+                url=url,
+                status=e.status,
+                attempts=n,
+            ) from None
+        status = resp.status_code
+        if status != 200:
+            self.usage.add(failures=1)
+            hint = ""
+            if status == 404:
+                hint = " (is base_url the API root including '/v1', and is the endpoint/model right?)"
+            raise GenerationError(
+                f"POST {url} failed (not retried): HTTP {status}: {resp.text[:300].strip()}{hint}",
+                url=url,
+                status=status,
+                attempts=attempts,
+            )
+        try:
+            data = resp.json()
+        except ValueError as e:
+            self.usage.add(failures=1)
+            raise GenerationError(
+                f"POST {url}: HTTP 200 with a body that is not JSON ({e}): {resp.text[:200]!r}",
+                url=url,
+                status=status,
+                attempts=attempts,
+            ) from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            self.usage.add(failures=1)
+            raise GenerationError(
+                f"POST {url}: answer has no 'choices' list: {str(data)[:200]}",
+                url=url,
+                status=status,
+                attempts=attempts,
+            )
+        return data
 
     # ------------------------------------------------------------------ request / response
     def _body(
@@ -434,7 +388,9 @@ class OpenAICompatGenerator(Generator):
         self, prompt: Prompt, n: int, seed: int | None, kw: dict[str, Any]
     ) -> list[Completion]:
         data = await self._post(self._body(prompt, n, seed, **kw))
-        return self._parse(data, kw["logprobs"])
+        out = self._parse(data, kw["logprobs"])
+        record_usage(out[0].usage)
+        return out
 
     async def generate(
         self,

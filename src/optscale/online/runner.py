@@ -32,7 +32,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from optscale.answers import GRADE_KINDS
 from optscale.errors import InputError, ParameterError
+from optscale.online.checkpoint import question_fingerprint
 from optscale.online.loop import AdaptiveLoop, SamplingConfig, first_error, sample_seed
 
 __all__ = [
@@ -241,9 +243,6 @@ class RunConfig:
         return cls(sampling=sampling, **{k: v for k, v in kwargs.items() if k in names})
 
 
-GRADE_KINDS = ("auto", "exact", "math", "number", "choice")
-
-
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
@@ -274,6 +273,18 @@ def _describe(obj: Any) -> dict | None:
         if isinstance(v, str | int | float) and v != "":
             d[attr] = v
     return d
+
+
+def _collision(path, line, field, pid, question, recorded) -> InputError:
+    what = f" ({recorded[:60]!r})" if isinstance(recorded, str) else ""
+    return InputError(
+        str(path),
+        line,
+        field,
+        f"problem id {pid!r} was recorded for another question{what} than this problem set's "
+        f"({question[:60]!r}); problems without ids are numbered 0, 1, ... in every file, so their ids "
+        "collide: use another output file or start over (resume=False / --no-resume)",
+    )
 
 
 def _stats(r: dict) -> tuple[int, int, bool | None]:
@@ -332,6 +343,8 @@ class _BatchEngine:
         self.resumed_ids: set[str] = set()
         self.ckpt = None
         self.out = None
+        self.lock = None
+        self.fp = {str(p.id): question_fingerprint(p.question) for p in self.problems}
 
     # -- configuration recorded in the checkpoint header ------------------------------------------
     def config(self) -> dict:
@@ -348,13 +361,27 @@ class _BatchEngine:
             "method": self.policy_name,
             "n_max": self.n_max,
             "equiv": s.equiv_name,
+            **({"stop": list(s.stop)} if s.stop else {}),
         }
 
     def _open_files(self):
-        from optscale.online.checkpoint import JsonlAppender, SampleCheckpoint, checkpoint_path, recover_jsonl
+        """Lock the output, then open (resume) or create the results file and its checkpoint. Every input
+        is validated before this runs, so a rejected run creates no file."""
+        from optscale.online.checkpoint import OutputLock
 
         if self.results_path is None:
             return
+        self.lock = OutputLock(self.results_path)
+        try:
+            self._open_locked()
+        except BaseException:
+            self._close_files()
+            raise
+
+    def _open_locked(self):
+        from optscale.online.checkpoint import JsonlAppender, SampleCheckpoint, checkpoint_path, recover_jsonl
+
+        assert self.results_path is not None
         ck_path = checkpoint_path(self.results_path)
         if self.cfg.resume:
             if self.results_path.exists() and self.results_path.stat().st_size > 0 and not ck_path.exists():
@@ -367,25 +394,42 @@ class _BatchEngine:
                 )
             # checkpoint first: it validates the configuration before anything is reused
             self.ckpt = SampleCheckpoint(ck_path, self.config(), resume=True)
+            by_id = {str(p.id): p for p in self.problems}
             records, torn = recover_jsonl(self.results_path)
             if torn:
                 warnings.warn(
                     f"{self.results_path}: discarded a torn last line (the previous run was killed mid-write)",
                     stacklevel=2,
                 )
-            wanted = {str(p.id) for p in self.problems}
             for lineno, rec in enumerate(records, 1):
                 if "id" not in rec:
                     raise InputError(str(self.results_path), lineno, "id", "result line without an id")
                 pid = str(rec["id"])
-                if pid in wanted:
-                    self.results[pid] = rec
-                    self.resumed_ids.add(pid)
+                p = by_id.get(pid)
+                if p is None:
+                    continue
+                if rec.get("question") != p.question:
+                    raise _collision(self.results_path, lineno, "question", pid, p.question, rec.get("question"))
+                self.results[pid] = rec
+                self.resumed_ids.add(pid)
+            for pid, recorded in self.ckpt.samples.items():
+                p = by_id.get(pid)
+                for idx, rec in recorded.items():
+                    if p is not None and rec.get("fp", self.fp[pid]) != self.fp[pid]:
+                        raise _collision(ck_path, self.ckpt.lines.get((pid, idx)), "fp", pid, p.question, None)
         else:
             self.results_path.parent.mkdir(parents=True, exist_ok=True)
             self.results_path.write_bytes(b"")
             self.ckpt = SampleCheckpoint(ck_path, self.config(), resume=False)
         self.out = JsonlAppender(self.results_path)
+
+    def _close_files(self) -> None:
+        if self.out is not None:
+            self.out.close()
+        if self.ckpt is not None:
+            self.ckpt.close()
+        if self.lock is not None:
+            self.lock.release()
 
     # -- one problem --------------------------------------------------------------------------------
     async def _solve(self, problem) -> dict:
@@ -395,7 +439,8 @@ class _BatchEngine:
         recorded = dict(self.ckpt.recorded(pid)) if self.ckpt is not None else {}
         prior = self.cfg.prior_fn(problem.question) if self.cfg.prior_fn is not None else None
         ckpt = self.ckpt
-        on_sample = None if ckpt is None else (lambda i, rec: ckpt.add(pid, i, rec))
+        fp = self.fp[pid]
+        on_sample = None if ckpt is None else (lambda i, rec: ckpt.add(pid, i, {**rec, "fp": fp}))
         r = await self.loop.solve(
             messages, problem.question, key=pid, prior=prior, recorded=recorded, on_sample=on_sample
         )
@@ -454,6 +499,9 @@ class _BatchEngine:
 
         self.loop.warm_up()
         t_start = time.perf_counter()
+        prepare = getattr(self.generator, "prepare", None)
+        if prepare is not None:
+            await prepare()  # e.g. load a local model: a bad model fails before any file is created
         self._open_files()
         todo = [p for p in self.problems if str(p.id) not in self.results]
         progress = self.cfg.progress
@@ -498,10 +546,7 @@ class _BatchEngine:
             bar.close()
             pool.shutdown(wait=False, cancel_futures=True)
             self.loop.executor = None
-            if self.out is not None:
-                self.out.close()
-            if self.ckpt is not None:
-                self.ckpt.close()
+            self._close_files()
         return self._summary(time.perf_counter() - t_start)
 
     def _done_records(self) -> list[dict]:
