@@ -353,6 +353,29 @@ def test_client_disconnect_cancels_the_upstream_request(fake, stream):
         assert "optscale_inflight_requests 0.0" in m
 
 
+def test_client_disconnect_cancels_the_scorer_call(fake):
+    fake.configure(score_delay=30)  # samples arrive at once; the reward endpoint stalls
+    with running(create_app(config(fake))) as url:
+        body = {"model": "fake", "messages": MSG, "optscale": {"method": "bon", "n_max": 2}}
+        with httpx.Client(timeout=httpx.Timeout(1.0)) as c, pytest.raises(httpx.ReadTimeout):
+            c.post(f"{url}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+        t_close = time.monotonic()
+        deadline = time.monotonic() + 5
+        while len(fake.disconnects) < fake.score_requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fake.score_requests >= 1 and len(fake.disconnects) == fake.score_requests
+        assert all(d["path"] == "/pooling" and d["t"] - t_close < 1.0 for d in fake.disconnects)
+
+
+def test_upstream_killed_mid_request_is_503(fake):
+    fake.configure(stall=True)
+    with running(create_app(config(fake))) as url:
+        threading.Timer(0.5, fake.close).start()
+        with pytest.raises(openai.APIStatusError) as e:
+            client(url).chat.completions.create(model="fake", messages=MSG)
+        assert e.value.status_code == 503 and e.value.code == "upstream_unavailable"
+
+
 # ------------------------------------------------------------------------------------------------ overload
 def test_overload_is_429_with_retry_after_and_nothing_is_lost(fake):
     fake.configure(delay=0.4)
