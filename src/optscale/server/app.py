@@ -139,6 +139,7 @@ class ServerState:
         self._generator_factory = generator_factory
         self._models: tuple[float, list[str]] | None = None
         self._prior_fn: Any = None
+        self._prior_lock: asyncio.Lock | None = None
         self.started = time.time()
 
     # ---------------------------------------------------------------- lifecycle
@@ -165,6 +166,9 @@ class ServerState:
 
         eq = get_equivalence(self.config.equiv)
         eq(extract_answer("so \\boxed{\\frac{1}{2}}") or "", extract_answer("the answer is 0.5") or "")
+        default = make_policy(self.config.default_method())
+        if getattr(default, "needs_prior", False):
+            self._prior_fn = self._load_prior_fn(default)
         for spec in {self.config.default_method(), "optscale0", "bon"}:
             policy = make_policy(spec)
             if getattr(policy, "needs_scores", False) and self.scorer is None:
@@ -253,13 +257,25 @@ class ServerState:
             return r.json()
 
     async def prior_for(self, policy: Any, question: str) -> Any:
+        """OptScale^t's per-problem prior from the shipped predictor (as ``optscale run``), computed in a
+        worker thread, one at a time (the predictor is loaded once, at start-up when the default method
+        needs it, else on first use)."""
         if not getattr(policy, "needs_prior", False):
             return None
-        if self._prior_fn is None:
-            from optscale.cli.run import _prior_fn
+        if self._prior_lock is None:
+            self._prior_lock = asyncio.Lock()
+        async with self._prior_lock:
+            if self._prior_fn is None:
+                self._prior_fn = await asyncio.to_thread(self._load_prior_fn, policy)
+            return await asyncio.to_thread(self._prior_fn, question)
 
-            self._prior_fn = await asyncio.to_thread(_prior_fn, policy)
-        return await asyncio.to_thread(self._prior_fn, question)
+    @staticmethod
+    def _load_prior_fn(policy: Any) -> Any:
+        from optscale.cli.run import _prior_fn
+
+        fn = _prior_fn(policy)
+        fn("What is 1 + 1?")  # loads the predictor's encoder now, not in a request
+        return fn
 
 
 # ------------------------------------------------------------------------------------------------------
