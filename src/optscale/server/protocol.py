@@ -331,8 +331,15 @@ def _policy_keys(name: str) -> tuple[str, ...]:
     return tuple(p for p in inspect.signature(_factory_class(POLICIES[name])).parameters if p != "self")
 
 
-def _make_policy(method: str, mparam: str, overrides: dict[str, Any], given: dict) -> Any:
+@functools.lru_cache(maxsize=256)
+def _cached_policy(method: str, overrides: tuple) -> Any:
+    """Policies are pure (no per-problem state), so one instance per spec serves every request."""
     from optscale.policies import make_policy
+
+    return make_policy(method, **dict(overrides))
+
+
+def _make_policy(method: str, mparam: str, overrides: dict[str, Any], given: dict) -> Any:
     from optscale.policies.registry import POLICIES, parse_spec
 
     try:
@@ -352,7 +359,7 @@ def _make_policy(method: str, mparam: str, overrides: dict[str, Any], given: dic
             raise bad_request(f"method {name!r} has no parameter {key!r} (its parameters: "
                               f"{', '.join(valid) or 'none'})", given[key][2])
     try:
-        return make_policy(method, **overrides)
+        return _cached_policy(method, tuple(sorted(overrides.items())))
     except ParameterError as e:
         pname = getattr(e, "name", None)
         param = given[pname][2] if pname in given else mparam
