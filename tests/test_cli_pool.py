@@ -52,7 +52,10 @@ def test_import_search_and_learn_table(shared_data, tmp_path, capsys):
     code, stdout, _ = _run(capsys, "pool", "import", str(shared_data / PRM / "BayesPRM-Search__data_previous_n4.jsonl"),
                            "--format", "search-and-learn", "-o", str(out))
     assert code == 0
-    assert "problems" in stdout and "10" in stdout and str(out) in stdout
+    fields = dict(line.split(None, 1) for line in stdout.splitlines()[1:])
+    assert (fields["problems"], fields["samples"], fields["correct_samples"]) == ("10", "40", "17")
+    assert fields["format"] == "search-and-learn" and fields["output"] == str(out)
+    assert stdout.splitlines()[0].endswith(f"(search-and-learn) -> {out}")
     assert all(s.tokens is not None for p in load_pool(out).problems for s in p.samples)
 
 

@@ -18,20 +18,15 @@ from optscale.cli import build_parser, main
 sys.path.insert(0, os.path.dirname(__file__))
 from fakeserver import FakeServer  # noqa: E402
 
-# only the sub-commands that exist (the others are written in parallel and may not have landed yet)
-_MAIN = (
-    "import importlib.util, sys, optscale.cli as c; "
-    "c.COMMANDS = tuple(n for n in c.COMMANDS if importlib.util.find_spec('optscale.cli.' + n)); "
-    "sys.exit(c.main())"
-)
+_MAIN = "import sys, optscale.cli as c; sys.exit(c.main())"
 
 
-@pytest.fixture(autouse=True)
-def _existing_commands(monkeypatch):
-    import importlib.util
-
-    have = tuple(n for n in optscale.cli.COMMANDS if importlib.util.find_spec(f"optscale.cli.{n}"))
-    monkeypatch.setattr(optscale.cli, "COMMANDS", have)
+def test_every_sub_command_is_registered():
+    """No filter hides a missing sub-command: each one the README documents builds its parser."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert {"run", "generate", "eval", "nstar", "pool", "predictor"} <= set(sub.choices)
+    assert list(sub.choices) == list(optscale.cli.COMMANDS)
 
 
 def _sub(name):
@@ -195,16 +190,17 @@ def test_sigkill_and_resume_generate(tmp_path):
 def test_run_timeout_and_retries_options_against_a_stalled_server(tmp_path, capsys):
     """--timeout / --max-retries reach the client: a server that never answers gives one clear error after
     exactly 1 + max_retries attempts, quickly, instead of hanging."""
-    with FakeServer(lambda i, body: ("stall",), stall_limit=5.0, lifetime=30.0) as server:
+    # the server stalls until it shuts down (longer than the test's own timeout): only the client's
+    # --timeout can end each attempt, so no wall-clock bound is needed to tell that it reached the client
+    with FakeServer(lambda i, body: ("stall",), stall_limit=120.0, lifetime=120.0) as server:
         url = f"http://127.0.0.1:{server.port}/v1"
-        t0 = time.monotonic()
         code = main(["run", "--demo", "--limit", "1", "--base-url", url, "--model", "fake", "--n-max", "1",
                      "--method", "bon", "--timeout", "0.3", "--max-retries", "1", "--out",
                      str(tmp_path / "r.jsonl"), "--no-progress"])
-        elapsed = time.monotonic() - t0
         err = capsys.readouterr().err
-        assert code == 2 and "error" in err and "Traceback" not in err
-        assert len(server.requests) == 2 and elapsed < 15
+        assert code == 2 and "Traceback" not in err
+        assert "failed after 2 attempts: no complete answer within timeout=0.3 s" in err
+        assert len(server.requests) == 2
     assert main(["run", "--demo", "--base-url", url, "--model", "fake", "--timeout", "0"]) == 2
     assert "--timeout" in capsys.readouterr().err
 

@@ -215,15 +215,9 @@ def prompt_template(args) -> str:
     if args.prompt_template and args.prompt_file:
         raise ParameterError("--prompt-file", "give either --prompt-template or --prompt-file, not both")
     if args.prompt_file:
-        try:
-            with open(args.prompt_file, encoding="utf-8") as fh:
-                return fh.read()
-        except OSError as exc:
-            from optscale.errors import InputError
+        from optscale.jsonio import read_text
 
-            raise InputError(
-                args.prompt_file, None, None, f"cannot read the prompt template: {exc.strerror}"
-            ) from None
+        return read_text(args.prompt_file)  # missing, directory, binary, non-UTF-8: one error naming the file
     return args.prompt_template or DEFAULT_PROMPT_TEMPLATE
 
 

@@ -135,6 +135,9 @@ def _check_score(value: float, index: int, scorer: str, tol: float = 1e-6) -> fl
     return min(1.0, max(0.0, v))
 
 
+check_score = _check_score   # public name for scorers in other modules (online.prm)
+
+
 AGGREGATIONS = ("mean", "min", "last", "product")
 
 
@@ -181,6 +184,9 @@ def _check_aggregation(how: str) -> str:
             "aggregation", f"unknown aggregation {how!r}; choose one of {', '.join(AGGREGATIONS)}"
         )
     return how
+
+
+check_aggregation = _check_aggregation   # public name for scorers in other modules (online.prm)
 
 
 # ----------------------------------------------------------------------------------------------------------
