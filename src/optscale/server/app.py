@@ -271,9 +271,14 @@ class ServerState:
 
     @staticmethod
     def _load_prior_fn(policy: Any) -> Any:
-        from optscale.cli.run import _prior_fn
+        """question -> (mu0, sigma0, sd_mu, sd_sigma) from the bundled predictor (as ``optscale run``)."""
+        from optscale.predictor import load_default
 
-        fn = _prior_fn(policy)
+        predictor = load_default()
+
+        def fn(question: str) -> tuple[float, ...]:
+            return tuple(float(x) for x in predictor.priors_for([question])[0])
+
         fn("What is 1 + 1?")  # loads the predictor's encoder now, not in a request
         return fn
 
