@@ -40,6 +40,8 @@ log = logging.getLogger("optscale.server")
 
 #: how long a listing of the upstream's models is reused
 MODELS_TTL_S = 30.0
+#: least time between two listings forced by an unknown model name
+MODELS_REFRESH_S = 5.0
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -226,24 +228,28 @@ class ServerState:
         return gen
 
     async def upstream_models(self, *, fresh: bool = False) -> list[str]:
-        """Model ids the upstream serves (GET {upstream}/models, cached ``MODELS_TTL_S``); the configured
-        model is always included."""
+        """Model ids the upstream serves (GET {upstream}/models), reused for ``MODELS_TTL_S`` (``fresh``: at
+        most once per ``MODELS_REFRESH_S``, for a model name not seen yet); the configured model is always
+        included. A failed listing is cached like a successful one, so a down or stalled upstream costs one
+        probe per period, not one per request."""
         cfg = self.config
         if cfg.embedded:
             return [cfg.served_model]
         now = time.monotonic()
-        if not fresh and self._models is not None and now - self._models[0] < MODELS_TTL_S:
-            return self._models[1]
+        if self._models is not None:
+            age = now - self._models[0]
+            if age < (MODELS_REFRESH_S if fresh else MODELS_TTL_S):
+                return self._models[1]
         ids = [cfg.served_model]
         try:
-            data = await self._get_upstream("/models", timeout=5.0)
+            data = await self._get_upstream("/models", timeout=min(5.0, cfg.upstream_timeout))
             for m in data.get("data") or []:
                 if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"] not in ids:
                     ids.append(m["id"])
         except Exception as e:  # the listing is advisory: serve the configured model regardless
             log.warning("optscale serve: cannot list the upstream's models: %s", e)
             if self._models is not None:
-                return self._models[1]
+                ids = self._models[1]
         self._models = (now, ids)
         return ids
 
@@ -428,6 +434,7 @@ def create_app(config: ServerConfig | None = None, *, scorer: Any = None, genera
     """
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     class _Stream(StreamingResponse):
         """A streaming response that always runs ``on_close`` (cancel the loop if still running, release the
@@ -441,7 +448,6 @@ def create_app(config: ServerConfig | None = None, *, scorer: Any = None, genera
             finally:
                 if self.on_close is not None:
                     await self.on_close()
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config = config or ServerConfig()
     state = ServerState(config, scorer=scorer, generator_factory=generator_factory)
