@@ -202,6 +202,13 @@ def test_completions_endpoint(server):
     assert r.object == "text_completion" and "\\boxed{" in r.choices[0].text
     assert all(q["path"] == "/v1/completions" and q["body"]["prompt"] == "1+1=" for q in fake.requests)
     assert r.usage.total_tokens == sum(upstream_usage(fake, "/v1/completions"))
+    chunks = list(client(url).completions.create(model="fake", prompt="1+1=", max_tokens=8, stream=True, seed=4,
+                                                 stream_options={"include_usage": True},
+                                                 extra_body={"optscale": {"method": "bon", "n_max": 2}}))
+    full = client(url).completions.create(model="fake", prompt="1+1=", max_tokens=8, seed=4,
+                                          extra_body={"optscale": {"method": "bon", "n_max": 2}})
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == full.choices[0].text
+    assert chunks[-1].usage.total_tokens == full.usage.total_tokens
 
 
 # ------------------------------------------------------------------------------------------------ upstream n
