@@ -136,6 +136,9 @@ def make_client(
     )
 
 
+_URLS: dict[str, Any] = {}
+
+
 async def post_json(client: Any, url: str, body: Any) -> Any:
     """``await client.post(url, json=body)``: the same request on the wire (the same ``httpx.Request``: client
     headers, JSON encoding, timeouts) and the same read response, sent straight to the client's transport.
@@ -157,7 +160,12 @@ async def post_json(client: Any, url: str, body: Any) -> Any:
         or any(client.event_hooks.values())
     ):
         return await client.post(url, json=body)
-    req = httpx.Request("POST", url, headers=client.headers, json=body,
+    parsed = _URLS.get(url)
+    if parsed is None:  # httpx.URL is immutable; parsing the same few URLs on every request is a visible cost
+        if len(_URLS) >= 256:
+            _URLS.clear()
+        parsed = _URLS[url] = httpx.URL(url)
+    req = httpx.Request("POST", parsed, headers=client.headers, json=body,
                         extensions={"timeout": client.timeout.as_dict()})
     resp = await transport_for(req.url).handle_async_request(req)
     resp.request = req
