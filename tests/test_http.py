@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 
 import httpx
+import numpy as np
 import pytest
 
 from optscale.errors import ParameterError
@@ -168,3 +169,30 @@ def test_post_json_sends_what_client_post_sends_and_keeps_cookies():
     assert b.request is not None and b.is_closed and c.is_closed
     assert jar == {"affinity": "w3"} and "cookie" not in seen[2].headers
     assert seen[3].headers["cookie"] == "affinity=w3" and d.json() == a.json()
+
+
+@pytest.mark.parametrize("activation", ["none", "sigmoid", "softmax"])
+@pytest.mark.parametrize("aggregation", ["mean", "min", "last", "product"])
+@pytest.mark.parametrize("positive_index", [None, 0, 1])
+def test_reward_endpoint_bare_number_scores_as_the_one_by_one_matrix(activation, aggregation, positive_index):
+    """A bare number in 'data' (the fast path) gives exactly the score, or the same error, as [[number]]."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    s = RewardEndpointScorer("http://rm.test/pooling", activation=activation, aggregation=aggregation,
+                             positive_index=positive_index)
+
+    def outcome(item):
+        try:
+            return s.parse_item(item, 3)
+        except ScoringError as e:
+            return ("error", str(e))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6),
+                     st.floats(-1e-5, 1 + 1e-5), st.sampled_from([0, 1, 0.5, -1e-6, 1 + 1e-6, -800.0, 800.0])))
+    def check(x):
+        with np.errstate(over="ignore"):
+            assert outcome({"data": x}) == outcome({"data": [[x]]})
+
+    check()
