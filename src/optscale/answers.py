@@ -46,6 +46,7 @@ __all__ = [
     "math_equiv",
     "get_equivalence",
     "cluster_answers",
+    "clear_caches",
     "grade",
 ]
 
