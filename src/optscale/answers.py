@@ -719,9 +719,11 @@ def cluster_answers(
 
 
 def clear_caches() -> None:
-    """Forget the cached math-verify parses and comparisons (they persist across calls otherwise)."""
+    """Forget the cached math-verify parses and comparisons and the cached normalized forms (they persist
+    across calls otherwise)."""
     _PARSE_CACHE.clear()
     _VERIFY_CACHE.clear()
+    _normalize_str.cache_clear()
 
 
 GRADE_KINDS = ("auto", "math", "number", "choice", "exact")
