@@ -403,21 +403,43 @@ def _per_problem(m: RowMetrics, n_orderings: int) -> np.ndarray:
 _BOOT_CHUNK = 1 << 22
 
 
-def bootstrap_weights(n_problems: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """uint8[n_boot, P] (uint16 if some count exceeds 255): how often each problem is drawn in each
-    bootstrap resample (seeded). Drawn in chunks of resamples; the random stream, hence every weight, is
-    the same as one ``integers(0, P, size=(n_boot, P))`` draw."""
+def _weight_chunks(n_problems: int, n_boot: int, seed: int):
+    """Yield (first resample, int64 counts [c, P]) chunk by chunk: how often each problem is drawn in each
+    bootstrap resample (seeded; the random stream, hence every weight, is that of one
+    ``integers(0, P, size=(n_boot, P))`` draw)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB007]))
     step = max(1, _BOOT_CHUNK // max(n_problems, 1))
-    out = np.zeros((n_boot, n_problems), dtype=np.uint8)
     for s in range(0, n_boot, step):
         c = min(step, n_boot - s)
         idx = rng.integers(0, n_problems, size=(c, n_problems))
         idx += (np.arange(c, dtype=np.int64) * n_problems)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=c * n_problems).reshape(c, n_problems)
+        yield s, np.bincount(idx.ravel(), minlength=c * n_problems).reshape(c, n_problems)
+
+
+class LazyBootstrapWeights:
+    """The weights of :func:`bootstrap_weights` without storing them: :func:`bootstrap_ci` draws them again,
+    chunk by chunk, on each use (same numbers; memory of one chunk instead of n_boot x P)."""
+
+    def __init__(self, n_problems: int, n_boot: int = 1000, seed: int = 0):
+        self.shape = (int(n_boot), int(n_problems))
+        self.seed = int(seed)
+
+    def chunks(self):
+        return _weight_chunks(self.shape[1], self.shape[0], self.seed)
+
+    def __array__(self, dtype=None, copy=None):
+        return bootstrap_weights(self.shape[1], self.shape[0], self.seed).astype(dtype or np.uint8)
+
+
+def bootstrap_weights(n_problems: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """uint8[n_boot, P] (uint16 if some count exceeds 255): how often each problem is drawn in each
+    bootstrap resample (seeded). Drawn in chunks of resamples; the random stream, hence every weight, is
+    the same as one ``integers(0, P, size=(n_boot, P))`` draw."""
+    out = np.zeros((n_boot, n_problems), dtype=np.uint8)
+    for s, counts in _weight_chunks(n_problems, n_boot, seed):
         if counts.size and counts.max() > np.iinfo(out.dtype).max:
             out = out.astype(np.uint16)
-        out[s:s + c] = counts
+        out[s:s + counts.shape[0]] = counts
     return out
 
 
@@ -436,9 +458,13 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
     W = bootstrap_weights(P, n_boot, seed) if weights is None else weights
     flat = v.reshape(-1, P)
     means = np.empty((flat.shape[0], W.shape[0]))  # [K, n_boot], in chunks of resamples
-    step = max(1, _BOOT_CHUNK // P)
-    for s in range(0, W.shape[0], step):
-        means[:, s:s + step] = flat @ W[s:s + step].T.astype(np.float64)
+    if isinstance(W, LazyBootstrapWeights):
+        for s, counts in W.chunks():
+            means[:, s:s + counts.shape[0]] = flat @ counts.T.astype(np.float64)
+    else:
+        step = max(1, _BOOT_CHUNK // P)
+        for s in range(0, W.shape[0], step):
+            means[:, s:s + step] = flat @ W[s:s + step].T.astype(np.float64)
     means /= P
     q = (1.0 - level) / 2.0
     low, high = np.quantile(means, [q, 1.0 - q], axis=1)
@@ -496,11 +522,43 @@ def _kind(name: str) -> str:
     return KIND_FIXED if name in FIXED_METHODS else KIND_ADAPTIVE
 
 
+#: rows per replay block (whole orderings): a replay's temporaries grow with the block, not the batch
+_ROW_CHUNK = 1 << 17
+
+
+def _row_blocks(prep: Prepared, rows: np.ndarray) -> list[np.ndarray]:
+    """``rows`` cut into consecutive blocks of whole orderings (each block at least ``_ROW_CHUNK`` rows but
+    the last), so that replaying block by block equals one replay (policies are row-independent except
+    DSC, which works per ordering group); one block when the rows are few or an ordering is not one run."""
+    if rows.shape[0] <= _ROW_CHUNK:
+        return [rows]
+    g = prep.ordering[rows]
+    cuts = np.flatnonzero(g[1:] != g[:-1]) + 1
+    if np.unique(g).size != cuts.size + 1:
+        return [rows]
+    blocks, start = [], 0
+    for c in cuts:
+        if c - start >= _ROW_CHUNK:
+            blocks.append(rows[start:c])
+            start = int(c)
+    blocks.append(rows[start:])
+    return blocks
+
+
+def _concat_metrics(parts: list[RowMetrics]) -> RowMetrics:
+    if len(parts) == 1:
+        return parts[0]
+    return RowMetrics(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("correct", "tokens", "samples")))
+
+
 def _replay(prep: Prepared, rows: np.ndarray, policy, name: str, n_max: int, _cache: dict | None = None):
-    sub = _subset_batch(prep.batch, rows)
-    res = policy.replay(sub, int(n_max))
-    nd, sel = _check_result(name, res, sub)
-    return _metrics(prep, rows, nd, sel)
+    parts = []
+    for blk in _row_blocks(prep, rows):
+        sub = _subset_batch(prep.batch, blk)
+        res = policy.replay(sub, int(n_max))
+        nd, sel = _check_result(name, res, sub)
+        parts.append(_metrics(prep, blk, nd, sel))
+    return _concat_metrics(parts)
 
 
 # ================================================================================================ oracle
@@ -509,15 +567,12 @@ def oracle_costs(prep: Prepared, rows: np.ndarray, budgets: Sequence[int], refer
     pick has the same correctness as the reference at N_max; its tokens and n (accuracy = reference's)."""
     budgets = sorted({int(b) for b in budgets})
     top = budgets[-1]
-    sub = _subset_batch(prep.batch, rows)
     corr = np.zeros((top, rows.shape[0]), dtype=bool)
     drawn = np.zeros((top, rows.shape[0]), dtype=np.int64)
     for n in range(1, top + 1):
-        res = reference.replay(sub, n)
-        nd, sel = _check_result(getattr(reference, "name", "reference"), res, sub)
-        m = _metrics(prep, rows, nd, sel)
+        m = _replay(prep, rows, reference, getattr(reference, "name", "reference"), n)  # in row blocks
         corr[n - 1] = m.correct
-        drawn[n - 1] = nd
+        drawn[n - 1] = m.samples
     out = {}
     for b in budgets:
         target = corr[b - 1]
@@ -657,9 +712,9 @@ def evaluate(
         calib, test = None, None
         report_split, report_problems = SPLIT_ALL, np.arange(P)
     rows_rep = prep.rows_of(report_problems)
-    W_rep = bootstrap_weights(report_problems.shape[0], n_boot, seed)
+    W_rep = LazyBootstrapWeights(report_problems.shape[0], n_boot, seed)
     rows_cal = prep.rows_of(calib) if calib is not None else None
-    W_cal = bootstrap_weights(calib.shape[0], n_boot, seed) if calib is not None else None
+    W_cal = LazyBootstrapWeights(calib.shape[0], n_boot, seed) if calib is not None else None
     n_ord = prep.n_orderings
 
     report = EvalReport(meta={
@@ -695,8 +750,9 @@ def evaluate(
             cal = _grid_metrics(prep, rows_cal, name, grid, budgets, fast=fast, reduce=n_ord)
             cp = _COUNTERPART.get(name, "bon" if prep.has_scores else "sc")
             for b in budgets:
-                pps = np.stack([cal[(gi, b)] for gi in range(len(grid))])  # [G, 3, Pc]
-                acc, tok = pps[:, 0].mean(axis=1), pps[:, 1].mean(axis=1)
+                pps = [cal[(gi, b)] for gi in range(len(grid))]  # G x [3, Pc]
+                acc = np.array([pp[0].mean() for pp in pps])
+                tok = np.array([pp[1].mean() for pp in pps])
                 ref = _per_problem(reference(cp, rows_cal, "calib", b), n_ord)
                 gi = _choose(acc, tok, float(ref[0].mean()), float(ref[1].mean()), select, tolerance,
                              token_penalty)
@@ -797,7 +853,25 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
     With ``reduce`` (the number of orderings) each value is its ``_per_problem`` [3, P'] array instead,
     reduced as soon as it is computed, so that memory grows with grid x problems, not grid x rows."""
     if fast:
-        res = _fast_optscale(prep, rows, name, grid, budgets, reduce=reduce)
+        blocks = _row_blocks(prep, rows)
+        if len(blocks) == 1:
+            res = _fast_optscale(prep, rows, name, grid, budgets, reduce=reduce)
+        else:  # block by block (whole orderings): per-problem sums over orderings, or rows concatenated
+            res, acc = None, None
+            for blk in blocks:
+                part = _fast_optscale(prep, blk, name, grid, budgets, reduce=-1 if reduce else None)
+                if part is None:
+                    break
+                if acc is None:
+                    acc = {k: [v] if reduce is None else v for k, v in part.items()}
+                else:
+                    for k, v in part.items():
+                        if reduce is None:
+                            acc[k].append(v)
+                        else:
+                            acc[k] += v
+            else:
+                res = {k: _concat_metrics(v) if reduce is None else v / reduce for k, v in acc.items()}
         if res is not None:
             return res
     out = {}
@@ -829,7 +903,7 @@ def best_picks(prep: Prepared) -> np.ndarray:
 
 _FAST_KEYS = {"target", "alpha", "k"}  # parameters a fast-path grid may vary
 #: most elements of one [grid points, rows] array of the fast path (memory stays linear in the rows)
-_GRID_CHUNK = 1 << 21
+_GRID_CHUNK = 1 << 19
 
 
 def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[str, Any]],
@@ -867,6 +941,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     cum = prep.cumtok[rows]
     R = rows.shape[0]
     ar = np.arange(R)
+    k_ord = int(np.unique(prep.ordering[rows]).size) if reduce == -1 else 0
     targets = np.array([p.target for p in pols])
     alphas = np.array([p.alpha for p in pols])
     ks = np.array([p.k for p in pols])
@@ -932,7 +1007,13 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
                 tok = cum[ar[None, :], nd]
                 for j, g in enumerate(gi):
                     m = RowMetrics(correct=corr[j], tokens=tok[j], samples=nd[j])
-                    out[(int(g), b)] = m if reduce is None else _per_problem(m, reduce)
+                    if reduce is None:
+                        out[(int(g), b)] = m
+                    elif reduce == -1:  # per-problem sums over the block's orderings (rows are ordering-major)
+                        out[(int(g), b)] = np.stack([m.correct.astype(np.float64), m.tokens,
+                                                     m.samples.astype(np.float64)]).reshape(3, k_ord, -1).sum(axis=1)
+                    else:
+                        out[(int(g), b)] = _per_problem(m, reduce)
     return out
 
 
@@ -962,7 +1043,7 @@ def sweep(
     arrays, cost_unit = _cost_arrays(arrays)
     prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors)
     rows = prep.rows_of(None)
-    W = bootstrap_weights(P, n_boot, seed)
+    W = LazyBootstrapWeights(P, n_boot, seed)
     n_ord = prep.n_orderings
     report = EvalReport(meta={"cost": cost_unit, "problems": int(P), "orderings": int(n_ord), "seed": int(seed),
                               "budgets": list(budgets), "split": SPLIT_SWEEP,
