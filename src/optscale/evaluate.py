@@ -253,6 +253,7 @@ def build_batch(
         answers=ans_b, scores=sc_b, tokens=tok_b, n=n[problem].copy(), priors=pri_b, difficulty=diff_b,
         group=ordering.copy(),
     )
+    perm = perm.astype(np.min_scalar_type(M))  # sample indices < M: the smallest integer type holds them
     return Prepared(batch=batch, problem=problem, ordering=ordering, perm=perm, sample_correct=sample_correct,
                     cumtok=cumtok, n_problems=P, n_orderings=n_ord, has_scores=has_scores)
 
@@ -961,7 +962,11 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
                 mu, sigma = base._fit(np.where(mask, scores, 0.0), mask, None if priors is None else priors[fit_rows])
                 ok = np.isfinite(mu) & np.isfinite(sigma)
                 good = fit_rows[ok]
-                log_f = theory.logcdf(u_targets[:, None], mu[ok][None, :], sigma[ok][None, :])
+                mu_ok, sg_ok = mu[ok], sigma[ok]
+                step = max(1, _GRID_CHUNK // max(u_targets.size, 1))  # log-CDF temporaries stay small
+                log_f = np.concatenate(
+                    [theory.logcdf(u_targets[:, None], mu_ok[None, s:s + step], sg_ok[None, s:s + step])
+                     for s in range(0, mu_ok.size, step)] or [np.zeros((u_targets.size, 0))], axis=1)
             fits[c] = (good, log_f)
         return fits[c]
 
