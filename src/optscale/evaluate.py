@@ -860,17 +860,17 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
         else:  # block by block (whole orderings): per-problem sums over orderings, or rows concatenated
             res, acc = None, None
             for blk in blocks:
-                part = _fast_optscale(prep, blk, name, grid, budgets, reduce=-1 if reduce else None)
+                part = _fast_optscale(prep, blk, name, grid, budgets, reduce=-1 if reduce else None,
+                                      into=acc if reduce else None)  # sums added in place
                 if part is None:
                     break
-                if acc is None:
-                    acc = {k: [v] if reduce is None else v for k, v in part.items()}
+                if reduce:
+                    acc = part
+                elif acc is None:
+                    acc = {k: [v] for k, v in part.items()}
                 else:
                     for k, v in part.items():
-                        if reduce is None:
-                            acc[k].append(v)
-                        else:
-                            acc[k] += v
+                        acc[k].append(v)
             else:
                 res = {k: _concat_metrics(v) if reduce is None else v / reduce for k, v in acc.items()}
         if res is not None:
@@ -908,7 +908,7 @@ _GRID_CHUNK = 1 << 19
 
 
 def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[str, Any]],
-                   budgets: Sequence[int], *, reduce: int | None = None) -> dict | None:
+                   budgets: Sequence[int], *, reduce: int | None = None, into: dict | None = None) -> dict | None:
     """Grid x budgets of an OptScale policy (one-shot or sequential) in one pass, or None if the grid is
     not such a policy with only (target, alpha, k) varying.
 
@@ -977,7 +977,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
             ns[:, good] = theory.n_star_from_logcdf(log_f[t_index[gi]], alphas[gi][:, None], b).n
         return ns
 
-    out: dict[tuple[int, int], Any] = {}
+    out: dict[tuple[int, int], Any] = {} if into is None else into
     for b in budgets:
         b = int(b)
         budget = np.minimum(sub.n, b)
@@ -1015,8 +1015,12 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
                     if reduce is None:
                         out[(int(g), b)] = m
                     elif reduce == -1:  # per-problem sums over the block's orderings (rows are ordering-major)
-                        out[(int(g), b)] = np.stack([m.correct.astype(np.float64), m.tokens,
-                                                     m.samples.astype(np.float64)]).reshape(3, k_ord, -1).sum(axis=1)
+                        sums = np.stack([m.correct.astype(np.float64), m.tokens,
+                                         m.samples.astype(np.float64)]).reshape(3, k_ord, -1).sum(axis=1)
+                        if (int(g), b) in out:
+                            out[(int(g), b)] += sums
+                        else:
+                            out[(int(g), b)] = sums
                     else:
                         out[(int(g), b)] = _per_problem(m, reduce)
     return out
