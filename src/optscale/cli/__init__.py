@@ -12,9 +12,10 @@ import argparse
 import importlib
 import re
 import sys
+import warnings
 
 #: sub-command modules, in the order shown by ``optscale --help``
-COMMANDS = ("run", "generate", "eval", "nstar", "pool", "predictor")
+COMMANDS = ("run", "generate", "eval", "nstar", "pool", "predictor", "serve")
 
 
 #: what argparse should read as a negative number, not an option: -1, -.5, -1e6, -2.5E-3, -inf, -nan
@@ -54,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():
+            # library warnings (e.g. a torn checkpoint line discarded) as one line each, not a source excerpt
+            warnings.showwarning = lambda message, *a, **k: print(
+                f"optscale {args.command}: warning: {message}", file=sys.stderr
+            )
+            code = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -40,9 +40,9 @@ from optscale.errors import ParameterError
 from optscale.online.scorers import (
     Scorer,
     ScoringError,
-    _check_aggregation,
-    _check_score,
     aggregate,
+    check_aggregation,
+    check_score,
     split_steps,
 )
 
@@ -100,7 +100,7 @@ class _TransformersPRM(Scorer):
         name: str | None = None,
     ):
         torch, _ = _import_torch()
-        self.aggregation = _check_aggregation(aggregation)
+        self.aggregation = check_aggregation(aggregation)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ParameterError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
         if not step_split:
@@ -243,7 +243,7 @@ class _TransformersPRM(Scorer):
             probs = probs.float().cpu().tolist()
             k = 0
             for i, _, pos in batch:
-                result[i] = [_check_score(p, i, self.name) for p in probs[k : k + len(pos)]]
+                result[i] = [check_score(p, i, self.name) for p in probs[k : k + len(pos)]]
                 k += len(pos)
         return result
 

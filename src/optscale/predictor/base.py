@@ -266,7 +266,7 @@ class Predictor:
             self.ridges_[name] = r
             oof[name] = r.oof_
         if "krr" in self.blocks:
-            self.ridges_["krr"] = KernelRidge().fit(self.ridges_["knn"]._train_vectors(), Y)
+            self.ridges_["krr"] = KernelRidge().fit(self.ridges_["knn"].train_vectors(), Y)
             oof["krr"] = self.ridges_["krr"].oof_
         # stacker: per target, non-negative least squares on the blocks' out-of-fold predictions (+ intercept)
         self.stack_ = np.zeros((len(self.blocks) + 1, 2))
@@ -327,7 +327,7 @@ class Predictor:
         for b in self.blocks:
             if b == "krr":
                 knn = self.ridges_["knn"]
-                preds[b] = self.ridges_[b].predict(knn._reduce(feats["knn"]), knn._train_vectors())
+                preds[b] = self.ridges_[b].predict(knn.reduce(feats["knn"]), knn.train_vectors())
             else:
                 preds[b] = self.ridges_[b].predict(feats[b])
         return self._combine(preds)
