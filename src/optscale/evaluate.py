@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -317,13 +316,10 @@ def expand_priors(priors, n_problems: int) -> np.ndarray:
 def load_priors(path: str | Path, ids: Sequence[str]) -> np.ndarray:
     """Priors from a JSON file: a list of [mu0, sigma0] (or 4 values) aligned with the problems, or an
     object {problem id: [mu0, sigma0]} covering every problem. Returns float64[P, 2 or 4]."""
+    from optscale.jsonio import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(str(path), None, None, "file not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+    data = read_json(path)  # the one reader: missing, directory, binary, gzip, syntax: one error with the line
     ids = [str(i) for i in ids]
     if isinstance(data, dict):
         missing = [i for i in ids if i not in data]
