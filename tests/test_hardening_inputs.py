@@ -557,3 +557,13 @@ def test_eval_priors_file_binary_or_directory(capsys, tmp_path, pool_file):
     for priors in (bad, tmp_path):
         code, _, err = _run(capsys, "eval", pool_file, *EVAL_FAST, "--priors", priors)
         _one_line_error(code, err, str(priors))
+
+
+def test_server_config_non_utf8_is_one_error(tmp_path):
+    pytest.importorskip("yaml")
+    from optscale.server.config import load_config
+
+    bad = tmp_path / "serve.yaml"
+    bad.write_bytes(b"server:\n  port: 80\xff\n")
+    with pytest.raises(InputError, match="line 2.*UTF-8"):
+        load_config(bad)
