@@ -881,7 +881,7 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
 
 
 def best_picks(prep: Prepared) -> np.ndarray:
-    """int64[B, M + 1]: the Best-of-N pick after each prefix length n (column n; -1 for n = 0), computed
+    """int[B, M + 1] (the smallest signed type holding -1..M-1): the Best-of-N pick after each prefix length n (column n; -1 for n = 0), computed
     once per batch with the policies' own selection rule (``policies.best_score``) so that a replay's
     ``selected`` equals ``picks[row, n_drawn]`` for every score-based Best-of-N selection."""
     cached = getattr(prep, "_best_picks", None)
@@ -891,7 +891,7 @@ def best_picks(prep: Prepared) -> np.ndarray:
 
     b = prep.batch
     B, M = b.answers.shape
-    picks = np.full((B, M + 1), -1, dtype=np.int64)
+    picks = np.full((B, M + 1), -1, dtype=np.int8 if M < 128 else np.int16 if M < 32768 else np.int64)  # -1..M-1
     for n in range(1, M + 1):  # one vectorized call per prefix length (not per sample or row)
         picks[:, n] = best_score(b.answers, b.scores, np.full(B, n, dtype=np.int64))
     prep._best_picks = picks  # type: ignore[attr-defined]
