@@ -395,9 +395,9 @@ def _per_problem(m: RowMetrics, n_orderings: int) -> np.ndarray:
     return stack.reshape(3, n_orderings, -1).mean(axis=1)
 
 
-#: elements of one chunk of bootstrap draws (about 32 MB of int64): weights are drawn and applied in
+#: elements of one chunk of bootstrap draws (about 8 MB of int64): weights are drawn and applied in
 #: chunks of resamples so that memory stays linear in the problems, not n_boot times them
-_BOOT_CHUNK = 1 << 22
+_BOOT_CHUNK = 1 << 20
 
 
 def _weight_chunks(n_problems: int, n_boot: int, seed: int):
@@ -520,7 +520,7 @@ def _kind(name: str) -> str:
 
 
 #: rows per replay block (whole orderings): a replay's temporaries grow with the block, not the batch
-_ROW_CHUNK = 1 << 17
+_ROW_CHUNK = 1 << 15
 
 
 def _row_blocks(prep: Prepared, rows: np.ndarray) -> list[np.ndarray]:
@@ -768,6 +768,7 @@ def evaluate(
                          _per_problem(mt, n_ord), W_rep, n_ord, level)
                 if progress:
                     progress(label, b)
+            del cal, pps  # the grid x problems table is not needed past tuning
         elif name in POOL_ORDER_ONLY:
             # sequential rounds: only the pool's own order is meaningful (a permutation scrambles the rounds)
             if prep_pool_order is None:
@@ -868,7 +869,12 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
                     for k, v in part.items():
                         acc[k].append(v)
             else:
-                res = {k: _concat_metrics(v) if reduce is None else v / reduce for k, v in acc.items()}
+                if reduce is None:
+                    res = {k: _concat_metrics(v) for k, v in acc.items()}
+                else:
+                    for v in acc.values():
+                        v /= reduce  # in place: one grid x problems table
+                    res = acc
         if res is not None:
             return res
     out = {}
