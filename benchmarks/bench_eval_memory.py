@@ -5,8 +5,10 @@ correctness flags; about 35 MB) to a temporary directory and runs, each in a fre
 steps of ``optscale eval POOL`` with its default methods, reporting each process's peak resident set
 size (``ru_maxrss``) and its ratio to the file size:
 
-* ``load``: reading and validating the pool (:func:`optscale.importers.import_pool`) and building the
-  arrays (:func:`optscale.pool.to_arrays`);
+* ``load-objects``: the previous loader path, reading and validating the pool into sample objects
+  (:func:`optscale.pool.load_pool`) and then building the arrays (:func:`optscale.pool.to_arrays`);
+* ``load-stream``: what ``eval`` does now, :func:`optscale.pool.load_arrays` (validated lines streamed
+  straight into the arrays, no per-sample objects);
 * ``eval``: the whole command, ``optscale eval POOL --json`` (defaults: 7 methods, 10 orderings,
   tuning on a 30 % calibration split, bootstrap intervals, oracle).
 
@@ -28,11 +30,17 @@ from pathlib import Path
 
 TARGET_RATIO = 10.0
 
-LOAD = """
+LOAD_OBJECTS = """
 import resource, sys
-from optscale.importers import import_pool
-from optscale.pool import to_arrays
-arrays = to_arrays(import_pool(sys.argv[1], "auto"))
+from optscale.pool import load_pool, to_arrays
+arrays = to_arrays(load_pool(sys.argv[1]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+LOAD_STREAM = """
+import resource, sys
+from optscale.pool import load_arrays
+arrays, heads = load_arrays(sys.argv[1])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -81,12 +89,12 @@ def main() -> None:
         write_pool(pool, args.problems, args.samples)
         size = pool.stat().st_size
         print(f"pool: {args.problems:,} problems x {args.samples} samples, {size / 2**20:.1f} MiB")
-        print(f"{'step':<6} {'peak RSS MiB':>13} {'peak / file':>12} {'target':>7} {'seconds':>8}")
-        for name, code in (("load", LOAD), ("eval", EVAL)):
+        print(f"{'step':<13} {'peak RSS MiB':>13} {'peak / file':>12} {'target':>7} {'seconds':>8}")
+        for name, code in (("load-objects", LOAD_OBJECTS), ("load-stream", LOAD_STREAM), ("eval", EVAL)):
             kib, secs = peak_kib(code, pool)
             ratio = kib * 1024 / size
             ok = "ok" if ratio < TARGET_RATIO else "OVER"
-            print(f"{name:<6} {kib / 1024:13.0f} {ratio:11.1f}x {f'<{TARGET_RATIO:g}x':>7} {secs:8.1f}  {ok}")
+            print(f"{name:<13} {kib / 1024:13.0f} {ratio:11.1f}x {f'<{TARGET_RATIO:g}x':>7} {secs:8.1f}  {ok}")
 
 
 if __name__ == "__main__":

@@ -536,3 +536,34 @@ def test_every_error_is_an_optscale_error(tmp_path):
         for fn in (jsonio.read_json, jsonio.read_records, load_pool):
             with pytest.raises(OptScaleError):
                 fn(p)
+
+
+def test_checkpoint_recovery_uses_the_reader(tmp_path):
+    from optscale.online.checkpoint import recover_jsonl
+
+    ck = tmp_path / "run.samples.jsonl"
+    ck.write_bytes(b'{"a": NaN, "t": "\\ud800"}\n{"b": 2}\n{"c": ')  # own writes read back; torn tail cut
+    records, torn = recover_jsonl(ck)
+    assert torn and records[1] == {"b": 2} and records[0]["t"] == "\ud800" and records[0]["a"] != records[0]["a"]
+    assert ck.read_bytes().endswith(b'{"b": 2}\n')
+    ck.write_bytes(b'{"a": 1}\n' + b"[" * 5000 + b"]" * 5000 + b"\n" + b'{"b": 2}\n')
+    with pytest.raises(InputError, match="line 2.*not a torn tail"):
+        recover_jsonl(ck)
+
+
+def test_eval_priors_file_binary_or_directory(capsys, tmp_path, pool_file):
+    bad = tmp_path / "priors.json"
+    bad.write_bytes(b"\x00\x01binary")
+    for priors in (bad, tmp_path):
+        code, _, err = _run(capsys, "eval", pool_file, *EVAL_FAST, "--priors", priors)
+        _one_line_error(code, err, str(priors))
+
+
+def test_server_config_non_utf8_is_one_error(tmp_path):
+    pytest.importorskip("yaml")
+    from optscale.server.config import load_config
+
+    bad = tmp_path / "serve.yaml"
+    bad.write_bytes(b"server:\n  port: 80\xff\n")
+    with pytest.raises(InputError, match="line 2.*UTF-8"):
+        load_config(bad)

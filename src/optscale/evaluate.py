@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -253,6 +252,7 @@ def build_batch(
         answers=ans_b, scores=sc_b, tokens=tok_b, n=n[problem].copy(), priors=pri_b, difficulty=diff_b,
         group=ordering.copy(),
     )
+    perm = perm.astype(np.min_scalar_type(M))  # sample indices < M: the smallest integer type holds them
     return Prepared(batch=batch, problem=problem, ordering=ordering, perm=perm, sample_correct=sample_correct,
                     cumtok=cumtok, n_problems=P, n_orderings=n_ord, has_scores=has_scores)
 
@@ -316,13 +316,10 @@ def expand_priors(priors, n_problems: int) -> np.ndarray:
 def load_priors(path: str | Path, ids: Sequence[str]) -> np.ndarray:
     """Priors from a JSON file: a list of [mu0, sigma0] (or 4 values) aligned with the problems, or an
     object {problem id: [mu0, sigma0]} covering every problem. Returns float64[P, 2 or 4]."""
+    from optscale.jsonio import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(str(path), None, None, "file not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+    data = read_json(path)  # the one reader: missing, directory, binary, gzip, syntax: one error with the line
     ids = [str(i) for i in ids]
     if isinstance(data, dict):
         missing = [i for i in ids if i not in data]
@@ -398,26 +395,48 @@ def _per_problem(m: RowMetrics, n_orderings: int) -> np.ndarray:
     return stack.reshape(3, n_orderings, -1).mean(axis=1)
 
 
-#: elements of one chunk of bootstrap draws (about 32 MB of int64): weights are drawn and applied in
+#: elements of one chunk of bootstrap draws (about 8 MB of int64): weights are drawn and applied in
 #: chunks of resamples so that memory stays linear in the problems, not n_boot times them
-_BOOT_CHUNK = 1 << 22
+_BOOT_CHUNK = 1 << 20
+
+
+def _weight_chunks(n_problems: int, n_boot: int, seed: int):
+    """Yield (first resample, int64 counts [c, P]) chunk by chunk: how often each problem is drawn in each
+    bootstrap resample (seeded; the random stream, hence every weight, is that of one
+    ``integers(0, P, size=(n_boot, P))`` draw)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB007]))
+    step = max(1, _BOOT_CHUNK // max(n_problems, 1))
+    for s in range(0, n_boot, step):
+        c = min(step, n_boot - s)
+        idx = rng.integers(0, n_problems, size=(c, n_problems))
+        idx += (np.arange(c, dtype=np.int64) * n_problems)[:, None]
+        yield s, np.bincount(idx.ravel(), minlength=c * n_problems).reshape(c, n_problems)
+
+
+class LazyBootstrapWeights:
+    """The weights of :func:`bootstrap_weights` without storing them: :func:`bootstrap_ci` draws them again,
+    chunk by chunk, on each use (same numbers; memory of one chunk instead of n_boot x P)."""
+
+    def __init__(self, n_problems: int, n_boot: int = 1000, seed: int = 0):
+        self.shape = (int(n_boot), int(n_problems))
+        self.seed = int(seed)
+
+    def chunks(self):
+        return _weight_chunks(self.shape[1], self.shape[0], self.seed)
+
+    def __array__(self, dtype=None, copy=None):
+        return bootstrap_weights(self.shape[1], self.shape[0], self.seed).astype(dtype or np.uint8)
 
 
 def bootstrap_weights(n_problems: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """uint8[n_boot, P] (uint16 if some count exceeds 255): how often each problem is drawn in each
     bootstrap resample (seeded). Drawn in chunks of resamples; the random stream, hence every weight, is
     the same as one ``integers(0, P, size=(n_boot, P))`` draw."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB007]))
-    step = max(1, _BOOT_CHUNK // max(n_problems, 1))
     out = np.zeros((n_boot, n_problems), dtype=np.uint8)
-    for s in range(0, n_boot, step):
-        c = min(step, n_boot - s)
-        idx = rng.integers(0, n_problems, size=(c, n_problems))
-        idx += (np.arange(c, dtype=np.int64) * n_problems)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=c * n_problems).reshape(c, n_problems)
+    for s, counts in _weight_chunks(n_problems, n_boot, seed):
         if counts.size and counts.max() > np.iinfo(out.dtype).max:
             out = out.astype(np.uint16)
-        out[s:s + c] = counts
+        out[s:s + counts.shape[0]] = counts
     return out
 
 
@@ -436,9 +455,13 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
     W = bootstrap_weights(P, n_boot, seed) if weights is None else weights
     flat = v.reshape(-1, P)
     means = np.empty((flat.shape[0], W.shape[0]))  # [K, n_boot], in chunks of resamples
-    step = max(1, _BOOT_CHUNK // P)
-    for s in range(0, W.shape[0], step):
-        means[:, s:s + step] = flat @ W[s:s + step].T.astype(np.float64)
+    if isinstance(W, LazyBootstrapWeights):
+        for s, counts in W.chunks():
+            means[:, s:s + counts.shape[0]] = flat @ counts.T.astype(np.float64)
+    else:
+        step = max(1, _BOOT_CHUNK // P)
+        for s in range(0, W.shape[0], step):
+            means[:, s:s + step] = flat @ W[s:s + step].T.astype(np.float64)
     means /= P
     q = (1.0 - level) / 2.0
     low, high = np.quantile(means, [q, 1.0 - q], axis=1)
@@ -496,11 +519,43 @@ def _kind(name: str) -> str:
     return KIND_FIXED if name in FIXED_METHODS else KIND_ADAPTIVE
 
 
+#: rows per replay block (whole orderings): a replay's temporaries grow with the block, not the batch
+_ROW_CHUNK = 1 << 15
+
+
+def _row_blocks(prep: Prepared, rows: np.ndarray) -> list[np.ndarray]:
+    """``rows`` cut into consecutive blocks of whole orderings (each block at least ``_ROW_CHUNK`` rows but
+    the last), so that replaying block by block equals one replay (policies are row-independent except
+    DSC, which works per ordering group); one block when the rows are few or an ordering is not one run."""
+    if rows.shape[0] <= _ROW_CHUNK:
+        return [rows]
+    g = prep.ordering[rows]
+    cuts = np.flatnonzero(g[1:] != g[:-1]) + 1
+    if np.unique(g).size != cuts.size + 1:
+        return [rows]
+    blocks, start = [], 0
+    for c in cuts:
+        if c - start >= _ROW_CHUNK:
+            blocks.append(rows[start:c])
+            start = int(c)
+    blocks.append(rows[start:])
+    return blocks
+
+
+def _concat_metrics(parts: list[RowMetrics]) -> RowMetrics:
+    if len(parts) == 1:
+        return parts[0]
+    return RowMetrics(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("correct", "tokens", "samples")))
+
+
 def _replay(prep: Prepared, rows: np.ndarray, policy, name: str, n_max: int, _cache: dict | None = None):
-    sub = _subset_batch(prep.batch, rows)
-    res = policy.replay(sub, int(n_max))
-    nd, sel = _check_result(name, res, sub)
-    return _metrics(prep, rows, nd, sel)
+    parts = []
+    for blk in _row_blocks(prep, rows):
+        sub = _subset_batch(prep.batch, blk)
+        res = policy.replay(sub, int(n_max))
+        nd, sel = _check_result(name, res, sub)
+        parts.append(_metrics(prep, blk, nd, sel))
+    return _concat_metrics(parts)
 
 
 # ================================================================================================ oracle
@@ -509,15 +564,12 @@ def oracle_costs(prep: Prepared, rows: np.ndarray, budgets: Sequence[int], refer
     pick has the same correctness as the reference at N_max; its tokens and n (accuracy = reference's)."""
     budgets = sorted({int(b) for b in budgets})
     top = budgets[-1]
-    sub = _subset_batch(prep.batch, rows)
     corr = np.zeros((top, rows.shape[0]), dtype=bool)
     drawn = np.zeros((top, rows.shape[0]), dtype=np.int64)
     for n in range(1, top + 1):
-        res = reference.replay(sub, n)
-        nd, sel = _check_result(getattr(reference, "name", "reference"), res, sub)
-        m = _metrics(prep, rows, nd, sel)
+        m = _replay(prep, rows, reference, getattr(reference, "name", "reference"), n)  # in row blocks
         corr[n - 1] = m.correct
-        drawn[n - 1] = nd
+        drawn[n - 1] = m.samples
     out = {}
     for b in budgets:
         target = corr[b - 1]
@@ -657,9 +709,9 @@ def evaluate(
         calib, test = None, None
         report_split, report_problems = SPLIT_ALL, np.arange(P)
     rows_rep = prep.rows_of(report_problems)
-    W_rep = bootstrap_weights(report_problems.shape[0], n_boot, seed)
+    W_rep = LazyBootstrapWeights(report_problems.shape[0], n_boot, seed)
     rows_cal = prep.rows_of(calib) if calib is not None else None
-    W_cal = bootstrap_weights(calib.shape[0], n_boot, seed) if calib is not None else None
+    W_cal = LazyBootstrapWeights(calib.shape[0], n_boot, seed) if calib is not None else None
     n_ord = prep.n_orderings
 
     report = EvalReport(meta={
@@ -695,8 +747,9 @@ def evaluate(
             cal = _grid_metrics(prep, rows_cal, name, grid, budgets, fast=fast, reduce=n_ord)
             cp = _COUNTERPART.get(name, "bon" if prep.has_scores else "sc")
             for b in budgets:
-                pps = np.stack([cal[(gi, b)] for gi in range(len(grid))])  # [G, 3, Pc]
-                acc, tok = pps[:, 0].mean(axis=1), pps[:, 1].mean(axis=1)
+                pps = [cal[(gi, b)] for gi in range(len(grid))]  # G x [3, Pc]
+                acc = np.array([pp[0].mean() for pp in pps])
+                tok = np.array([pp[1].mean() for pp in pps])
                 ref = _per_problem(reference(cp, rows_cal, "calib", b), n_ord)
                 gi = _choose(acc, tok, float(ref[0].mean()), float(ref[1].mean()), select, tolerance,
                              token_penalty)
@@ -715,6 +768,7 @@ def evaluate(
                          _per_problem(mt, n_ord), W_rep, n_ord, level)
                 if progress:
                     progress(label, b)
+            del cal, pps  # the grid x problems table is not needed past tuning
         elif name in POOL_ORDER_ONLY:
             # sequential rounds: only the pool's own order is meaningful (a permutation scrambles the rounds)
             if prep_pool_order is None:
@@ -797,7 +851,30 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
     With ``reduce`` (the number of orderings) each value is its ``_per_problem`` [3, P'] array instead,
     reduced as soon as it is computed, so that memory grows with grid x problems, not grid x rows."""
     if fast:
-        res = _fast_optscale(prep, rows, name, grid, budgets, reduce=reduce)
+        blocks = _row_blocks(prep, rows)
+        if len(blocks) == 1:
+            res = _fast_optscale(prep, rows, name, grid, budgets, reduce=reduce)
+        else:  # block by block (whole orderings): per-problem sums over orderings, or rows concatenated
+            res, acc = None, None
+            for blk in blocks:
+                part = _fast_optscale(prep, blk, name, grid, budgets, reduce=-1 if reduce else None,
+                                      into=acc if reduce else None)  # sums added in place
+                if part is None:
+                    break
+                if reduce:
+                    acc = part
+                elif acc is None:
+                    acc = {k: [v] for k, v in part.items()}
+                else:
+                    for k, v in part.items():
+                        acc[k].append(v)
+            else:
+                if reduce is None:
+                    res = {k: _concat_metrics(v) for k, v in acc.items()}
+                else:
+                    for v in acc.values():
+                        v /= reduce  # in place: one grid x problems table
+                    res = acc
         if res is not None:
             return res
     out = {}
@@ -810,7 +887,7 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
 
 
 def best_picks(prep: Prepared) -> np.ndarray:
-    """int64[B, M + 1]: the Best-of-N pick after each prefix length n (column n; -1 for n = 0), computed
+    """int[B, M + 1] (the smallest signed type holding -1..M-1): the Best-of-N pick after each prefix length n (column n; -1 for n = 0), computed
     once per batch with the policies' own selection rule (``policies.best_score``) so that a replay's
     ``selected`` equals ``picks[row, n_drawn]`` for every score-based Best-of-N selection."""
     cached = getattr(prep, "_best_picks", None)
@@ -820,7 +897,7 @@ def best_picks(prep: Prepared) -> np.ndarray:
 
     b = prep.batch
     B, M = b.answers.shape
-    picks = np.full((B, M + 1), -1, dtype=np.int64)
+    picks = np.full((B, M + 1), -1, dtype=np.int8 if M < 128 else np.int16 if M < 32768 else np.int64)  # -1..M-1
     for n in range(1, M + 1):  # one vectorized call per prefix length (not per sample or row)
         picks[:, n] = best_score(b.answers, b.scores, np.full(B, n, dtype=np.int64))
     prep._best_picks = picks  # type: ignore[attr-defined]
@@ -829,11 +906,11 @@ def best_picks(prep: Prepared) -> np.ndarray:
 
 _FAST_KEYS = {"target", "alpha", "k"}  # parameters a fast-path grid may vary
 #: most elements of one [grid points, rows] array of the fast path (memory stays linear in the rows)
-_GRID_CHUNK = 1 << 21
+_GRID_CHUNK = 1 << 19
 
 
 def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[str, Any]],
-                   budgets: Sequence[int], *, reduce: int | None = None) -> dict | None:
+                   budgets: Sequence[int], *, reduce: int | None = None, into: dict | None = None) -> dict | None:
     """Grid x budgets of an OptScale policy (one-shot or sequential) in one pass, or None if the grid is
     not such a policy with only (target, alpha, k) varying.
 
@@ -867,6 +944,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     cum = prep.cumtok[rows]
     R = rows.shape[0]
     ar = np.arange(R)
+    k_ord = int(np.unique(prep.ordering[rows]).size) if reduce == -1 else 0
     targets = np.array([p.target for p in pols])
     alphas = np.array([p.alpha for p in pols])
     ks = np.array([p.k for p in pols])
@@ -886,7 +964,11 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
                 mu, sigma = base.fit_scores(np.where(mask, scores, 0.0), mask, None if priors is None else priors[fit_rows])
                 ok = np.isfinite(mu) & np.isfinite(sigma)
                 good = fit_rows[ok]
-                log_f = theory.logcdf(u_targets[:, None], mu[ok][None, :], sigma[ok][None, :])
+                mu_ok, sg_ok = mu[ok], sigma[ok]
+                step = max(1, _GRID_CHUNK // max(u_targets.size, 1))  # log-CDF temporaries stay small
+                log_f = np.concatenate(
+                    [theory.logcdf(u_targets[:, None], mu_ok[None, s:s + step], sg_ok[None, s:s + step])
+                     for s in range(0, mu_ok.size, step)] or [np.zeros((u_targets.size, 0))], axis=1)
             fits[c] = (good, log_f)
         return fits[c]
 
@@ -897,7 +979,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
             ns[:, good] = theory.n_star_from_logcdf(log_f[t_index[gi]], alphas[gi][:, None], b).n
         return ns
 
-    out: dict[tuple[int, int], Any] = {}
+    out: dict[tuple[int, int], Any] = {} if into is None else into
     for b in budgets:
         b = int(b)
         budget = np.minimum(sub.n, b)
@@ -932,7 +1014,17 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
                 tok = cum[ar[None, :], nd]
                 for j, g in enumerate(gi):
                     m = RowMetrics(correct=corr[j], tokens=tok[j], samples=nd[j])
-                    out[(int(g), b)] = m if reduce is None else _per_problem(m, reduce)
+                    if reduce is None:
+                        out[(int(g), b)] = m
+                    elif reduce == -1:  # per-problem sums over the block's orderings (rows are ordering-major)
+                        sums = np.stack([m.correct.astype(np.float64), m.tokens,
+                                         m.samples.astype(np.float64)]).reshape(3, k_ord, -1).sum(axis=1)
+                        if (int(g), b) in out:
+                            out[(int(g), b)] += sums
+                        else:
+                            out[(int(g), b)] = sums
+                    else:
+                        out[(int(g), b)] = _per_problem(m, reduce)
     return out
 
 
@@ -962,7 +1054,7 @@ def sweep(
     arrays, cost_unit = _cost_arrays(arrays)
     prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors)
     rows = prep.rows_of(None)
-    W = bootstrap_weights(P, n_boot, seed)
+    W = LazyBootstrapWeights(P, n_boot, seed)
     n_ord = prep.n_orderings
     report = EvalReport(meta={"cost": cost_unit, "problems": int(P), "orderings": int(n_ord), "seed": int(seed),
                               "budgets": list(budgets), "split": SPLIT_SWEEP,

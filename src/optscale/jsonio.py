@@ -269,19 +269,25 @@ def _walk(obj: Any, file, line, base: tuple, surrogates: bool) -> None:
                 stack.extend((v, path + (i,), depth + 1) for i, v in enumerate(o))
 
 
-def loads(text: str, file: str | None = None, line: int | None = None, *, field: str | None = None) -> Any:
+def loads(text: str, file: str | None = None, line: int | None = None, *, field: str | None = None,
+          trusted: bool = False) -> Any:
     """Parse one JSON text with every check of this module; :class:`JsonError` names ``file``, ``line``
     (the line of a syntax error inside a multi-line document when ``line`` is None) and the field
-    (prefixed with ``field`` when given)."""
+    (prefixed with ``field`` when given).
+
+    ``trusted=True`` is for files optscale wrote itself (checkpoints): ``NaN``/``Infinity`` and lone
+    surrogates, which its writers may record (``json.dumps`` defaults; escaped model output), are read
+    back as written; depth, number-range, encoding and syntax checks still apply."""
     base = (field,) if field else ()
     suspect = _SUSPECT.search(text) is not None
     deep = text.count("[") + text.count("{") > MAX_DEPTH
+    const = None if trusted else _reject_constant
     try:
         if suspect:
-            obj = json.loads(text, parse_constant=_reject_constant, parse_int=_checked_int,
+            obj = json.loads(text, parse_constant=const, parse_int=_checked_int,
                              parse_float=_checked_float)
         else:
-            obj = json.loads(text, parse_constant=_reject_constant)
+            obj = json.loads(text, parse_constant=const)
     except json.JSONDecodeError as exc:
         where = line if line is not None else exc.lineno
         raise JsonError(file, where, field, f"invalid JSON: {exc.msg} (column {exc.colno})", "syntax") from None
@@ -290,18 +296,20 @@ def loads(text: str, file: str | None = None, line: int | None = None, *, field:
     except ValueError as exc:  # NaN / Infinity, or Python's int/str conversion limit
         raise JsonError(file, line, field, f"invalid JSON value: {exc}", "value") from None
     if suspect or deep:
-        _walk(obj, file, line, base, surrogates=suspect)
+        _walk(obj, file, line, base, surrogates=suspect and not trusted)
     return obj
 
 
-def parse_line(raw: bytes | str, file: str | None = None, line: int | None = None) -> Any:
-    """One line of a JSON Lines file (bytes are decoded as UTF-8) with every check of :func:`loads`.
+def parse_line(raw: bytes | str, file: str | None = None, line: int | None = None, *,
+               trusted: bool = False) -> Any:
+    """One line of a JSON Lines file (bytes are decoded as UTF-8) with every check of :func:`loads`
+    (``trusted`` as there).
 
     For crash-recovery readers: :class:`JsonError` ``kind`` is ``"encoding"`` or ``"syntax"`` for a
     line that may have been cut mid-write (a torn tail when it is the last line), ``"value"`` for a
     complete line with unusable content."""
     text = _decode(raw, file, line) if isinstance(raw, bytes) else raw
-    return loads(text, file, line)
+    return loads(text, file, line, trusted=trusted)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ __all__ = [
     "problem_from_dict",
     "problem_to_dict",
     "to_arrays",
+    "load_arrays",
     "summary",
 ]
 
@@ -313,6 +314,96 @@ def _grade_kind(equiv: str) -> str:
     return {"exact": "auto", "math": "math", "number": "number", "choice": "choice"}.get(equiv, "auto")
 
 
+class _ArrayBuilder:
+    """Accumulates the rows of :class:`PoolArrays` problem by problem in flat typed buffers (8 bytes per
+    sample value, no per-sample objects), so that a pool can be turned into arrays while it is streamed."""
+
+    def __init__(self, equiv: str, timeout: float | None, source: str | None):
+        from array import array
+
+        from optscale.answers import EQUIVALENCES
+
+        if equiv not in EQUIVALENCES:
+            raise ParameterError("equiv", f"unknown equivalence {equiv!r}; choose one of {sorted(EQUIVALENCES)}")
+        self.equiv, self.timeout, self.source, self.kind = equiv, timeout, source, _grade_kind(equiv)
+        self.scores, self.tokens = array("d"), array("d")
+        self.answers, self.correct, self.n = array("q"), array("b"), array("q")
+        self.class_correct, self.n_classes = array("b"), array("q")
+        self.ids: list[str] = []
+        self.gold: list[str | None] = []
+        self.has_scores = self.has_tokens = True
+
+    def add(self, p: Problem) -> None:
+        from optscale.answers import cluster_answers, grade
+
+        k = len(p.samples)
+        ids = cluster_answers([s.answer for s in p.samples], self.equiv)
+        nan = float("nan")
+        for s in p.samples:
+            if s.score is None:
+                self.has_scores = False
+            if s.tokens is None:
+                self.has_tokens = False
+            self.scores.append(nan if s.score is None else s.score)
+            self.tokens.append(0.0 if s.tokens is None else s.tokens)
+        self.answers.extend(ids.tolist())
+        C = int(ids.max()) + 1 if k else 0
+        graded: dict[int, bool] = {}
+        flags = np.zeros(k, dtype=bool)
+        for j, s in enumerate(p.samples):
+            if s.correct is not None:
+                flags[j] = s.correct
+            elif ids[j] < 0:
+                flags[j] = False
+            else:
+                c = int(ids[j])
+                if c not in graded:
+                    g = grade(p.samples[int(np.argmax(ids == c))].answer, p.gold, kind=self.kind,
+                              timeout=self.timeout)
+                    if g is None:
+                        raise PoolError(
+                            self.source, None, f"samples[{j}].correct",
+                            f"problem {p.id!r}: no correctness flag and no gold answer to grade against",
+                        )
+                    graded[c] = g
+                flags[j] = graded[c]
+        self.correct.frombytes(flags.astype(np.int8).tobytes())
+        for c in range(C):
+            members = flags[ids == c]
+            pos = int(members.sum())
+            neg = len(members) - pos
+            self.class_correct.append(int(members[0] if pos == neg else pos > neg))
+        self.n.append(k)
+        self.n_classes.append(C)
+        self.ids.append(p.id)
+        self.gold.append(p.gold)
+
+    def finish(self) -> PoolArrays:
+        P = len(self.n)
+        if P == 0:
+            raise ParameterError("pool", "has no problems")
+        n = np.frombuffer(self.n, dtype=np.int64).copy()
+        M = int(n.max())
+        rows = np.repeat(np.arange(P), n)
+        cols = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # position of each sample in its problem
+
+        def padded(buf, dtype, fill):
+            out = np.full((P, M), fill, dtype=dtype)
+            out[rows, cols] = np.frombuffer(buf, dtype={"d": np.float64, "q": np.int64, "b": np.int8}[buf.typecode])
+            return out
+
+        nc = np.frombuffer(self.n_classes, dtype=np.int64)
+        class_correct = np.zeros((P, max(int(nc.max()), 1)), dtype=bool)
+        class_correct[np.repeat(np.arange(P), nc), np.arange(nc.sum()) - np.repeat(np.cumsum(nc) - nc, nc)] = \
+            np.frombuffer(self.class_correct, dtype=np.int8).astype(bool)
+        return PoolArrays(
+            scores=padded(self.scores, np.float64, np.nan), tokens=padded(self.tokens, np.float64, 0.0),
+            answers=padded(self.answers, np.int64, -1), correct=padded(self.correct, bool, False), n=n,
+            class_correct=class_correct, ids=self.ids, gold=self.gold, equiv=self.equiv,
+            has_scores=self.has_scores, has_tokens=self.has_tokens,
+        )
+
+
 def to_arrays(pool: Pool, equiv: str = "exact", *, timeout: float | None = 5.0, progress=None) -> PoolArrays:
     """Build the padded :class:`PoolArrays` of ``pool``.
 
@@ -325,74 +416,38 @@ def to_arrays(pool: Pool, equiv: str = "exact", *, timeout: float | None = 5.0, 
     both a flag and a gold answer raises :class:`PoolError` — correctness is never guessed.
     ``progress``: optional callable called with 1 after each problem (e.g. a tqdm ``update``).
     """
-    from optscale.answers import EQUIVALENCES, cluster_answers, grade
-
-    if equiv not in EQUIVALENCES:
-        raise ParameterError("equiv", f"unknown equivalence {equiv!r}; choose one of {sorted(EQUIVALENCES)}")
-    P = len(pool.problems)
-    if P == 0:
+    b = _ArrayBuilder(equiv, timeout, pool.source)
+    if not pool.problems:
         raise ParameterError("pool", "has no problems")
-    M = max(len(p.samples) for p in pool.problems)
-    scores = np.full((P, M), np.nan)
-    tokens = np.zeros((P, M))
-    answers = np.full((P, M), -1, dtype=np.int64)
-    correct = np.zeros((P, M), dtype=bool)
-    n = np.zeros(P, dtype=np.int64)
-    per_class: list[np.ndarray] = []
-    has_scores = has_tokens = True
-    kind = _grade_kind(equiv)
-    for i, p in enumerate(pool.problems):
-        k = len(p.samples)
-        n[i] = k
-        ids = cluster_answers([s.answer for s in p.samples], equiv)
-        answers[i, :k] = ids
-        for j, s in enumerate(p.samples):
-            if s.score is None:
-                has_scores = False
-            else:
-                scores[i, j] = s.score
-            if s.tokens is None:
-                has_tokens = False
-            else:
-                tokens[i, j] = s.tokens
-        C = int(ids.max()) + 1 if k else 0
-        graded: dict[int, bool] = {}
-        flags = np.zeros(k, dtype=bool)
-        for j, s in enumerate(p.samples):
-            if s.correct is not None:
-                flags[j] = s.correct
-            elif ids[j] < 0:
-                flags[j] = False
-            else:
-                c = int(ids[j])
-                if c not in graded:
-                    g = grade(p.samples[int(np.argmax(ids == c))].answer, p.gold, kind=kind, timeout=timeout)
-                    if g is None:
-                        raise PoolError(
-                            pool.source, None, f"samples[{j}].correct",
-                            f"problem {p.id!r}: no correctness flag and no gold answer to grade against",
-                        )
-                    graded[c] = g
-                flags[j] = graded[c]
-        correct[i, :k] = flags
-        cc = np.zeros(C, dtype=bool)
-        for c in range(C):
-            members = flags[ids == c]
-            pos = int(members.sum())
-            neg = len(members) - pos
-            cc[c] = members[0] if pos == neg else pos > neg
-        per_class.append(cc)
+    for p in pool.problems:
+        b.add(p)
         if progress is not None:
             progress(1)
-    Cmax = max((len(c) for c in per_class), default=0)
-    class_correct = np.zeros((P, max(Cmax, 1)), dtype=bool)
-    for i, cc in enumerate(per_class):
-        class_correct[i, : len(cc)] = cc
-    return PoolArrays(
-        scores=scores, tokens=tokens, answers=answers, correct=correct, n=n, class_correct=class_correct,
-        ids=[p.id for p in pool.problems], gold=[p.gold for p in pool.problems], equiv=equiv,
-        has_scores=has_scores, has_tokens=has_tokens,
-    )
+    return b.finish()
+
+
+def load_arrays(path: str | os.PathLike, equiv: str = "exact", *, timeout: float | None = 5.0,
+                on_error: str = "raise") -> tuple[PoolArrays, Pool]:
+    """Read, validate and convert a pool file in one streaming pass: ``(to_arrays(load_pool(path)), pool
+    of the problems without their samples)``, without ever holding every sample as an object (memory
+    about the size of the arrays, not of the parsed file). Validation and errors are those of
+    :func:`load_pool`; the second value keeps each problem's ``id``, ``question``, ``gold`` and ``meta``
+    (``samples`` empty) for what needs them (priors, difficulty, the predictor)."""
+    file = str(path)
+    b = _ArrayBuilder(equiv, timeout, file)
+    notes: list[str] = []
+    heads: list[Problem] = []
+    seen: dict[str, int] = {}
+    for line, obj in iter_jsonl(path, on_error=on_error, notes=notes):
+        p = problem_from_dict(obj, file, line)
+        if p.id in seen:
+            raise PoolError(file, line, "id", f"duplicate problem id {p.id!r} (first on line {seen[p.id]})")
+        seen[p.id] = line
+        b.add(p)
+        heads.append(Problem(id=p.id, question=p.question, gold=p.gold, samples=[], meta=p.meta))
+    if not heads:
+        raise PoolError(file, None, None, "no problems: the file is empty")
+    return b.finish(), Pool(problems=heads, source=file, notes=notes)
 
 
 # --------------------------------------------------------------------------------------------------

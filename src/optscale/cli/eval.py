@@ -150,8 +150,8 @@ def run(args) -> int:
     import numpy as np
 
     from optscale.errors import ParameterError
-    from optscale.importers import import_pool
-    from optscale.pool import to_arrays
+    from optscale.importers import import_pool, sniff_format
+    from optscale.pool import load_arrays, to_arrays
 
     ev = importlib.import_module("optscale.evaluate")  # (optscale.evaluate is also a lazy function export)
     if args.out:  # decided before evaluating: an --out that cannot be a directory fails now, not at the end
@@ -165,8 +165,12 @@ def run(args) -> int:
         dup = sorted({m for m in methods if methods.count(m) > 1})
         if dup:
             raise ParameterError("--methods", f"{', '.join(dup)} given more than once")
-    pool = import_pool(args.pool, args.format)
-    arrays = to_arrays(pool, equiv=args.equiv)
+    fmt = sniff_format(args.pool) if args.format == "auto" else args.format
+    if fmt == "pool":  # streamed straight into arrays: no per-sample objects (memory ~ the arrays)
+        arrays, pool = load_arrays(args.pool, equiv=args.equiv)
+    else:
+        pool = import_pool(args.pool, fmt)
+        arrays = to_arrays(pool, equiv=args.equiv)
     P, M = arrays.answers.shape
 
     priors = None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from optscale._json import json_default
 from optscale.errors import InputError
+from optscale.jsonio import JsonError, parse_line
 
 #: version of the sample checkpoint format
 CHECKPOINT_VERSION = 1
@@ -51,13 +52,13 @@ def recover_jsonl(path: str | Path, *, truncate: bool = True) -> tuple[list[dict
         is_last = end >= len(data)
         text = line.strip()
         if text:
-            try:
-                obj = json.loads(text.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                if is_last:
+            try:  # the one reader (optscale.jsonio); trusted: NaN and escaped lone surrogates read back as written
+                obj = parse_line(text, str(path), lineno, trusted=True)
+            except JsonError as exc:
+                if is_last and exc.kind in ("syntax", "encoding"):
                     torn = True
                     break
-                raise InputError(str(path), lineno, None, f"corrupt line ({exc}); not a torn tail") from None
+                raise InputError(str(path), lineno, exc.field, f"corrupt line ({exc.reason}); not a torn tail") from None
             if nl < 0:  # valid JSON but the newline never made it: treat as torn (write was cut)
                 torn = True
                 break

@@ -229,10 +229,9 @@ def load_config(path: str | os.PathLike, env: dict[str, str] | None = None, **ov
 
     env = dict(os.environ) if env is None else env
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(str(p), None, None, f"cannot read the config file: {e.strerror}") from None
+    from optscale.jsonio import read_text
+
+    text = read_text(p)  # missing, a directory, binary, non-UTF-8: one error naming the file (and line)
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
