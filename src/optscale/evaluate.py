@@ -57,6 +57,7 @@ from optscale.report import (
 )
 
 __all__ = [
+    "EvalConfig",
     "EvalReport",
     "EvalRow",
     "evaluate",
@@ -110,6 +111,110 @@ _COUNTERPART = {
     "wsc": "wsc",
     "bon": "bon",
 }
+
+
+
+# ================================================================================================ config
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ParameterError(name, f"must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_float(name: str, value: Any, *, lo: float, hi: float | None = None, lo_open: bool = False,
+                 hi_open: bool = False, none_ok: bool = False) -> float | None:
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ParameterError(name, f"must be a number, got {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v) or v < lo or (lo_open and v == lo)
+    if hi is not None:
+        bad = bad or v > hi or (hi_open and v == hi)
+    if bad:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}" if hi is not None else (
+            f"{'>' if lo_open else '>='} {lo}")
+        raise ParameterError(name, f"must be a finite number {'in ' if hi is not None else ''}{rng}, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every setting of :func:`evaluate` / :func:`sweep` in one validated object (issue #9).
+
+    ``budgets``: the N_max values (None = :func:`default_budgets` of the pool's sample count; checked
+    against the pool when evaluating). ``orderings``/``ordering_mode``/``seed``: the replay protocol (see
+    the module docstring). ``calib_frac``/``tune``/``grids``/``select``/``tolerance``/``token_penalty``:
+    hyper-parameter tuning on the calibration split. ``oracle``: add the clairvoyant lower bound.
+    ``n_boot``/``level``: bootstrap intervals. ``include_calib``: also report tuned rows on the
+    calibration split. ``fast``: the vectorized OptScale grid path (equal to ``policy.replay``).
+    Each field is validated on construction; an invalid value raises :class:`ParameterError` naming it.
+    """
+
+    budgets: tuple[int, ...] | None = (8, 16, 32, 64)
+    orderings: int = 10
+    seed: int = 0
+    calib_frac: float = 0.3
+    tune: bool = True
+    grids: Mapping[str, Mapping[str, Iterable]] | None = None
+    select: str = "match"
+    tolerance: float = 0.005
+    token_penalty: float = 0.01
+    oracle: bool = True
+    ordering_mode: str = "random"
+    n_boot: int = 1000
+    level: float = 0.95
+    include_calib: bool = False
+    fast: bool = True
+
+    def __post_init__(self) -> None:
+        if self.budgets is not None:
+            if isinstance(self.budgets, (str, bytes)) or not isinstance(self.budgets, Iterable):
+                raise ParameterError("budgets", f"must be a sequence of integers >= 1, got {self.budgets!r}")
+            b = tuple(self.budgets)
+            for x in b:
+                _check_int("budgets", x, 1)
+            if not b:
+                raise ParameterError("budgets", "no budget given")
+            object.__setattr__(self, "budgets", tuple(int(x) for x in b))
+        object.__setattr__(self, "orderings", _check_int("orderings", self.orderings, 0))
+        object.__setattr__(self, "seed", _check_int("seed", self.seed, 0))
+        object.__setattr__(self, "n_boot", _check_int("n_boot", self.n_boot, 1))
+        _check_float("calib_frac", self.calib_frac, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        _check_float("tolerance", self.tolerance, lo=0.0)
+        _check_float("token_penalty", self.token_penalty, lo=0.0)
+        _check_float("level", self.level, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        for name in ("tune", "oracle", "include_calib", "fast"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ParameterError(name, f"must be True or False, got {getattr(self, name)!r}")
+        if self.select not in ("match", "penalty"):
+            raise ParameterError("select", f"must be 'match' or 'penalty', got {self.select!r}")
+        if self.ordering_mode not in ("random", "cyclic"):
+            raise ParameterError("ordering_mode", f"must be 'random' or 'cyclic', got {self.ordering_mode!r}")
+        if self.grids is not None:
+            if not isinstance(self.grids, Mapping):
+                raise ParameterError("grids", f"must map method names to {{parameter: values}}, got {self.grids!r}")
+            for k, g in self.grids.items():
+                if not isinstance(g, Mapping):
+                    raise ParameterError("grids", f"grid of {k!r} must map parameter names to values, got {g!r}")
+
+    def replace(self, **changes: Any) -> EvalConfig:
+        """A copy with ``changes`` applied (validated; an unknown name raises ParameterError)."""
+        return _config(self, changes)
+
+
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EvalConfig))
+
+
+def _config(config: EvalConfig | None, changes: Mapping[str, Any]) -> EvalConfig:
+    """``config`` (default EvalConfig()) with keyword overrides (the keyword path of evaluate/sweep)."""
+    if config is not None and not isinstance(config, EvalConfig):
+        raise ParameterError("config", f"must be an EvalConfig, got {type(config).__name__}")
+    unknown = sorted(set(changes) - _CONFIG_FIELDS)
+    if unknown:
+        raise ParameterError(unknown[0], f"unknown setting; valid: {', '.join(sorted(_CONFIG_FIELDS))}")
+    base = config if config is not None else EvalConfig()
+    return dataclasses.replace(base, **changes) if changes else base
 
 
 # ================================================================================================ batches
@@ -573,49 +678,38 @@ def default_budgets(max_samples: int) -> list[int]:
 def evaluate(
     arrays,
     methods: Sequence[str],
-    budgets: Sequence[int] | None = (8, 16, 32, 64),
+    budgets: Sequence[int] | None = None,
     *,
-    orderings: int = 10,
-    seed: int = 0,
-    calib_frac: float = 0.3,
-    tune: bool = True,
+    config: EvalConfig | None = None,
     priors: np.ndarray | None = None,
     difficulty: np.ndarray | None = None,
-    grids: Mapping[str, Mapping[str, Iterable]] | None = None,
-    select: str = "match",
-    tolerance: float = 0.005,
-    token_penalty: float = 0.01,
-    oracle: bool = True,
-    ordering_mode: str = "random",
-    n_boot: int = 1000,
-    level: float = 0.95,
-    include_calib: bool = False,
-    fast: bool = True,
     progress: Callable[[str, int], None] | None = None,
+    **settings: Any,
 ) -> EvalReport:
-    """Replay ``methods`` x ``budgets`` over ``arrays`` (a :class:`~optscale.pool.PoolArrays`).
+    """Replay ``methods`` x budgets over ``arrays`` (a :class:`~optscale.pool.PoolArrays`) under ``config``.
 
+    ``config``: an :class:`EvalConfig` (default ``EvalConfig()``); keyword ``settings`` (any EvalConfig
+    field, e.g. ``orderings=3, tune=False``) and a positional ``budgets`` override it (the keyword path).
     ``methods``: policy specs for :func:`optscale.policies.make_policy` (``"optscale0"``,
-    ``"esc:window=4"``, ...). A method given without explicit parameters that has a tuning grid (``grids``,
-    default :data:`DEFAULT_GRIDS`) is tuned per budget on the calibration split when ``tune`` is true, and
-    every row is then reported on the held-out split. ``priors``: float[P, 2|4] for OptScale^t (e.g. from
-    :func:`load_priors` or ``optscale.predictor``); ``difficulty``: float[P] (higher =
-    harder) for DSC; when DSC is asked for without it, -mu0 of the priors is used, else
+    ``"esc:window=4"``, ...). A method given without explicit parameters that has a tuning grid
+    (``config.grids``, default :data:`DEFAULT_GRIDS`) is tuned per budget on the calibration split when
+    ``config.tune`` is true, and every row is then reported on the held-out split. ``priors``: float[P, 2|4]
+    for OptScale^t (e.g. from :func:`load_priors` or ``optscale.predictor``); ``difficulty``: float[P]
+    (higher = harder) for DSC; when DSC is asked for without it, -mu0 of the priors is used, else
     :func:`difficulty_proxy` (noted in ``meta["difficulty"]``).
     ``progress(method, budget)`` is called after each (method, budget). Returns an :class:`EvalReport`.
     """
+    if budgets is not None:
+        settings["budgets"] = budgets
+    cfg = _config(config, settings)
     P, M = np.asarray(arrays.answers).shape
-    if budgets is None:
-        budgets = default_budgets(M)
-    budgets = _check_budgets(budgets, M)
+    budgets = _check_budgets(default_budgets(M) if cfg.budgets is None else cfg.budgets, M)
     if not methods:
         raise ParameterError("methods", "no method given")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ParameterError("seed", f"must be an integer >= 0, got {seed!r}")
-    if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
-        raise ParameterError("tolerance", f"must be a finite number >= 0, got {tolerance!r}")
-    if not (isinstance(token_penalty, (int, float)) and np.isfinite(token_penalty) and token_penalty >= 0):
-        raise ParameterError("token_penalty", f"must be a finite number >= 0, got {token_penalty!r}")
+    orderings, seed, calib_frac, tune = cfg.orderings, cfg.seed, cfg.calib_frac, cfg.tune
+    select, tolerance, token_penalty = cfg.select, cfg.tolerance, cfg.token_penalty
+    oracle, ordering_mode, n_boot, level = cfg.oracle, cfg.ordering_mode, cfg.n_boot, cfg.level
+    include_calib, fast, grids = cfg.include_calib, cfg.fast, cfg.grids
     grids = dict(DEFAULT_GRIDS if grids is None else grids)
     arrays, cost_unit = _cost_arrays(arrays)
 
@@ -910,26 +1004,29 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
 def sweep(
     arrays,
     methods: Sequence[str] = ("optscale0", "optscalet"),
-    budgets: Sequence[int] = (8, 16, 32, 64),
+    budgets: Sequence[int] | None = None,
     *,
+    config: EvalConfig | None = None,
     targets: Sequence[float] = SWEEP_TARGETS,
     alphas: Sequence[float] = SWEEP_ALPHAS,
     extra: Mapping[str, Iterable] | None = None,
-    orderings: int = 10,
-    seed: int = 0,
     priors: np.ndarray | None = None,
-    ordering_mode: str = "random",
-    n_boot: int = 1000,
-    level: float = 0.95,
-    fast: bool = True,
     baselines: Sequence[str] = ("bon",),
     progress: Callable[[str, int], None] | None = None,
+    **settings: Any,
 ) -> EvalReport:
     """Every (target s*, alpha) pair (x ``extra`` grid) x budget of each method over ALL problems, like
     the paper's grid. Rows have split ``"all (not held-out)"`` and kind ``"sweep"``: for plots only, as no
-    point is held-out. ``baselines`` (fixed-budget methods) are added as split-``"all"`` rows."""
+    point is held-out. ``baselines`` (fixed-budget methods) are added as split-``"all"`` rows.
+    ``config`` / keyword ``settings``: as :func:`evaluate` (budgets, orderings, seed, ordering_mode,
+    n_boot, level, fast are used; tuning settings do not apply)."""
+    if budgets is not None:
+        settings["budgets"] = budgets
+    cfg = _config(config, settings)
+    orderings, seed, ordering_mode, n_boot, level, fast = (
+        cfg.orderings, cfg.seed, cfg.ordering_mode, cfg.n_boot, cfg.level, cfg.fast)
     P, M = np.asarray(arrays.answers).shape
-    budgets = _check_budgets(budgets, M)
+    budgets = _check_budgets(default_budgets(M) if cfg.budgets is None else cfg.budgets, M)
     arrays, cost_unit = _cost_arrays(arrays)
     prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors)
     rows = prep.rows_of(None)

@@ -175,17 +175,16 @@ def run(args) -> int:
             bar.set_postfix_str(f"{method} N={budget}", refresh=False)
             bar.update(1)
 
-        report = ev.evaluate(
-            arrays, methods, budgets, orderings=args.orderings, seed=args.seed, calib_frac=args.calib_frac,
-            tune=args.tune, priors=priors, difficulty=difficulty, select=args.select, tolerance=args.tolerance,
-            token_penalty=args.token_penalty, oracle=args.oracle, ordering_mode=args.ordering_mode,
-            progress=tick,
+        config = ev.EvalConfig(
+            budgets=tuple(budgets), orderings=args.orderings, seed=args.seed, calib_frac=args.calib_frac,
+            tune=args.tune, select=args.select, tolerance=args.tolerance, token_penalty=args.token_penalty,
+            oracle=args.oracle, ordering_mode=args.ordering_mode,
         )
+        report = ev.evaluate(arrays, methods, config=config, priors=priors, difficulty=difficulty, progress=tick)
         if args.sweep:
             opt = [m for m in methods if m.split(":")[0].startswith("optscale")]
             if opt:
-                sw = ev.sweep(arrays, opt, budgets, orderings=args.orderings, seed=args.seed, priors=priors,
-                              ordering_mode=args.ordering_mode, baselines=())
+                sw = ev.sweep(arrays, opt, config=config, priors=priors, baselines=())
                 report.extend(sw)
                 report.mark_pareto()
     finally:
