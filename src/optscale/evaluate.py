@@ -939,11 +939,17 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     alphas = np.array([p.alpha for p in pols])
     ks = np.array([p.k for p in pols])
     u_targets, t_index = np.unique(targets, return_inverse=True)
-    fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    fits: dict[int, tuple[np.ndarray, Any]] = {}
+    posterior = hasattr(base, "_state")  # PosteriorOptScale: N from a posterior state per target
 
-    def fit_at(c: int) -> tuple[np.ndarray, np.ndarray]:
+    def fit_at(c: int) -> tuple[np.ndarray, Any]:
         """(rows with a finite fit on their first c scores, log F(s*) [T, those rows]); rows with fewer
-        than c samples are never fitted at c by the policy (their budget is below c)."""
+        than c samples are never fitted at c by the policy (their budget is below c). Posterior rules:
+        (rows with c samples, the policy's per-target state on their first c scores)."""
+        if c not in fits and posterior:
+            fit_rows = np.flatnonzero(sub.n >= c)
+            fits[c] = (fit_rows, base._state(sub.scores[fit_rows, :c], None if priors is None else priors[fit_rows],
+                                             u_targets) if fit_rows.size else None)
         if c not in fits:
             fit_rows = np.flatnonzero(sub.n >= c)
             good = np.zeros(0, dtype=np.int64)
@@ -961,11 +967,17 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     def n_star_at(c: int, gi: np.ndarray, b: int) -> np.ndarray:
         good, log_f = fit_at(c)
         ns = np.full((gi.size, R), b, dtype=np.int64)  # no finite fit: N* = N_max (as the policy)
+        if posterior:
+            if good.size:
+                for j, g in enumerate(gi):
+                    ns[j, good] = base._n_from(log_f[t_index[g]], float(alphas[g]), b)
+            return ns
         if good.size:
             ns[:, good] = theory.n_star_from_logcdf(log_f[t_index[gi]], alphas[gi][:, None], b).n
         return ns
 
     out: dict[tuple[int, int], RowMetrics] = {}
+    hits = None
     for b in budgets:
         b = int(b)
         budget = np.minimum(sub.n, b)
@@ -991,6 +1003,10 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
                     if c >= b:
                         break
                     c = min(c + base.wave, b)
+            if getattr(base, "early_stop", False):  # target reached = stop (same truncation as the policy)
+                if hits is None:
+                    hits = _target_hits(sub, u_targets, sub.n)
+                nd = np.minimum(nd, np.minimum(hits[t_index[gi]] + 1, budget[None, :]))
             sel = picks[ar[None, :], nd]  # [G', R]
             ok_sel = sel >= 0
             corr = np.zeros(nd.shape, dtype=bool)
@@ -999,6 +1015,13 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
             for j, g in enumerate(gi):
                 out[(int(g), b)] = RowMetrics(correct=corr[j], tokens=tok[j], samples=nd[j])
     return out
+
+
+def _target_hits(batch, targets: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """int64[T, B]: first draw position with score >= each target within ``budget`` (large if none)."""
+    from optscale.policies.optscale import target_hit
+
+    return target_hit(batch, np.asarray(targets, dtype=np.float64)[:, None], budget)
 
 
 def sweep(

@@ -9,6 +9,7 @@ from typing import Any
 
 from optscale.errors import ParameterError
 from optscale.policies.base import Policy
+from optscale.policies.bayes import PosteriorOptScale
 from optscale.policies.bon import BoN
 from optscale.policies.consistency import ASC, ESC, SelfConsistency, WeightedSC
 from optscale.policies.dsc import DSC
@@ -24,6 +25,8 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "optscale0-seq": partial(OptScale0, mode="sequential"),
     "optscalet": partial(OptScaleT, mode="one-shot"),
     "optscalet-seq": partial(OptScaleT, mode="sequential"),
+    "optscale-post": partial(PosteriorOptScale, mode="one-shot"),
+    "optscale-post-seq": partial(PosteriorOptScale, mode="sequential"),
     "sc": SelfConsistency,
     "wsc": WeightedSC,
     "esc": ESC,
