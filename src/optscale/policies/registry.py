@@ -12,9 +12,11 @@ from optscale.policies.base import Policy
 from optscale.policies.bayes import PosteriorOptScale
 from optscale.policies.bon import BoN
 from optscale.policies.consistency import ASC, ESC, SelfConsistency, WeightedSC
+from optscale.policies.costaware import BudgetAllocation, CostAware
 from optscale.policies.dsc import DSC
 from optscale.policies.optscale import OptScale0, OptScaleT
 from optscale.policies.refine import MRThinking
+from optscale.policies.wvote import WeightedASC
 
 __all__ = ["POLICIES", "make_policy", "parse_spec"]
 
@@ -33,6 +35,9 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "asc": ASC,
     "dsc": DSC,
     "mr-thinking": MRThinking,
+    "costaware": CostAware,
+    "budget-alloc": BudgetAllocation,
+    "wvote": WeightedASC,
 }
 
 
@@ -79,7 +84,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 def make_policy(spec: str, **kw: Any) -> Policy:
     """Build a policy from ``"name"`` or ``"name:key=val,key=val"``; keyword arguments override the spec.
 
-    Names: bon, optscale0, optscale0-seq, optscalet, optscalet-seq, sc, wsc, esc, asc, dsc, mr-thinking.
+    Names: bon, optscale0, optscale0-seq, optscalet, optscalet-seq, sc, wsc, esc, asc, dsc, mr-thinking,
+    optscale-post, optscale-post-seq, costaware, budget-alloc, wvote.
     ``make_policy(p.name)`` rebuilds a policy equal to ``p``.
     """
     name, kwargs = parse_spec(spec)

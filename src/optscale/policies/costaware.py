@@ -1,0 +1,319 @@
+"""Cost-aware stopping (issue #8, item 5): stop when one more wave is worth less than its tokens.
+
+A :class:`GainModel` is learned on calibration problems (rows of a replay batch with known correctness):
+over cells (best score so far b, samples drawn n), with b binned at quantiles of the calibration best
+scores, it stores
+
+    p_now(b, n)  = P(the Best-of-n pick is correct | best score b after n draws)
+    gain(b, n)   = E[correct(n + wave) - correct(n) | b, n]        (paired over the calibration rows)
+
+each shrunk towards its bin's pooled value with ``shrink`` pseudo-rows. It is a plain JSON file
+(:meth:`GainModel.save` / :meth:`GainModel.load`) so that ``optscale run`` and the server can use it.
+
+:class:`CostAware` (``costaware``) draws ``k`` warm-up samples, then after each wave stops as soon as
+
+    100 * gain(b, n) * tokens_per_point  <  wave * (mean tokens per sample drawn so far)
+
+i.e. when the accuracy points one more wave is expected to add are worth fewer tokens than it is expected
+to cost, at the user's exchange rate ``tokens_per_point`` (tokens one accuracy point is worth).
+
+:class:`BudgetAllocation` (``budget-alloc``, set-level, batch-only) spreads a fixed token budget over a
+whole problem set by expected marginal gain: the rule above with ONE exchange rate per problem set, found
+by bisection so that the set spends at most ``per_problem`` x (number of problems) tokens -- the Lagrangian
+form of the greedy compute-optimal allocation (every problem keeps sampling while its marginal gain per
+token exceeds the common price 1 / tokens_per_point). Selection: Best-of-N.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optscale.errors import InputError, ParameterError
+from optscale.policies._vec import best_score
+from optscale.policies.base import (
+    BatchOnlyError,
+    Observation,
+    Policy,
+    ReplayBatch,
+    ReplayResult,
+    check_n_max,
+    effective_budget,
+)
+from optscale.policies.bon import best_of, check_count
+
+__all__ = ["GainModel", "CostAware", "BudgetAllocation"]
+
+
+class GainModel:
+    """Learned P(correct | best score so far, n drawn) and the expected gain of one more wave."""
+
+    def __init__(self, edges, p_now, gain, wave: int = 1, meta: dict | None = None):
+        self.edges = np.asarray(edges, dtype=np.float64)
+        self.p_now = np.asarray(p_now, dtype=np.float64)
+        self.gain = np.asarray(gain, dtype=np.float64)
+        self.wave = int(wave)
+        self.meta = dict(meta or {})
+        E = self.edges.size - 1
+        if E < 1 or self.p_now.ndim != 2 or self.p_now.shape[0] != E or self.gain.shape != self.p_now.shape:
+            raise ParameterError("model", f"inconsistent gain table: {E} bins, p_now {self.p_now.shape}, "
+                                          f"gain {self.gain.shape}")
+        if not (np.all(np.isfinite(self.p_now)) and np.all(np.isfinite(self.gain))):
+            raise ParameterError("model", "gain table has non-finite entries")
+        self.tag = "fitted:" + hashlib.sha1(self.to_json().encode()).hexdigest()[:10]
+
+    @property
+    def n_max(self) -> int:
+        """Largest n the table covers (gain is 0 beyond: no evidence that more samples help)."""
+        return self.p_now.shape[1]
+
+    # ----- fit ----------------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, batch: ReplayBatch, sample_correct: np.ndarray, *, wave: int = 1, bins: int = 10,
+            shrink: float = 5.0) -> GainModel:
+        """Learn the table from replay rows (samples in draw order) and per-sample correctness
+        (bool[B, M], the correctness of each sample's answer)."""
+        wave = check_count("wave", wave)
+        B, M = batch.answers.shape
+        if B == 0 or M < 2:
+            raise ParameterError("calibration", "needs rows with at least 2 samples to learn a gain model")
+        sc = np.asarray(sample_correct, dtype=bool)
+        best = np.full((B, M + 1), np.nan)
+        corr = np.zeros((B, M + 1), dtype=bool)
+        scores = np.where(np.isnan(batch.scores), -np.inf, batch.scores)
+        best[:, 1:] = np.maximum.accumulate(scores, axis=1)
+        for n in range(1, M + 1):
+            pick = best_score(batch.answers, batch.scores, np.minimum(np.full(B, n), batch.n))
+            corr[:, n] = (pick >= 0) & sc[np.arange(B), np.maximum(pick, 0)]
+        n_idx = np.arange(M + 1)
+        valid = (n_idx[None, :] >= 1) & (n_idx[None, :] + wave <= batch.n[:, None])  # n and n + wave exist
+        b_vals = best[:, 1:][valid[:, 1:]]
+        b_vals = b_vals[np.isfinite(b_vals)]
+        if b_vals.size == 0:
+            raise ParameterError("calibration", "no scored calibration row with a next wave")
+        edges = np.unique(np.quantile(b_vals, np.linspace(0, 1, bins + 1)))
+        if edges.size < 2:
+            edges = np.array([edges[0] - 1e-9, edges[0] + 1e-9])
+        edges[0], edges[-1] = -np.inf, np.inf
+        E = edges.size - 1
+        Nt = M - wave  # n = 1 .. M - wave
+        p_now = np.zeros((E, Nt))
+        gain = np.zeros((E, Nt))
+        cnt = np.zeros((E, Nt))
+        for n in range(1, Nt + 1):
+            rows = valid[:, n] & np.isfinite(best[:, n])
+            e = np.clip(np.searchsorted(edges, best[rows, n], side="right") - 1, 0, E - 1)
+            d = corr[rows, n + wave].astype(float) - corr[rows, n]
+            cnt[:, n - 1] = np.bincount(e, minlength=E)
+            p_now[:, n - 1] = np.bincount(e, weights=corr[rows, n].astype(float), minlength=E)
+            gain[:, n - 1] = np.bincount(e, weights=d, minlength=E)
+        tot = np.maximum(cnt.sum(axis=1, keepdims=True), 1)
+        pool_p = p_now.sum(axis=1, keepdims=True) / tot
+        pool_g = gain.sum(axis=1, keepdims=True) / tot
+        p_now = (p_now + shrink * pool_p) / (cnt + shrink)
+        gain = (gain + shrink * pool_g) / (cnt + shrink)
+        return cls(edges, p_now, gain, wave, {"rows": int(B), "bins": int(E), "shrink": float(shrink)})
+
+    # ----- lookup -------------------------------------------------------------------------------------
+    def lookup(self, best: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p_now, gain) at best score ``best`` after ``n`` draws (gain 0 beyond the table)."""
+        best = np.asarray(best, dtype=np.float64)
+        n = np.asarray(n, dtype=np.int64)
+        e = np.clip(np.searchsorted(self.edges, np.nan_to_num(best, nan=-np.inf), side="right") - 1, 0,
+                    self.edges.size - 2)
+        inside = (n >= 1) & (n <= self.n_max)
+        col = np.clip(n - 1, 0, self.n_max - 1)
+        return (np.where(inside, self.p_now[e, col], np.nan), np.where(inside, self.gain[e, col], 0.0))
+
+    # ----- I/O ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        inner = [None if not math.isfinite(x) else float(x) for x in self.edges[1:-1]]
+        return {"kind": "optscale-gain-model", "version": 1, "wave": self.wave, "inner_edges": inner,
+                "p_now": self.p_now.round(6).tolist(), "gain": self.gain.round(6).tolist(), "meta": self.meta}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> GainModel:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(str(path), None, None, "file not found") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+        if not isinstance(d, dict) or d.get("kind") != "optscale-gain-model":
+            raise InputError(str(path), None, "kind", "not an optscale gain model (kind 'optscale-gain-model')")
+        for f in ("wave", "inner_edges", "p_now", "gain"):
+            if f not in d:
+                raise InputError(str(path), None, f, "missing")
+        try:
+            edges = np.concatenate([[-np.inf], np.asarray(d["inner_edges"], dtype=float), [np.inf]])
+            return cls(edges, d["p_now"], d["gain"], int(d["wave"]), d.get("meta"))
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(path), None, "p_now", str(exc)) from None
+
+
+def _resolve_model(model) -> GainModel:
+    if isinstance(model, GainModel):
+        return model
+    if isinstance(model, (str, Path)) and not str(model).startswith("fitted:"):
+        return GainModel.load(model)
+    raise ParameterError("model", "costaware needs a gain model: a GainModel (evaluate fits one on the "
+                                  f"calibration split) or the path of one saved with GainModel.save, got {model!r}")
+
+
+def _costaware_draws(batch: ReplayBatch, n_max: int, k: int, model: GainModel,
+                     tpp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n_drawn, stopped_by_rule) per row for per-row exchange rates ``tpp`` (vectorized over rows)."""
+    budget = effective_budget(batch, n_max)
+    B, M = batch.scores.shape
+    k = min(k, n_max)
+    wave = model.wave
+    scores = np.where(np.isnan(batch.scores), -np.inf, batch.scores)
+    best = np.maximum.accumulate(scores, axis=1) if M else scores
+    ctok = np.cumsum(np.nan_to_num(batch.tokens), axis=1) if M else batch.tokens
+    n_drawn = budget.copy()
+    by_rule = np.zeros(B, dtype=bool)
+    active = budget > k  # rows with budget <= k end with their budget
+    n_drawn[~active] = budget[~active]
+    c = k
+    while active.any():
+        rows = np.flatnonzero(active & (budget > c))
+        if rows.size:
+            _, g = model.lookup(best[rows, c - 1], np.full(rows.size, c))
+            cost = min(wave, n_max - c) * ctok[rows, c - 1] / c
+            stop = 100.0 * g * tpp[rows] < cost
+            n_drawn[rows[stop]] = c
+            by_rule[rows[stop]] = True
+            active[rows[stop]] = False
+        active &= budget > c
+        c = c + wave
+        if c >= n_max:
+            break
+    return np.minimum(n_drawn, budget), by_rule
+
+
+class CostAware(Policy):
+    """Stop when the expected accuracy gain of one more wave is worth less than its expected tokens."""
+
+    key = "costaware"
+    display = "CostAware"
+    needs_scores = True
+
+    def __init__(self, tokens_per_point: float = 100.0, k: int = 1, model: Any = None):
+        try:
+            tpp = float(tokens_per_point)
+        except (TypeError, ValueError):
+            raise ParameterError("tokens_per_point", f"must be a positive number, got {tokens_per_point!r}") from None
+        if not (tpp > 0 and math.isfinite(tpp)):
+            raise ParameterError("tokens_per_point", f"must be a positive finite number, got {tokens_per_point!r}")
+        self.tokens_per_point = tpp
+        self.k = check_count("k", k)
+        self._model_arg = model
+        self.model = None if model is None else _resolve_model(model)
+
+    def params(self) -> dict[str, Any]:
+        m = self._model_arg if isinstance(self._model_arg, (str, Path)) else (self.model.tag if self.model else None)
+        return {"tokens_per_point": self.tokens_per_point, "k": self.k, "model": None if m is None else str(m)}
+
+    def _label_params(self) -> dict[str, Any]:
+        return {"tokens_per_point": self.tokens_per_point, "k": self.k}
+
+    def _need_model(self) -> GainModel:
+        if self.model is None:
+            raise ParameterError("model", "costaware needs a gain model (model=PATH, or evaluate's calibration fit)")
+        return self.model
+
+    def next_wave(self, obs: Observation, n_max: int) -> int:
+        n_max = check_n_max(n_max)
+        model = self._need_model()
+        d = len(obs)
+        k = min(self.k, n_max)
+        if d < k:
+            return k - d
+        if d >= n_max:
+            return 0
+        sc = obs.scores[~np.isnan(obs.scores)]
+        best = float(sc.max()) if sc.size else -np.inf
+        _, g = model.lookup(np.array([best]), np.array([d]))
+        cost = min(model.wave, n_max - d) * float(np.nansum(obs.tokens)) / d
+        if 100.0 * float(g[0]) * self.tokens_per_point < cost:
+            return 0
+        return min(model.wave, n_max - d)
+
+    def select(self, obs: Observation) -> int:
+        return best_of(obs)
+
+    def replay(self, batch: ReplayBatch, n_max: int) -> ReplayResult:
+        n_max = check_n_max(n_max)
+        model = self._need_model()
+        nd, by_rule = _costaware_draws(batch, n_max, self.k, model, np.full(batch.size, self.tokens_per_point))
+        return ReplayResult(nd, best_score(batch.answers, batch.scores, nd), {"stopped_by_rule": by_rule})
+
+
+class BudgetAllocation(CostAware):
+    """Set-level: one exchange rate per problem set (per ``group`` of a replay batch), the largest whose
+    cost-aware stopping spends at most ``per_problem`` tokens per problem on average (bisection on
+    log tokens_per_point). Batch-only: it needs the whole set at once."""
+
+    key = "budget-alloc"
+    display = "BudgetAlloc"
+    batch_only = True
+
+    def __init__(self, per_problem: float = 1000.0, k: int = 1, model: Any = None):
+        super().__init__(1.0, k, model)
+        try:
+            v = float(per_problem)
+        except (TypeError, ValueError):
+            raise ParameterError("per_problem", f"must be a positive number, got {per_problem!r}") from None
+        if not (v > 0 and math.isfinite(v)):
+            raise ParameterError("per_problem", f"must be a positive finite number, got {per_problem!r}")
+        self.per_problem = v
+
+    def params(self) -> dict[str, Any]:
+        p = super().params()
+        p.pop("tokens_per_point")
+        return {"per_problem": self.per_problem, **p}
+
+    def _label_params(self) -> dict[str, Any]:
+        return {"per_problem": self.per_problem, "k": self.k}
+
+    def next_wave(self, obs: Observation, n_max: int) -> int:
+        raise BatchOnlyError("budget-alloc spreads a budget over a whole problem set: replay only "
+                             "(online, use costaware with the exchange rate it found)")
+
+    def replay(self, batch: ReplayBatch, n_max: int) -> ReplayResult:
+        n_max = check_n_max(n_max)
+        model = self._need_model()
+        groups, g_idx = np.unique(batch.group, return_inverse=True)
+        G = groups.size
+        allowed = self.per_problem * np.bincount(g_idx, minlength=G)
+        ctok = np.concatenate([np.zeros((batch.size, 1)), np.cumsum(np.nan_to_num(batch.tokens), axis=1)], axis=1)
+        lo = np.full(G, -3.0)  # log10 tokens_per_point
+        hi = np.full(G, 9.0)
+
+        def spent(log_t):
+            nd, _ = _costaware_draws(batch, n_max, self.k, model, 10.0 ** log_t[g_idx])
+            return np.bincount(g_idx, weights=ctok[np.arange(batch.size), nd], minlength=G), nd
+
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            s, _ = spent(mid)
+            ok = s <= allowed
+            lo = np.where(ok, mid, lo)
+            hi = np.where(ok, hi, mid)
+        _, nd = spent(lo)
+        return ReplayResult(nd, best_score(batch.answers, batch.scores, nd),
+                            {"tokens_per_point": 10.0 ** lo[g_idx]})
