@@ -95,7 +95,21 @@ DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     "optscalet": {"target": SWEEP_TARGETS, "alpha": SWEEP_ALPHAS, "k": TUNE_WARMUPS},
     "optscale0-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": TUNE_WARMUPS},
     "optscalet-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": TUNE_WARMUPS},
+    # issue #8 rules
+    "optscale-post": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": (2, 4)},
+    "optscale-post-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": (2, 4)},
+    "costaware": {"tokens_per_point": (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 1e4, 3e4),
+                  "k": (1, 2)},
+    "wvote": {"threshold": (0.8, 0.9, 0.95, 0.99), "power": (0.5, 1.0, 2.0, 4.0)},
 }
+
+#: (s*, alpha) grid of the reliability check (promised 1 - alpha vs achieved coverage)
+RELIABILITY_TARGETS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
+RELIABILITY_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+#: policies whose decisions need a learned gain model (fitted on the calibration split when not given)
+GAIN_METHODS = frozenset({"costaware", "budget-alloc"})
+#: policies whose score model is chosen by held-out likelihood on the calibration split when not given
+POSTERIOR_METHODS = frozenset({"optscale-post", "optscale-post-seq"})
 
 #: fixed-budget counterpart of each adaptive method (reference of the "match" selection rule)
 _COUNTERPART = {
@@ -110,6 +124,11 @@ _COUNTERPART = {
     "sc": "sc",
     "wsc": "wsc",
     "bon": "bon",
+    "optscale-post": "bon",
+    "optscale-post-seq": "bon",
+    "costaware": "bon",
+    "budget-alloc": "bon",
+    "wvote": "sc",
 }
 
 
@@ -148,6 +167,8 @@ class EvalConfig:
     hyper-parameter tuning on the calibration split. ``oracle``: add the clairvoyant lower bound.
     ``n_boot``/``level``: bootstrap intervals. ``include_calib``: also report tuned rows on the
     calibration split. ``fast``: the vectorized OptScale grid path (equal to ``policy.replay``).
+    ``coverage``: also measure the guarantee of every rule that claims one over the reliability grid
+    (``meta["reliability"]``; per reported row it is always in ``meta["coverage"]``).
     Each field is validated on construction; an invalid value raises :class:`ParameterError` naming it.
     """
 
@@ -166,6 +187,7 @@ class EvalConfig:
     level: float = 0.95
     include_calib: bool = False
     fast: bool = True
+    coverage: bool = True
 
     def __post_init__(self) -> None:
         if self.budgets is not None:
@@ -184,7 +206,7 @@ class EvalConfig:
         _check_float("tolerance", self.tolerance, lo=0.0)
         _check_float("token_penalty", self.token_penalty, lo=0.0)
         _check_float("level", self.level, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-        for name in ("tune", "oracle", "include_calib", "fast"):
+        for name in ("tune", "oracle", "include_calib", "fast", "coverage"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ParameterError(name, f"must be True or False, got {getattr(self, name)!r}")
         if self.select not in ("match", "penalty"):
@@ -717,13 +739,12 @@ def evaluate(
     prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors,
                        difficulty=difficulty)
     specs = [_parse_spec(m) if isinstance(m, str) else (getattr(m, "name", "policy"), {}) for m in methods]
-    policies = {}
-    for m, (name, params) in zip(methods, specs, strict=True):
-        pol = _make(name, params) if isinstance(m, str) else m
-        _check_method(prep, pol, name, priors)
-        policies[m if isinstance(m, str) else id(m)] = pol
 
-    tuned_any = tune and any(not params and name in grids for name, params in specs)
+    def tunable_spec(name: str, params: Mapping[str, Any]) -> bool:
+        """Tuned: a method with a grid none of whose keys is given (other given parameters stay fixed)."""
+        return tune and name in grids and not set(params) & set(grids[name])
+
+    tuned_any = any(tunable_spec(name, params) for name, params in specs)
     if tuned_any:
         calib, test = split_problems(P, calib_frac, seed)
         report_split, report_problems = SPLIT_TEST, test
@@ -736,6 +757,35 @@ def evaluate(
     W_cal = bootstrap_weights(calib.shape[0], n_boot, seed) if calib is not None else None
     n_ord = prep.n_orderings
 
+    # learned parts of the issue-#8 rules, from the calibration split (all problems when untuned: noted)
+    learn_rows = rows_cal if rows_cal is not None else prep.rows_of(None)
+    learn_note = "calibration split" if rows_cal is not None else "all problems (no calibration split: not held-out)"
+    extras_meta: dict[str, Any] = {}
+    gain_model = None
+    if any(name in GAIN_METHODS and "model" not in params for name, params in specs):
+        gain_model = _policies().GainModel.fit(_subset_batch(prep.batch, learn_rows), prep.sample_correct[learn_rows])
+        extras_meta["gain_model"] = {"tag": gain_model.tag, "fitted_on": learn_note, **gain_model.meta}
+    chosen_model = None
+    if prep.has_scores and any(name in POSTERIOR_METHODS and params.get("model", "auto") == "auto"
+                               for name, params in specs):
+        learn_p = calib if calib is not None else np.arange(P)
+        chosen_model, extras_meta["score_models"] = choose_score_model(
+            arrays, learn_p, priors=None, note=learn_note)
+
+    def with_extras(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(params)
+        if name in GAIN_METHODS and "model" not in out:
+            out["model"] = gain_model
+        if name in POSTERIOR_METHODS and out.get("model", "auto") == "auto":
+            out["model"] = chosen_model
+        return out
+
+    policies = {}
+    for m, (name, params) in zip(methods, specs, strict=True):
+        pol = _make(name, with_extras(name, params)) if isinstance(m, str) else m
+        _check_method(prep, pol, name, priors)
+        policies[m if isinstance(m, str) else id(m)] = pol
+
     report = EvalReport(meta={
         "cost": cost_unit,
         "problems": int(P), "max_samples": int(M), "orderings": int(n_ord), "ordering_mode": ordering_mode,
@@ -746,7 +796,9 @@ def evaluate(
         "selection": (f"{select} (tolerance {tolerance})" if select == "match" else
                       f"{select} (token_penalty {token_penalty})") if tuned_any else None,
         "n_boot": n_boot, "level": level, "tuned": {}, "difficulty": difficulty_source,
+        "coverage": [], **extras_meta,
     })
+    cov_claims: dict[str, tuple[str, dict[str, Any]]] = {}  # label -> (name, params) for the reliability grid
 
     sink = _RowSink()
     ref_cache: dict[tuple[str, str, int], RowMetrics] = {}
@@ -762,9 +814,10 @@ def evaluate(
         pol = policies[m if isinstance(m, str) else id(m)]
         display = getattr(pol, "display", name) + (" seq" if getattr(pol, "mode", None) == "sequential" else "")
         label = str(m) if (params or not isinstance(m, str)) else display
-        tunable = tuned_any and not params and name in grids
+        tunable = tunable_spec(name, params)
         if tunable:
-            grid = _grid(grids[name])
+            fixed = with_extras(name, params)
+            grid = [{**g, **fixed} for g in _grid(grids[name])]
             cal = _grid_metrics(prep, rows_cal, name, grid, budgets, fast=fast)  # {(gi, b): RowMetrics}
             cp = _COUNTERPART.get(name, "bon" if prep.has_scores else "sc")
             for b in budgets:
@@ -775,7 +828,7 @@ def evaluate(
                              token_penalty)
                 chosen = grid[gi]
                 report.meta["tuned"].setdefault(str(m) if isinstance(m, str) else label, {})[str(b)] = {
-                    "params": chosen, "calib_accuracy": float(acc[gi]), "calib_tokens": float(tok[gi]),
+                    "params": {k: getattr(v, "tag", v) for k, v in chosen.items()}, "calib_accuracy": float(acc[gi]), "calib_tokens": float(tok[gi]),
                     "reference": cp, "reference_calib_accuracy": float(ref[0].mean()),
                     "reference_calib_tokens": float(ref[1].mean()), "grid_size": len(grid),
                 }
@@ -786,6 +839,11 @@ def evaluate(
                 mt = _replay(prep, rows_rep, pol_b, name, b)
                 sink.add(name, f"{label} (tuned)", _policy_params(pol_b, chosen), b, report_split, KIND_ADAPTIVE,
                          _per_problem(mt, n_ord), W_rep, n_ord, level)
+                if _claims_guarantee(pol_b):
+                    report.meta["coverage"].append(_coverage(prep, rows_rep, pol_b, f"{label} (tuned)", b, mt,
+                                                             report_split))
+                    cov_claims[f"{label} (tuned)"] = (name, {k: v for k, v in chosen.items()
+                                                             if k not in ("target", "alpha")})
                 if progress:
                     progress(label, b)
         elif name in POOL_ORDER_ONLY:
@@ -805,6 +863,10 @@ def evaluate(
                 mt = _replay(prep, rows_rep, pol, name, b)
                 sink.add(name, label, _policy_params(pol, params), b, report_split, _kind(name),
                          _per_problem(mt, n_ord), W_rep, n_ord, level)
+                if _claims_guarantee(pol):
+                    report.meta["coverage"].append(_coverage(prep, rows_rep, pol, label, b, mt, report_split))
+                    cov_claims[label] = (name, {k: v for k, v in with_extras(name, params).items()
+                                                if k not in ("target", "alpha")})
                 if progress:
                     progress(label, b)
 
@@ -816,9 +878,142 @@ def evaluate(
                      b, report_split, KIND_ORACLE, _per_problem(orc[b], n_ord), W_rep, n_ord, level)
         if progress:
             progress("oracle", budgets[-1])
+    if cfg.coverage and cov_claims and prep.has_scores:
+        report.meta["reliability"] = {
+            lab: reliability_grid(prep, rows_rep, name, fixed, budgets[-1], fast=fast)
+            for lab, (name, fixed) in cov_claims.items()}
+        report.meta["reliability_budget"] = budgets[-1]
     report.rows.extend(sink.finish())
     report.mark_pareto()
+    report.gain_model = gain_model  # type: ignore[attr-defined]  # the fitted GainModel (CLI saves it)
     return report
+
+
+# ================================================================================================ coverage
+def _claims_guarantee(pol) -> bool:
+    """OptScale-family rules promise P(best of N >= s*) >= 1 - alpha."""
+    return all(hasattr(pol, a) for a in ("target", "alpha", "mode")) and str(getattr(pol, "key", "")).startswith(
+        "optscale")
+
+
+def _best_prefix(prep: Prepared) -> np.ndarray:
+    """float64[B, M + 1]: the best drawn score after each prefix length (-inf for 0 or unscored)."""
+    cached = getattr(prep, "_best_prefix", None)
+    if cached is None:
+        sc = np.where(np.isnan(prep.batch.scores), -np.inf, prep.batch.scores)
+        cached = np.full((sc.shape[0], sc.shape[1] + 1), -np.inf)
+        if sc.shape[1]:
+            cached[:, 1:] = np.maximum.accumulate(sc, axis=1)
+        prep._best_prefix = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def coverage_of(prep: Prepared, rows: np.ndarray, target: float, budget: int, samples: np.ndarray) -> dict[str, float]:
+    """Coverage of the guarantee on ``rows`` given each run's draws: among the runs that stopped before
+    their budget min(N_max, n) (the rule's own decision, not the cap), the share whose best drawn score is
+    >= s*; ``stopped`` = the share of runs that stopped before the budget (the runs the promise is about);
+    ``reached`` = the share of ALL runs whose best drawn score is >= s*."""
+    samples = np.asarray(samples, dtype=np.int64)
+    cap = np.minimum(prep.batch.n[rows], int(budget))
+    best = _best_prefix(prep)[rows, samples]
+    hit = best >= target
+    stopped = samples < cap
+    return {"achieved": float(hit[stopped].mean()) if stopped.any() else float("nan"),
+            "stopped": float(stopped.mean()), "reached": float(hit.mean()), "runs": int(rows.shape[0])}
+
+
+def _coverage(prep: Prepared, rows: np.ndarray, pol, label: str, budget: int, mt: RowMetrics,
+              split: str) -> dict[str, Any]:
+    c = coverage_of(prep, rows, float(pol.target), budget, mt.samples)
+    return {"label": label, "method": getattr(pol, "key", ""), "budget": int(budget), "split": split,
+            "target": float(pol.target), "alpha": float(pol.alpha), "promised": 1.0 - float(pol.alpha), **c}
+
+
+def reliability_grid(prep: Prepared, rows: np.ndarray, name: str, fixed: Mapping[str, Any], budget: int, *,
+                     targets: Sequence[float] = RELIABILITY_TARGETS, alphas: Sequence[float] = RELIABILITY_ALPHAS,
+                     fast: bool = True) -> list[dict[str, float]]:
+    """Promised 1 - alpha vs achieved coverage (:func:`coverage_of`) of one rule over an (s*, alpha) grid at
+    one budget on ``rows`` (other parameters ``fixed``)."""
+    grid = [{**fixed, "target": t, "alpha": a} for t in targets for a in alphas]
+    res = _grid_metrics(prep, rows, name, grid, [int(budget)], fast=fast)
+    out = []
+    for gi, g in enumerate(grid):
+        c = coverage_of(prep, rows, g["target"], budget, res[(gi, int(budget))].samples)
+        out.append({"target": float(g["target"]), "alpha": float(g["alpha"]), "promised": 1.0 - float(g["alpha"]),
+                    **c})
+    return out
+
+
+def choose_score_model(arrays, problems: np.ndarray, *, k: int = 4, targets: Sequence[float] = (0.7, 0.8, 0.9),
+                       priors=None, note: str = "") -> tuple[str, dict[str, Any]]:
+    """The score model (tn, beta, exc) with the best held-out log score of the event score >= s* on
+    ``problems`` (fit on each problem's first ``k`` scores, scored on its others;
+    :func:`optscale.theory_models.heldout_log_score`), and the per-model scores for the report."""
+    from optscale import theory_models as tm
+
+    scores = np.asarray(arrays.scores, dtype=np.float64)[np.asarray(problems)]
+    res = tm.heldout_log_score(scores, None, k=k, targets=targets, priors=priors)
+    chosen = max(res, key=lambda m: res[m]["event"])
+    return chosen, {"heldout": res, "chosen": chosen, "k": k, "targets": list(targets), "fitted_on": note,
+                    "criterion": "mean held-out log P(1[score >= s*]) per score (higher is better)"}
+
+
+def coverage_markdown(report: EvalReport) -> str:
+    """Markdown tables of the coverage of every rule that claims the guarantee, the reliability grid and
+    the score-model choice (empty string when there is nothing to show)."""
+    out = []
+    cov = report.meta.get("coverage") or []
+    if cov:
+        out += ["### Coverage of P(best of N >= s*) >= 1 - alpha (runs that stopped before N_max)", "",
+                "| method | N_max | split | s* | promised | achieved | stopped early | best >= s* (all runs) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for c in cov:
+            out.append(f"| {c['label']} | {c['budget']} | {c['split']} | {c['target']:g} | {c['promised']:.3f} | "
+                       f"{c['achieved']:.3f} | {c['stopped']:.3f} | {c['reached']:.3f} |")
+        out.append("")
+    rel = report.meta.get("reliability") or {}
+    for lab, pts in rel.items():
+        ok = [p for p in pts if np.isfinite(p["achieved"])]
+        short = sum(p["achieved"] < p["promised"] - 0.02 for p in ok)
+        out.append(f"Reliability of {lab} at N_max = {report.meta.get('reliability_budget')}: "
+                   f"{len(ok)} (s*, alpha) points with early stops, {short} below promised - 0.02.")
+    if rel:
+        out.append("")
+    sm = report.meta.get("score_models")
+    if sm:
+        out += [f"### Score models (held-out, {sm['fitted_on']}; chosen: {sm['chosen']})", "",
+                "| model | event log score | density log-lik |", "|---|---|---|"]
+        for m, v in sm["heldout"].items():
+            d = v.get("density")
+            out.append(f"| {m} | {v['event']:.4f} | {'' if d is None else f'{d:.4f}'} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_reliability(report: EvalReport, path: str | Path, *, title: str | None = None) -> Path:
+    """PNG: promised 1 - alpha vs achieved coverage over the reliability grid, one marker set per rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="promised = achieved")
+    for lab, pts in (report.meta.get("reliability") or {}).items():
+        x = [p["promised"] for p in pts if np.isfinite(p["achieved"])]
+        y = [p["achieved"] for p in pts if np.isfinite(p["achieved"])]
+        ax.scatter(x, y, s=18, alpha=0.75, label=lab)
+    ax.set_xlabel("promised 1 - alpha")
+    ax.set_ylabel("achieved P(best >= s*) among early stops")
+    ax.set_xlim(0.4, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(title or f"reliability at N_max = {report.meta.get('reliability_budget')}")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 #: policies whose samples are sequential rounds: replayed in the pool's own order only

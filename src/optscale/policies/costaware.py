@@ -7,7 +7,7 @@ scores, it stores
     p_now(b, n)  = P(the Best-of-n pick is correct | best score b after n draws)
     gain(b, n)   = E[correct(n + wave) - correct(n) | b, n]        (paired over the calibration rows)
 
-each shrunk towards its bin's pooled value with ``shrink`` pseudo-rows. It is a plain JSON file
+each shrunk towards its bin's pooled value with ``shrink`` pseudo-rows (gain floored at GAIN_FLOOR). It is a plain JSON file
 (:meth:`GainModel.save` / :meth:`GainModel.load`) so that ``optscale run`` and the server can use it.
 
 :class:`CostAware` (``costaware``) draws ``k`` warm-up samples, then after each wave stops as soon as
@@ -47,7 +47,9 @@ from optscale.policies.base import (
 )
 from optscale.policies.bon import best_of, check_count
 
-__all__ = ["GainModel", "CostAware", "BudgetAllocation"]
+__all__ = ["GainModel", "CostAware", "BudgetAllocation", "GAIN_FLOOR"]
+
+GAIN_FLOOR = 1e-6  #: smallest expected gain of a wave inside the table (accuracy fraction)
 
 
 class GainModel:
@@ -75,7 +77,7 @@ class GainModel:
     # ----- fit ----------------------------------------------------------------------------------------
     @classmethod
     def fit(cls, batch: ReplayBatch, sample_correct: np.ndarray, *, wave: int = 1, bins: int = 10,
-            shrink: float = 5.0) -> GainModel:
+            shrink: float = 20.0) -> GainModel:
         """Learn the table from replay rows (samples in draw order) and per-sample correctness
         (bool[B, M], the correctness of each sample's answer)."""
         wave = check_count("wave", wave)
@@ -116,7 +118,10 @@ class GainModel:
         pool_p = p_now.sum(axis=1, keepdims=True) / tot
         pool_g = gain.sum(axis=1, keepdims=True) / tot
         p_now = (p_now + shrink * pool_p) / (cnt + shrink)
-        gain = (gain + shrink * pool_g) / (cnt + shrink)
+        # a cell's mean paired difference is mostly 0 (the pick rarely changes) and noisy: shrink it towards
+        # its bin's pooled gain and floor it at GAIN_FLOOR, so that a high enough exchange rate always
+        # continues (up to the budget) instead of stopping on a noisy non-positive cell
+        gain = np.maximum((gain + shrink * np.maximum(pool_g, 0.0)) / (cnt + shrink), GAIN_FLOOR)
         return cls(edges, p_now, gain, wave, {"rows": int(B), "bins": int(E), "shrink": float(shrink)})
 
     # ----- lookup -------------------------------------------------------------------------------------
@@ -168,6 +173,8 @@ class GainModel:
 def _resolve_model(model) -> GainModel:
     if isinstance(model, GainModel):
         return model
+    if isinstance(model, tuple) and all(isinstance(x, (str, int, float)) for x in model):
+        model = "/".join(str(x) for x in model)  # the spec parser splits "a/b" values into tuples
     if isinstance(model, (str, Path)) and not str(model).startswith("fitted:"):
         return GainModel.load(model)
     raise ParameterError("model", "costaware needs a gain model: a GainModel (evaluate fits one on the "
@@ -225,7 +232,10 @@ class CostAware(Policy):
         self.model = None if model is None else _resolve_model(model)
 
     def params(self) -> dict[str, Any]:
-        m = self._model_arg if isinstance(self._model_arg, (str, Path)) else (self.model.tag if self.model else None)
+        arg = self._model_arg
+        if isinstance(arg, tuple):
+            arg = "/".join(str(x) for x in arg)
+        m = arg if isinstance(arg, (str, Path)) else (self.model.tag if self.model else None)
         return {"tokens_per_point": self.tokens_per_point, "k": self.k, "model": None if m is None else str(m)}
 
     def _label_params(self) -> dict[str, Any]:
