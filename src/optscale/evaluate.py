@@ -952,6 +952,7 @@ def choose_score_model(arrays, problems: np.ndarray, *, k: int = 4, targets: Seq
     from optscale import theory_models as tm
 
     scores = np.asarray(arrays.scores, dtype=np.float64)[np.asarray(problems)]
+    k = int(min(k, max(1, int(np.asarray(arrays.n).max(initial=2)) // 2)))  # leave scores to hold out
     res = tm.heldout_log_score(scores, None, k=k, targets=targets, priors=priors)
     chosen = max(res, key=lambda m: res[m]["event"])
     return chosen, {"heldout": res, "chosen": chosen, "k": k, "targets": list(targets), "fitted_on": note,

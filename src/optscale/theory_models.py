@@ -34,7 +34,7 @@ quadrature targets the true posterior, not a Laplace approximation of it); all s
 Model choice (:func:`heldout_log_score`): each model is fitted on the first k scores of a problem and
 scored on that problem's other scores, by the log-probability it gave to the event "score >= s*" (the only
 thing the bound uses; comparable across all three models) and, for the two density models, by the log
-density.
+posterior predictive density (log sum_q w_q f_q(x), clipped at -50 per score).
 """
 
 from __future__ import annotations
@@ -127,8 +127,12 @@ class ScoreModel:
         raise NotImplementedError
 
     def log_density(self, x: np.ndarray, theta: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """log f_theta(x); ``x`` [R, H] against per-row parameters [R] (point estimates)."""
+        """log f_theta(x): ``x`` [R, H] against per-row nodes [R, Q]; returns [R, H, Q]."""
         raise NotImplementedError
+
+    def log_predictive_density(self, x: np.ndarray, post: Posterior) -> np.ndarray:
+        """log of the posterior predictive density sum_q w_q f_q(x) of held-out scores ``x`` [R, H]."""
+        return _logsumexp(post.logw[:, None, :] + self.log_density(x, post.theta), axis=-1)
 
     def point(self, post: Posterior) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean of the parameters per row (natural parametrization)."""
@@ -232,7 +236,7 @@ class TruncNormalModel(ScoreModel):
     def log_density(self, x, theta):
         from optscale import theory
 
-        return theory.logpdf(np.clip(x, 0.0, 1.0), theta[0][:, None], theta[1][:, None])
+        return theory.logpdf(np.clip(x, 0.0, 1.0)[:, :, None], theta[0][:, None, :], theta[1][:, None, :])
 
 
 class BetaModel(ScoreModel):
@@ -275,8 +279,8 @@ class BetaModel(ScoreModel):
             return np.log(sc.betainc(theta[0], theta[1], float(target)))
 
     def log_density(self, x, theta):
-        a, b = theta[0][:, None], theta[1][:, None]
-        x = np.clip(x, EPS, 1 - EPS)
+        a, b = theta[0][:, None, :], theta[1][:, None, :]
+        x = np.clip(x, EPS, 1 - EPS)[:, :, None]
         return (a - 1) * np.log(x) + (b - 1) * np.log1p(-x) - sc.betaln(a, b)
 
 
@@ -402,8 +406,7 @@ def heldout_log_score(scores, mask=None, *, k: int = 4, targets=(0.7, 0.8, 0.9),
         res["event"] = float(np.mean(ev))
         if model.density:
             post = model.posterior(x, fit_m, pri)
-            theta = model.point(post)
-            ld = model.log_density(x, theta)
+            ld = model.log_predictive_density(x, post)
             res["density"] = float(np.where(held, np.clip(ld, -50, None), 0.0).sum() / H)
         out[name] = res
     return out

@@ -1,0 +1,209 @@
+"""Benchmark of the issue-#8 stopping rules against the paper's, on every scored pool the project has.
+
+Pools (each run through ``optscale.evaluate`` with hyper-parameters tuned on a calibration split and every
+number reported on the held-out problems):
+
+* ``pools/*/*.jsonl`` of this repository (the real SmolLM2 arithmetic pools, one per scorer, when present)
+  and any ``--pool FILE``;
+* the real PRM best-of-N fragments of ``../shared/data/pools/prm-bon-fragments`` (tiny: 10 x 4);
+* SEMI-SYNTHETIC pools (clearly labelled): one law per MATH-500 problem whose mean and standard deviation
+  are the paper's labels (``../shared/data/optscale-paper/predictor/val_mu_sigma.json``: moments of 64
+  Qwen2.5-Math-PRM-7B scores per problem) -- ``semi-synthetic beta`` (Beta laws with those moments: the
+  heavier left tail the real laws have) and ``semi-synthetic tn`` (truncated normals with those moments);
+  a sample is correct with probability equal to its score (a calibrated verifier), tokens ~ U[300, 3000);
+  OptScale^t priors = the paper's predicted (mu, sigma) for MATH-500 (``results/MATH500_predicted_mu_sigma.json``).
+
+Methods: BoN, SC, ASC (fixed / adaptive baselines), the paper's OptScale^0 and OptScale^t (one-shot),
+our sequential OptScale^0 with target-reached stop, and the new rules: posterior-predictive N (score model
+chosen by held-out likelihood), the exceedance model, cost-aware stopping (learned gain), the score-weighted
+vote. Per pool: one table at the largest budget (accuracy, tokens, tokens at BoN@N_max accuracy within
+0.5 point, coverage of the guarantee, the oracle's tokens) and one PNG (accuracy vs tokens, all budgets).
+
+    python benchmarks/bench_rules.py [--data ../shared/data] [--out bench_rules_out] [--orderings 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from optscale import theory
+from optscale.pool import PoolArrays
+
+ev = importlib.import_module("optscale.evaluate")
+REPO = Path(__file__).resolve().parents[1]
+
+METHODS = ["bon", "sc", "asc", "optscale0", "optscale0-seq:early_stop=true", "optscale-post-seq",
+           "optscale-post-seq:model=exc", "costaware", "wvote"]
+PRIOR_METHODS = ["optscalet", "optscale-post-seq:prior=true"]
+PAPER = "optscale0"  # the paper's OptScale^0 (one-shot)
+
+
+def semi_synthetic(data: Path, law: str, P: int, M: int, seed: int) -> tuple[PoolArrays, np.ndarray]:
+    """(arrays, priors [P, 2]) of a semi-synthetic pool whose per-problem laws have the MATH-500 label
+    moments (see the module docstring)."""
+    lab = np.asarray(json.loads((data / "optscale-paper/predictor/val_mu_sigma.json").read_text()), float)
+    pred = np.asarray(json.loads((data / "optscale-paper/results/MATH500_predicted_mu_sigma.json").read_text()),
+                      float)
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(lab.shape[0])[:P]
+    mean = np.clip(lab[pick, 0], 0.02, 0.98)
+    sd = np.clip(lab[pick, 1], 0.005, None)
+    sd = np.minimum(sd, 0.95 * np.sqrt(mean * (1 - mean)))  # a Beta law needs var < m (1 - m)
+    if law == "beta":
+        kappa = mean * (1 - mean) / sd**2 - 1
+        scores = rng.beta(mean[:, None] * kappa[:, None], (1 - mean[:, None]) * kappa[:, None], (P, M))
+    else:
+        mu, sigma = theory.moments_to_params(mean, sd)
+        scores = theory.sample(mu[:, None], sigma[:, None], (P, M), rng)
+    correct = rng.random((P, M)) < scores
+    answers = np.where(correct, 0, rng.integers(1, 4, (P, M))).astype(np.int64)
+    tokens = rng.integers(300, 3000, (P, M)).astype(float)
+    cc = np.zeros((P, 4), dtype=bool)
+    cc[:, 0] = True
+    arrays = PoolArrays(scores=scores, tokens=tokens, answers=answers, correct=correct & (answers == 0),
+                        n=np.full(P, M, dtype=np.int64), class_correct=cc, ids=[str(i) for i in range(P)],
+                        has_scores=True, has_tokens=True)
+    pm = pred[pick]
+    mu0, s0 = theory.moments_to_params(np.clip(pm[:, 0], 0.02, 0.98), np.clip(pm[:, 1], 0.005, 0.5))
+    return arrays, np.column_stack([mu0, s0])
+
+
+def real_pools(data: Path, extra: list[str]) -> list[tuple[str, Path]]:
+    files = sorted((REPO / "pools").glob("*/*.jsonl")) + [Path(p) for p in extra]
+    prm = data / "pools/prm-bon-fragments"
+    for name in ("bayesian-prm-search__n4.jsonl", "BayesPRM-Search__data_previous_n4.jsonl"):
+        if (prm / name).exists():
+            files.append(prm / name)
+    return [(f"real: {f.parent.name}/{f.name}", f) for f in files]
+
+
+def load_real(path: Path):
+    from optscale.importers import import_pool
+    from optscale.pool import to_arrays
+
+    pool = import_pool(path)
+    arrays = to_arrays(pool, equiv="math")
+    return arrays, None
+
+
+def summarize(rep, budgets) -> list[dict]:
+    top = budgets[-1]
+    rows = [r for r in rep.rows if r.budget == top and r.split in ("test", "all")]
+    bon = next(r for r in rows if r.method == "bon")
+    oracle = next((r for r in rows if r.method == "oracle"), None)
+    cov = {c["label"]: c for c in rep.meta.get("coverage", []) if c["budget"] == top}
+    out = []
+    for r in rows:
+        if r.method == "oracle":
+            continue
+        matched = r.accuracy >= bon.accuracy - 0.005 - 1e-12
+        c = cov.get(r.label)
+        out.append({"method": r.label, "params": r.params, "accuracy": r.accuracy, "tokens": r.tokens,
+                    "tokens_at_bon": r.tokens if matched else None, "samples": r.samples,
+                    "coverage": None if c is None else (c["achieved"], c["promised"], c["stopped"])})
+    out.append({"method": "oracle (clairvoyant)", "accuracy": oracle.accuracy if oracle else None,
+                "tokens": oracle.tokens if oracle else None, "tokens_at_bon": oracle.tokens if oracle else None,
+                "samples": oracle.samples if oracle else None, "coverage": None, "params": {}})
+    return out
+
+
+def table(name: str, summary: list[dict], meta: dict, budget: int, unit: str) -> str:
+    bon = next(s for s in summary if s["method"] == "BoN")
+    paper = next((s for s in summary if s["method"].startswith("OptScale0 (tuned)")), None)
+    oracle = summary[-1]
+    lines = [f"### {name} (N_max = {budget}, {meta['problems']} problems, held-out: "
+             f"{len(meta.get('test_problems') or [])}, cost in {unit})", "",
+             f"| rule | accuracy % | {unit}/problem | {unit} at BoN@N_max acc. | vs paper OptScale0 | vs oracle "
+             "| coverage (achieved / promised, stopped early) |", "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        tb = s["tokens_at_bon"]
+        vs_p = (f"{tb / paper['tokens_at_bon']:.2f}x" if tb is not None and paper and paper["tokens_at_bon"] else "")
+        vs_o = f"{tb / oracle['tokens']:.2f}x" if tb is not None and oracle["tokens"] else ""
+        cov = s["coverage"]
+        cov_s = "" if cov is None else (f"{cov[0]:.3f} / {cov[1]:.3f}, {cov[2]:.2f}" if np.isfinite(cov[0])
+                                         else f"n/a / {cov[1]:.3f}, 0.00")
+        acc = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f}"
+        tok = "" if s["tokens"] is None else f"{s['tokens']:,.0f}"
+        lines.append(f"| {s['method']} | {acc} | {tok} | {'miss' if tb is None else f'{tb:,.0f}'} | {vs_p} | "
+                     f"{vs_o} | {cov_s} |")
+    sm = meta.get("score_models")
+    if sm:
+        lines.append("")
+        lines.append("score models (held-out event log score on the calibration split): " + ", ".join(
+            f"{m} {v['event']:.4f}" for m, v in sm["heldout"].items()) + f"; chosen: {sm['chosen']}")
+    lines.append(f"BoN@{budget}: {100 * bon['accuracy']:.2f}%")
+    return "\n".join(lines)
+
+
+def run_pool(name, arrays, priors, args, out: Path) -> dict:
+    P, M = arrays.answers.shape
+    budgets = [b for b in (4, 8, 16, 32, 64) if b < M] + [M]
+    budgets = budgets[-3:] if M >= 16 else [M]
+    methods = list(METHODS) + (PRIOR_METHODS if priors is not None else [])
+    cfg = ev.EvalConfig(budgets=tuple(budgets), orderings=args.orderings, seed=args.seed, n_boot=args.n_boot,
+                        tune=P >= 10)
+    t0 = time.time()
+    rep = ev.evaluate(arrays, methods, config=cfg, priors=priors)
+    secs = time.time() - t0
+    summ = summarize(rep, budgets)
+    text = table(name, summ, rep.meta, budgets[-1], rep.meta["cost"])
+    slug = "".join(c if c.isalnum() else "_" for c in name)[:60]
+    ev.plot_accuracy_vs_tokens(rep, out / f"{slug}.png", title=name)
+    if rep.meta.get("reliability"):
+        ev.plot_reliability(rep, out / f"{slug}_reliability.png", title=f"{name}: reliability")
+    (out / f"{slug}.json").write_text(rep.to_json())
+    print(text + f"\n({secs:.0f} s)\n", flush=True)
+    return {"name": name, "summary": summ, "text": text, "seconds": secs}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--pool", action="append", default=[], help="extra pool file (repeatable)")
+    ap.add_argument("--out", default="bench_rules_out")
+    ap.add_argument("--orderings", type=int, default=3)
+    ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--semi-problems", type=int, default=300)
+    ap.add_argument("--semi-samples", type=int, default=64)
+    ap.add_argument("--only", default=None, help="run only pools whose name contains this")
+    args = ap.parse_args(argv)
+    data = Path(args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    jobs: list[tuple[str, object]] = []
+    for name, path in real_pools(data, args.pool):
+        jobs.append((name, lambda path=path: load_real(path)))
+    if (data / "optscale-paper/predictor/val_mu_sigma.json").exists():
+        for law in ("beta", "tn"):
+            jobs.append((f"semi-synthetic {law} (MATH-500 label moments)",
+                         lambda law=law: semi_synthetic(data, law, args.semi_problems, args.semi_samples, args.seed)))
+    else:
+        print(f"shared data not found at {data}: semi-synthetic pools skipped", file=sys.stderr)
+    for name, load in jobs:
+        if args.only and args.only not in name:
+            continue
+        try:
+            arrays, priors = load()
+        except Exception as exc:  # a pool that cannot be read is reported, not fatal
+            print(f"{name}: skipped ({exc})", file=sys.stderr)
+            continue
+        if not getattr(arrays, "has_scores", False):
+            print(f"{name}: skipped (no verifier scores)", file=sys.stderr)
+            continue
+        results.append(run_pool(name, arrays, priors, args, out))
+    (out / "summary.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "tables.md").write_text("\n\n".join(r["text"] for r in results) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
