@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import special as sc
+from test_evaluate import synthetic_arrays
+from test_policies import assert_same, random_batch
 
 from optscale import theory
 from optscale import theory_models as tm
 from optscale.errors import InputError, ParameterError
 from optscale.policies import BatchOnlyError, GainModel, make_policy, replay_loop
-from test_evaluate import synthetic_arrays
-from test_policies import assert_same, random_batch
 
 ev = importlib.import_module("optscale.evaluate")
 
@@ -216,9 +215,18 @@ def test_coverage_counts_only_runs_that_stopped_before_the_budget():
     assert c["achieved"] == pytest.approx(np.mean(first >= 0.5))
     rep = ev.evaluate(a, ["optscale0-seq:early_stop=true", "optscale-post-seq"], [8, 16], orderings=1, n_boot=50)
     assert {c["method"] for c in rep.meta["coverage"]} == {"optscale0-seq", "optscale-post-seq"}
-    for lab, pts in rep.meta["reliability"].items():
+    for pts in rep.meta["reliability"].values():
         assert len(pts) == len(ev.RELIABILITY_TARGETS) * len(ev.RELIABILITY_ALPHAS)
-        # with target-reached stop every early stop caused by the target is a success
-        assert all(np.isnan(p["achieved"]) or 0 <= p["achieved"] <= 1 for p in pts)
+    # a reliability point equals a direct replay of the rule with those (s*, alpha) on the reported rows
+    lab = next(k for k in rep.meta["reliability"] if k.startswith("optscale0-seq"))
+    pt = rep.meta["reliability"][lab][7]
+    k = rep.meta["tuned"]["optscale0-seq:early_stop=true"]["16"]["params"]["k"]
+    pol = make_policy("optscale0-seq", target=pt["target"], alpha=pt["alpha"], k=k, early_stop=True)
+    prep = ev.build_batch(a, orderings=1, seed=0)
+    rows = prep.rows_of(np.asarray(rep.meta["test_problems"]))
+    res = pol.replay(ev._subset_batch(prep.batch, rows), 16)
+    direct = ev.coverage_of(prep, rows, pt["target"], 16, res.n_drawn)
+    assert direct["stopped"] == pytest.approx(pt["stopped"]) and direct["reached"] == pytest.approx(pt["reached"])
+    assert (np.isnan(direct["achieved"]) and np.isnan(pt["achieved"])) or direct["achieved"] == pytest.approx(
+        pt["achieved"])
     assert rep.meta["score_models"]["chosen"] in ("tn", "beta", "exc")
-    assert sc.betaln(1.0, 1.0) == 0.0
