@@ -92,7 +92,7 @@ def test_heldout_score_prefers_the_generating_law():
     beta_scores = rng.beta(8.0, 1.2, (150, 64))  # heavy left tail
     res = tm.heldout_log_score(beta_scores, k=16)
     assert res["beta"]["density"] > res["tn"]["density"]
-    for mu, sigma in ((0.9, 0.15), (0.8, 0.05)):
+    for mu, sigma in ((0.1, 0.05), (0.0, 0.1)):  # shapes a Beta law cannot take (a TN(0.5, 0.1) it can)
         res = tm.heldout_log_score(theory.sample(mu, sigma, (150, 64), rng), k=16)
         assert res["tn"]["density"] > res["beta"]["density"]
     assert set(res) == {"tn", "beta", "exc"} and "density" not in res["exc"]

@@ -944,19 +944,28 @@ def reliability_grid(prep: Prepared, rows: np.ndarray, name: str, fixed: Mapping
     return out
 
 
-def choose_score_model(arrays, problems: np.ndarray, *, k: int = 4, targets: Sequence[float] = (0.7, 0.8, 0.9),
+def choose_score_model(arrays, problems: np.ndarray, *, k: int = 16, targets: Sequence[float] | None = None,
                        priors=None, note: str = "") -> tuple[str, dict[str, Any]]:
-    """The score model (tn, beta, exc) with the best held-out log score of the event score >= s* on
-    ``problems`` (fit on each problem's first ``k`` scores, scored on its others;
-    :func:`optscale.theory_models.heldout_log_score`), and the per-model scores for the report."""
+    """The score model for ``optscale-post*`` from held-out likelihood on ``problems``
+    (:func:`optscale.theory_models.heldout_log_score`: fitted on each problem's first ``k`` scores, scored
+    on its others). The density models (tn, beta) are compared by held-out log predictive density; the
+    better one is then compared with the model-free exceedance model by the held-out log score of the
+    event score >= s* (the only thing the bound uses; averaged over ``targets``, default the 50/75/90%
+    quantiles of the problems' scores: s* on the pool's own scale). ``k`` is capped at half
+    the pool's samples: the choice is about the law family, so it uses more scores than one warm-up."""
     from optscale import theory_models as tm
 
     scores = np.asarray(arrays.scores, dtype=np.float64)[np.asarray(problems)]
     k = int(min(k, max(1, int(np.asarray(arrays.n).max(initial=2)) // 2)))  # leave scores to hold out
+    if targets is None:
+        seen = scores[~np.isnan(scores)]
+        targets = [float(t) for t in np.quantile(seen, (0.5, 0.75, 0.9))] if seen.size else [0.5]
     res = tm.heldout_log_score(scores, None, k=k, targets=targets, priors=priors)
-    chosen = max(res, key=lambda m: res[m]["event"])
+    dens = max((m for m in res if "density" in res[m]), key=lambda m: res[m]["density"])
+    chosen = dens if res[dens]["event"] >= res.get("exc", {"event": -np.inf})["event"] else "exc"
     return chosen, {"heldout": res, "chosen": chosen, "k": k, "targets": list(targets), "fitted_on": note,
-                    "criterion": "mean held-out log P(1[score >= s*]) per score (higher is better)"}
+                    "criterion": "tn vs beta: held-out log predictive density per score; the better vs exc: "
+                                 "held-out log P(1[score >= s*]) per score (higher is better)"}
 
 
 def coverage_markdown(report: EvalReport) -> str:

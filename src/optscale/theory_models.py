@@ -15,9 +15,9 @@ E[F^N] is decreasing in N (a mixture of decreasing functions), so N_needed is fo
 Models (each vectorized over rows: ``scores`` [R, W] with a boolean ``mask`` of the observed entries):
 
 * :class:`TruncNormalModel` -- Normal(mu, sigma^2) truncated to [0, 1] (the paper's law; functions of
-  :mod:`optscale.theory`). Posterior over (mu, log sigma) with a flat prior on the box mu in [-1, 2],
-  sigma in [0.005, 3] (OptScale^0) or the per-problem Gaussian priors N(mu0, sd_mu^2) N(sigma0, sd_sigma^2)
-  of OptScale^t.
+  :mod:`optscale.theory`). Posterior over (lambda = mu / sigma^2, log sigma) with a flat prior on the box
+  |mu| <= 100, sigma in [0.005, 10] (OptScale^0) or the per-problem Gaussian priors N(mu0, sd_mu^2)
+  N(sigma0, sd_sigma^2) of OptScale^t.
 * :class:`BetaModel` -- Beta(a, b) scores (scores clipped to [1e-4, 1 - 1e-4]); posterior over
   (logit m, log kappa), m = a / (a + b), kappa = a + b, flat on logit m in [-7, 7], kappa in [0.1, 1e4].
 * :class:`ExceedanceModel` -- model-free: only p = P(score >= s*) matters. With j of n scores >= s* and a
@@ -175,11 +175,17 @@ def _gh_posterior(center1, scale1, center2, scale2, log_post) -> tuple[np.ndarra
 
 
 class TruncNormalModel(ScoreModel):
-    """The paper's truncated normal with a posterior over (mu, log sigma) instead of a point estimate."""
+    """The paper's truncated normal with a posterior instead of a point estimate.
+
+    The posterior is integrated in the coordinates (lambda, log sigma), lambda = mu / sigma^2 (a natural
+    parameter: the density is proportional to exp(lambda x - x^2 / (2 sigma^2)) on [0, 1]). Laws on the
+    family's boundary (mu -> infinity with mu / sigma^2 fixed: a truncated exponential, where moment
+    matching puts 64% of the MATH-500 label laws) form a ridge along log sigma at fixed lambda there, which
+    these coordinates follow; the flat prior is on the box |mu| <= 100, sigma in [0.005, 10]."""
 
     name = "tn"
-    MU_BOX = (-1.0, 2.0)
-    SIGMA_BOX = (0.005, 3.0)
+    MU_BOX = (-100.0, 100.0)
+    SIGMA_BOX = (0.005, 10.0)
 
     def posterior(self, scores, mask=None, priors=None) -> Posterior:
         from optscale import theory
@@ -204,29 +210,39 @@ class TruncNormalModel(ScoreModel):
             mu_c[has], sig_c[has] = fit.mu, fit.sigma
         mu_c = np.clip(np.nan_to_num(mu_c, nan=0.5), *self.MU_BOX)
         sig_c = np.clip(np.nan_to_num(sig_c, nan=0.3), 0.01, self.SIGMA_BOX[1])
-        sd = np.maximum(np.maximum(sig_c, np.sqrt(var)), 0.01)
-        scale_mu = 1.5 * sd / np.sqrt(np.maximum(n, 1))
-        scale_ls = 1.5 / np.sqrt(2.0 * np.maximum(n, 1))
-        if priors is not None:  # never narrower than needed to cover the prior where data are few
-            scale_mu = np.where(has, scale_mu, 1.5 * priors[:, 2])
+        lam_c = mu_c / sig_c**2
+        # scales: d^2 loglik / d lambda^2 = -n Var_F(x) (exponential family); log sigma ~ 1 / sqrt(2n), widened
+        # where sigma is large (the ridge towards the exponential limit)
+        _, std_f = theory.params_to_moments(mu_c, sig_c)
+        nn = np.maximum(n, 1)
+        scale_lam = np.minimum(1.5 / np.sqrt(nn * np.maximum(std_f, 0.01) ** 2), 200.0)
+        scale_ls = np.maximum(1.5 / np.sqrt(2.0 * nn), np.where(sig_c >= 0.3, 0.75, 0.0))
+        if priors is not None:  # where no score was seen, cover the prior
+            scale_lam = np.where(has, scale_lam, 1.5 * np.hypot(priors[:, 2] / sig_c**2,
+                                                                2 * np.abs(mu_c) * priors[:, 3] / sig_c**3))
             scale_ls = np.where(has, scale_ls, 1.5 * priors[:, 3] / sig_c)
-        scale_mu = np.minimum(scale_mu, 1.0)
-        scale_ls = np.minimum(scale_ls, 1.5)
+        scale_ls = np.minimum(scale_ls, 2.0)
 
-        def log_post(mu, ls):
+        def log_post(lam, ls):
             sigma = np.exp(ls)
-            ll = (-n[:, None] * ls - n[:, None] * (var[:, None] + (mean[:, None] - mu) ** 2) / (2 * sigma**2)
-                  - n[:, None] * theory.log_normalizer(mu, sigma))
+            mu = lam * sigma**2
             box = (mu >= self.MU_BOX[0]) & (mu <= self.MU_BOX[1]) & (sigma >= self.SIGMA_BOX[0]) & (
                 sigma <= self.SIGMA_BOX[1])
+            mu_s = np.where(box, mu, 0.5)
+            sig_s = np.where(box, sigma, 0.3)
+            ll = (-n[:, None] * np.log(sig_s) - n[:, None] * (var[:, None] + (mean[:, None] - mu_s) ** 2)
+                  / (2 * sig_s**2) - n[:, None] * theory.log_normalizer(mu_s, sig_s))
             lp = np.where(box, 0.0, -np.inf)
-            if priors is not None:  # Gaussian priors on mu and sigma; d sigma = sigma d log sigma
-                lp = lp - 0.5 * ((mu - priors[:, 0:1]) / priors[:, 2:3]) ** 2 - 0.5 * (
-                    (sigma - priors[:, 1:2]) / priors[:, 3:4]) ** 2 + ls
+            if priors is not None:  # Gaussian priors on mu and sigma; |d(mu, sigma) / d(lambda, log sigma)| = sigma^3
+                lp = lp - 0.5 * ((mu_s - priors[:, 0:1]) / priors[:, 2:3]) ** 2 - 0.5 * (
+                    (sig_s - priors[:, 1:2]) / priors[:, 3:4]) ** 2 + 3 * np.log(sig_s)
             return ll + lp
 
-        mu, ls, lw = _gh_posterior(mu_c, scale_mu, np.log(sig_c), scale_ls, log_post)
-        return Posterior((mu, np.exp(ls)), lw, has | (priors is not None))
+        lam, ls, lw = _gh_posterior(lam_c, scale_lam, np.log(sig_c), scale_ls, log_post)
+        sigma = np.exp(ls)
+        mu = np.clip(lam * sigma**2, *self.MU_BOX)  # outside the box the weight is 0 anyway
+        sigma = np.clip(sigma, *self.SIGMA_BOX)
+        return Posterior((mu, sigma), lw, has | (priors is not None))
 
     def log_cdf(self, target, theta):
         from optscale import theory
