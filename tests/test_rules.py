@@ -16,7 +16,7 @@ from test_policies import assert_same, random_batch
 from optscale import theory
 from optscale import theory_models as tm
 from optscale.errors import InputError, ParameterError
-from optscale.policies import BatchOnlyError, GainModel, make_policy, replay_loop
+from optscale.policies import BatchOnlyError, GainModel, Observation, make_policy, replay_loop
 
 ev = importlib.import_module("optscale.evaluate")
 
@@ -230,3 +230,20 @@ def test_coverage_counts_only_runs_that_stopped_before_the_budget():
     assert (np.isnan(direct["achieved"]) and np.isnan(pt["achieved"])) or direct["achieved"] == pytest.approx(
         pt["achieved"])
     assert rep.meta["score_models"]["chosen"] in ("tn", "beta", "exc")
+
+
+def test_costaware_looks_ahead_over_horizons():
+    """One more sample is worth 0.1 point, eight more are worth 5 points: at 100 tokens per point and 50
+    tokens per sample a myopic rule would stop (10 < 50 tokens), the look-ahead continues (500 > 400)."""
+    edges = np.array([-np.inf, 0.5, np.inf])
+    gain = np.zeros((2, 2, 10))
+    gain[0] = 0.001
+    gain[1] = 0.05
+    gm = GainModel(edges, np.full((2, 10), 0.5), gain, horizons=(1, 8))
+    pol = make_policy("costaware:tokens_per_point=100", model=gm)
+    obs = Observation(np.array([0, 1]), np.array([0.3, 0.6]), np.array([50.0, 50.0]))
+    assert pol.next_wave(obs, 16) == 1
+    assert pol.next_wave(obs, 9) == 0  # only 7 samples left: horizon 8 is out of reach, horizon 1 not worth it
+    assert make_policy("costaware:tokens_per_point=70", model=gm).next_wave(obs, 16) == 0  # 350 < 400
+    with pytest.raises(ParameterError, match="horizons"):
+        GainModel(edges, np.full((2, 10), 0.5), gain, horizons=(8, 1))

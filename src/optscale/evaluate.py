@@ -98,7 +98,7 @@ DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     # issue #8 rules
     "optscale-post": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": (2, 4)},
     "optscale-post-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": (2, 4)},
-    "costaware": {"tokens_per_point": (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 1e4, 3e4),
+    "costaware": {"tokens_per_point": (3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 1e4, 3e4, 1e5, 3e5),
                   "k": (1, 2)},
     "wvote": {"threshold": (0.8, 0.9, 0.95, 0.99), "power": (0.5, 1.0, 2.0, 4.0)},
 }

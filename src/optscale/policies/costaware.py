@@ -4,18 +4,20 @@ A :class:`GainModel` is learned on calibration problems (rows of a replay batch 
 over cells (best score so far b, samples drawn n), with b binned at quantiles of the calibration best
 scores, it stores
 
-    p_now(b, n)  = P(the Best-of-n pick is correct | best score b after n draws)
-    gain(b, n)   = E[correct(n + wave) - correct(n) | b, n]        (paired over the calibration rows)
+    p_now(b, n)     = P(the Best-of-n pick is correct | best score b after n draws)
+    gain_h(b, n)    = E[correct(n + h) - correct(n) | b, n]   for horizons h = 1, 2, 4, ..., M - 1
+                      (paired over the calibration rows)
 
-each shrunk towards its bin's pooled value with ``shrink`` pseudo-rows (gain floored at GAIN_FLOOR). It is a plain JSON file
-(:meth:`GainModel.save` / :meth:`GainModel.load`) so that ``optscale run`` and the server can use it.
+each shrunk towards its bin's pooled value with ``shrink`` pseudo-rows (gains floored at GAIN_FLOOR). It is
+a plain JSON file (:meth:`GainModel.save` / :meth:`GainModel.load`) so that ``optscale run`` and the server
+can use it.
 
-:class:`CostAware` (``costaware``) draws ``k`` warm-up samples, then after each wave stops as soon as
+:class:`CostAware` (``costaware``) draws ``k`` warm-up samples, then after each wave continues iff
 
-    100 * gain(b, n) * tokens_per_point  <  wave * (mean tokens per sample drawn so far)
+    max_{h <= n_max - n}  100 * gain_h(b, n) * tokens_per_point - h * (mean tokens per sample so far)  > 0,
 
-i.e. when the accuracy points one more wave is expected to add are worth fewer tokens than it is expected
-to cost, at the user's exchange rate ``tokens_per_point`` (tokens one accuracy point is worth).
+i.e. iff at some horizon the accuracy points more samples are expected to add are worth more tokens than
+they are expected to cost, at the user's exchange rate ``tokens_per_point`` (tokens one accuracy point is worth).
 
 :class:`BudgetAllocation` (``budget-alloc``, set-level, batch-only) spreads a fixed token budget over a
 whole problem set by expected marginal gain: the rule above with ONE exchange rate per problem set, found
@@ -53,18 +55,27 @@ GAIN_FLOOR = 1e-6  #: smallest expected gain of a wave inside the table (accurac
 
 
 class GainModel:
-    """Learned P(correct | best score so far, n drawn) and the expected gain of one more wave."""
+    """Learned P(correct | best score so far, n drawn) and the expected gain of h more samples.
 
-    def __init__(self, edges, p_now, gain, wave: int = 1, meta: dict | None = None):
+    ``edges`` [E + 1] bin edges of the best score; ``p_now`` [E, N]; ``gain`` [H, E, N] for the horizons
+    ``horizons`` [H] (column n - 1 = after n draws); ``wave``: the decision granularity."""
+
+    def __init__(self, edges, p_now, gain, horizons=(1,), wave: int = 1, meta: dict | None = None):
         self.edges = np.asarray(edges, dtype=np.float64)
         self.p_now = np.asarray(p_now, dtype=np.float64)
         self.gain = np.asarray(gain, dtype=np.float64)
+        self.horizons = np.asarray(horizons, dtype=np.int64).reshape(-1)
         self.wave = int(wave)
         self.meta = dict(meta or {})
         E = self.edges.size - 1
-        if E < 1 or self.p_now.ndim != 2 or self.p_now.shape[0] != E or self.gain.shape != self.p_now.shape:
-            raise ParameterError("model", f"inconsistent gain table: {E} bins, p_now {self.p_now.shape}, "
-                                          f"gain {self.gain.shape}")
+        if self.gain.ndim == 2:  # a single horizon
+            self.gain = self.gain[None]
+        if (E < 1 or self.p_now.ndim != 2 or self.p_now.shape[0] != E
+                or self.gain.shape != (self.horizons.size, *self.p_now.shape)):
+            raise ParameterError("model", f"inconsistent gain table: {E} bins, {self.horizons.size} horizons, "
+                                          f"p_now {self.p_now.shape}, gain {self.gain.shape}")
+        if self.horizons.size == 0 or np.any(self.horizons < 1) or np.any(np.diff(self.horizons) <= 0):
+            raise ParameterError("model", f"horizons must be increasing integers >= 1, got {self.horizons.tolist()}")
         if not (np.all(np.isfinite(self.p_now)) and np.all(np.isfinite(self.gain))):
             raise ParameterError("model", "gain table has non-finite entries")
         self.tag = "fitted:" + hashlib.sha1(self.to_json().encode()).hexdigest()[:10]
@@ -76,14 +87,18 @@ class GainModel:
 
     # ----- fit ----------------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, batch: ReplayBatch, sample_correct: np.ndarray, *, wave: int = 1, bins: int = 10,
-            shrink: float = 20.0) -> GainModel:
+    def fit(cls, batch: ReplayBatch, sample_correct: np.ndarray, *, wave: int = 1, bins: int = 16,
+            shrink: float = 10.0, horizons: tuple[int, ...] | None = None) -> GainModel:
         """Learn the table from replay rows (samples in draw order) and per-sample correctness
-        (bool[B, M], the correctness of each sample's answer)."""
+        (bool[B, M], the correctness of each sample's answer). ``horizons``: default 1, 2, 4, ... below M
+        and M - 1 (the gain of h more samples is measured with h capped at the row's samples)."""
         wave = check_count("wave", wave)
         B, M = batch.answers.shape
         if B == 0 or M < 2:
             raise ParameterError("calibration", "needs rows with at least 2 samples to learn a gain model")
+        if horizons is None:
+            horizons = tuple(sorted({*(2**i for i in range(int(math.log2(M - 1)) + 1)), M - 1, wave}))
+        H = np.asarray(sorted(set(int(h) for h in horizons if 1 <= h < M)), dtype=np.int64)
         sc = np.asarray(sample_correct, dtype=bool)
         best = np.full((B, M + 1), np.nan)
         corr = np.zeros((B, M + 1), dtype=bool)
@@ -92,54 +107,63 @@ class GainModel:
         for n in range(1, M + 1):
             pick = best_score(batch.answers, batch.scores, np.minimum(np.full(B, n), batch.n))
             corr[:, n] = (pick >= 0) & sc[np.arange(B), np.maximum(pick, 0)]
-        n_idx = np.arange(M + 1)
-        valid = (n_idx[None, :] >= 1) & (n_idx[None, :] + wave <= batch.n[:, None])  # n and n + wave exist
-        b_vals = best[:, 1:][valid[:, 1:]]
-        b_vals = b_vals[np.isfinite(b_vals)]
+        Nt = M - 1  # decisions after n = 1 .. M - 1 draws
+        valid = (np.arange(M + 1)[None, :] >= 1) & (np.arange(M + 1)[None, :] < batch.n[:, None])
+        b_vals = best[:, 1:M][valid[:, 1:M] & np.isfinite(best[:, 1:M])]
         if b_vals.size == 0:
-            raise ParameterError("calibration", "no scored calibration row with a next wave")
+            raise ParameterError("calibration", "no scored calibration row with a next sample")
         edges = np.unique(np.quantile(b_vals, np.linspace(0, 1, bins + 1)))
         if edges.size < 2:
             edges = np.array([edges[0] - 1e-9, edges[0] + 1e-9])
         edges[0], edges[-1] = -np.inf, np.inf
         E = edges.size - 1
-        Nt = M - wave  # n = 1 .. M - wave
         p_now = np.zeros((E, Nt))
-        gain = np.zeros((E, Nt))
+        gain = np.zeros((H.size, E, Nt))
         cnt = np.zeros((E, Nt))
         for n in range(1, Nt + 1):
             rows = valid[:, n] & np.isfinite(best[:, n])
             e = np.clip(np.searchsorted(edges, best[rows, n], side="right") - 1, 0, E - 1)
-            d = corr[rows, n + wave].astype(float) - corr[rows, n]
             cnt[:, n - 1] = np.bincount(e, minlength=E)
-            p_now[:, n - 1] = np.bincount(e, weights=corr[rows, n].astype(float), minlength=E)
-            gain[:, n - 1] = np.bincount(e, weights=d, minlength=E)
+            now = corr[rows, n].astype(float)
+            p_now[:, n - 1] = np.bincount(e, weights=now, minlength=E)
+            for i, h in enumerate(H):
+                later = corr[np.flatnonzero(rows), np.minimum(n + h, batch.n[rows])].astype(float)
+                gain[i, :, n - 1] = np.bincount(e, weights=later - now, minlength=E)
         tot = np.maximum(cnt.sum(axis=1, keepdims=True), 1)
-        pool_p = p_now.sum(axis=1, keepdims=True) / tot
-        pool_g = gain.sum(axis=1, keepdims=True) / tot
-        p_now = (p_now + shrink * pool_p) / (cnt + shrink)
+        p_now = (p_now + shrink * p_now.sum(axis=1, keepdims=True) / tot) / (cnt + shrink)
         # a cell's mean paired difference is mostly 0 (the pick rarely changes) and noisy: shrink it towards
-        # its bin's pooled gain and floor it at GAIN_FLOOR, so that a high enough exchange rate always
-        # continues (up to the budget) instead of stopping on a noisy non-positive cell
-        gain = np.maximum((gain + shrink * np.maximum(pool_g, 0.0)) / (cnt + shrink), GAIN_FLOOR)
-        return cls(edges, p_now, gain, wave, {"rows": int(B), "bins": int(E), "shrink": float(shrink)})
+        # its bin's pooled gain (over n) and floor it at GAIN_FLOOR, so that a high enough exchange rate
+        # always continues (up to the budget) instead of stopping on a noisy non-positive cell
+        pool_g = np.maximum(gain.sum(axis=2, keepdims=True) / tot[None], 0.0)
+        gain = np.maximum((gain + shrink * pool_g) / (cnt[None] + shrink), GAIN_FLOOR)
+        return cls(edges, p_now, gain, H, wave, {"rows": int(B), "bins": int(E), "shrink": float(shrink)})
 
     # ----- lookup -------------------------------------------------------------------------------------
     def lookup(self, best: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(p_now, gain) at best score ``best`` after ``n`` draws (gain 0 beyond the table)."""
+        """(p_now [R], gain [H, R]) at best score ``best`` after ``n`` draws (gain 0 beyond the table)."""
         best = np.asarray(best, dtype=np.float64)
         n = np.asarray(n, dtype=np.int64)
         e = np.clip(np.searchsorted(self.edges, np.nan_to_num(best, nan=-np.inf), side="right") - 1, 0,
                     self.edges.size - 2)
         inside = (n >= 1) & (n <= self.n_max)
         col = np.clip(n - 1, 0, self.n_max - 1)
-        return (np.where(inside, self.p_now[e, col], np.nan), np.where(inside, self.gain[e, col], 0.0))
+        return (np.where(inside, self.p_now[e, col], np.nan), np.where(inside, self.gain[:, e, col], 0.0))
+
+    def continue_value(self, best, n, left, mean_tokens, tokens_per_point) -> np.ndarray:
+        """max over horizons h <= ``left`` of 100 * gain_h * tokens_per_point - h * mean_tokens: the value of
+        drawing h more samples at the best horizon; > 0 means continue (one-stage look-ahead over horizons)."""
+        _, g = self.lookup(best, n)
+        h = self.horizons[:, None].astype(np.float64)
+        val = 100.0 * g * np.asarray(tokens_per_point, dtype=np.float64) - h * np.asarray(mean_tokens)
+        val = np.where(h <= np.asarray(left)[None, :], val, -np.inf)
+        return val.max(axis=0)
 
     # ----- I/O ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         inner = [None if not math.isfinite(x) else float(x) for x in self.edges[1:-1]]
-        return {"kind": "optscale-gain-model", "version": 1, "wave": self.wave, "inner_edges": inner,
-                "p_now": self.p_now.round(6).tolist(), "gain": self.gain.round(6).tolist(), "meta": self.meta}
+        return {"kind": "optscale-gain-model", "version": 2, "wave": self.wave, "inner_edges": inner,
+                "horizons": self.horizons.tolist(), "p_now": self.p_now.round(6).tolist(),
+                "gain": self.gain.round(6).tolist(), "meta": self.meta}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -160,14 +184,14 @@ class GainModel:
             raise InputError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg}") from None
         if not isinstance(d, dict) or d.get("kind") != "optscale-gain-model":
             raise InputError(str(path), None, "kind", "not an optscale gain model (kind 'optscale-gain-model')")
-        for f in ("wave", "inner_edges", "p_now", "gain"):
+        for f in ("wave", "inner_edges", "horizons", "p_now", "gain"):
             if f not in d:
                 raise InputError(str(path), None, f, "missing")
         try:
             edges = np.concatenate([[-np.inf], np.asarray(d["inner_edges"], dtype=float), [np.inf]])
-            return cls(edges, d["p_now"], d["gain"], int(d["wave"]), d.get("meta"))
+            return cls(edges, d["p_now"], d["gain"], d["horizons"], int(d["wave"]), d.get("meta"))
         except (TypeError, ValueError) as exc:
-            raise InputError(str(path), None, "p_now", str(exc)) from None
+            raise InputError(str(path), None, "gain", str(exc)) from None
 
 
 def _resolve_model(model) -> GainModel:
@@ -199,9 +223,9 @@ def _costaware_draws(batch: ReplayBatch, n_max: int, k: int, model: GainModel,
     while active.any():
         rows = np.flatnonzero(active & (budget > c))
         if rows.size:
-            _, g = model.lookup(best[rows, c - 1], np.full(rows.size, c))
-            cost = min(wave, n_max - c) * ctok[rows, c - 1] / c
-            stop = 100.0 * g * tpp[rows] < cost
+            val = model.continue_value(best[rows, c - 1], np.full(rows.size, c), np.full(rows.size, n_max - c),
+                                       ctok[rows, c - 1] / c, tpp[rows])
+            stop = val <= 0
             n_drawn[rows[stop]] = c
             by_rule[rows[stop]] = True
             active[rows[stop]] = False
@@ -257,9 +281,9 @@ class CostAware(Policy):
             return 0
         sc = obs.scores[~np.isnan(obs.scores)]
         best = float(sc.max()) if sc.size else -np.inf
-        _, g = model.lookup(np.array([best]), np.array([d]))
-        cost = min(model.wave, n_max - d) * float(np.nansum(obs.tokens)) / d
-        if 100.0 * float(g[0]) * self.tokens_per_point < cost:
+        val = model.continue_value(np.array([best]), np.array([d]), np.array([n_max - d]),
+                                   np.array([float(np.nansum(obs.tokens)) / d]), np.array([self.tokens_per_point]))
+        if float(val[0]) <= 0:
             return 0
         return min(model.wave, n_max - d)
 
