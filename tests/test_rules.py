@@ -216,10 +216,10 @@ def test_coverage_counts_only_runs_that_stopped_before_the_budget():
     rep = ev.evaluate(a, ["optscale0-seq:early_stop=true", "optscale-post-seq"], [8, 16], orderings=1, n_boot=50)
     assert {c["method"] for c in rep.meta["coverage"]} == {"optscale0-seq", "optscale-post-seq"}
     for pts in rep.meta["reliability"].values():
-        assert len(pts) == len(ev.RELIABILITY_TARGETS) * len(ev.RELIABILITY_ALPHAS)
+        assert len(pts) == len(rep.meta["reliability_targets"]) * len(ev.RELIABILITY_ALPHAS)
     # a reliability point equals a direct replay of the rule with those (s*, alpha) on the reported rows
     lab = next(k for k in rep.meta["reliability"] if k.startswith("optscale0-seq"))
-    pt = rep.meta["reliability"][lab][7]
+    pt = rep.meta["reliability"][lab][len(ev.RELIABILITY_ALPHAS) + 2]
     k = rep.meta["tuned"]["optscale0-seq:early_stop=true"]["16"]["params"]["k"]
     pol = make_policy("optscale0-seq", target=pt["target"], alpha=pt["alpha"], k=k, early_stop=True)
     prep = ev.build_batch(a, orderings=1, seed=0)

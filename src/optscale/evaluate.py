@@ -103,7 +103,9 @@ DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     "wvote": {"threshold": (0.8, 0.9, 0.95, 0.99), "power": (0.5, 1.0, 2.0, 4.0)},
 }
 
-#: (s*, alpha) grid of the reliability check (promised 1 - alpha vs achieved coverage)
+#: (s*, alpha) grid of the reliability check (promised 1 - alpha vs achieved coverage): s* at these
+#: quantiles of the calibration problems' scores (the pool's own scale; RELIABILITY_TARGETS if degenerate)
+RELIABILITY_QUANTILES: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95, 0.99)
 RELIABILITY_TARGETS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
 RELIABILITY_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
 #: policies whose decisions need a learned gain model (fitted on the calibration split when not given)
@@ -879,10 +881,16 @@ def evaluate(
         if progress:
             progress("oracle", budgets[-1])
     if cfg.coverage and cov_claims and prep.has_scores:
+        # s* on the pool's own scale: quantiles of the calibration problems' scores (all problems untuned)
+        learn_scores = np.asarray(arrays.scores, dtype=np.float64)[calib if calib is not None else np.arange(P)]
+        learn_scores = learn_scores[~np.isnan(learn_scores)]
+        rel_targets = tuple(sorted({round(float(t), 4) for t in np.quantile(learn_scores, RELIABILITY_QUANTILES)
+                                    if 0.0 < round(float(t), 4) < 1.0})) or RELIABILITY_TARGETS
         report.meta["reliability"] = {
-            lab: reliability_grid(prep, rows_rep, name, fixed, budgets[-1], fast=fast)
+            lab: reliability_grid(prep, rows_rep, name, fixed, budgets[-1], targets=rel_targets, fast=fast)
             for lab, (name, fixed) in cov_claims.items()}
         report.meta["reliability_budget"] = budgets[-1]
+        report.meta["reliability_targets"] = list(rel_targets)
     report.rows.extend(sink.finish())
     report.mark_pareto()
     report.gain_model = gain_model  # type: ignore[attr-defined]  # the fitted GainModel (CLI saves it)
