@@ -7,8 +7,15 @@ by a normalised cumulative sum, read its alpha-quantile and stop at the first N 
 Yardstick for fits: one scipy.optimize.minimize(method="L-BFGS-B") per problem on the truncated-normal
 negative log-likelihood (scipy.stats.truncnorm), started at the sample mean / std, in the same box.
 
+What a user would pick instead (the second yardstick, beside the paper's procedure): for N*, scipy.stats.truncnorm
+(F(s*) = truncnorm.cdf, vectorized over the problems, then ceil(ln alpha / ln F)); for fits, the same L-BFGS-B
+on truncnorm.logpdf as above (scipy has no truncated-normal fit with a box on mu).
 Ours: theory.n_star (closed form, vectorized) and theory.fit_mle / fit_map (batched projected Newton).
-Also timed one decision at a time (B = 1, as in the online runner): fit + N* per problem, one call each.
+Also timed one decision at a time (B = 1, as in the online runner): N* (ours / scipy truncnorm, one call
+each) and fit + N* per problem.
+Timing: every side runs on the same problems (a random subset: the slow yardsticks bound its size), the
+sides interleaved (order rotated every round) with the same number of rounds; the median round is reported
+per decision / per fit. Ours is also timed on the full set (batch throughput).
 Two problem sets, side by side: the wide synthetic set (mu ~ U(-0.5, 1.5), sigma ~ 10^U(-1.5, 0), a stress
 test with far tails and MLEs on the mu box) and a label-derived set ((mu, sigma) from the 4501 real MATH
 labels, REPO/../shared/data/optscale-paper/predictor/train_mu_sigma.json, [mean, std] of PRM scores per problem
@@ -143,6 +150,31 @@ def best_time(fn, repeat):
     return best, out
 
 
+def interleaved(sides: dict, rounds: int) -> tuple[dict, dict]:
+    """Run every side once per round, the order rotated each round; (median seconds, last output) per side."""
+    names = list(sides)
+    times: dict = {n: [] for n in names}
+    outs: dict = {}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            outs[name] = sides[name]()
+            times[name].append(time.perf_counter() - t)
+    return {n: float(np.median(v)) for n, v in times.items()}, outs
+
+
+def scipy_n_star(mu, sigma, target, alpha, n_max=N_MAX):
+    """What a user would write with scipy: F(s*) from scipy.stats.truncnorm, N* = ceil(ln alpha / ln F)."""
+    from scipy.stats import truncnorm
+
+    mu, sigma = np.asarray(mu, float), np.asarray(sigma, float)
+    with np.errstate(all="ignore"):
+        F = truncnorm.cdf(target, -mu / sigma, (1 - mu) / sigma, loc=mu, scale=sigma)
+        n = np.ceil(np.log(alpha) / np.log(F))
+    n = np.where(F >= 1.0, n_max, np.where(F <= 0.0, 1, n))
+    return np.clip(np.nan_to_num(n, nan=n_max), 1, n_max).astype(np.int64)
+
+
 def run_set(rng, problems, quick):
     """N* and fit timings / agreement on one problem set (ours on all problems, yardsticks on a subset)."""
     mu, sigma, target, alpha, scores, mask = problems
@@ -150,36 +182,47 @@ def run_set(rng, problems, quick):
     sub_n = min(P, 100 if quick else 600)       # yardstick subset for N*
     sub_fit = min(P, 40 if quick else 200)      # yardstick subset for fits
 
-    # ---- N*
-    t_ours, ours = best_time(lambda: theory.n_star(mu, sigma, target, alpha, N_MAX), 3 if quick else 5)
+    rounds = 2 if quick else 3
+    # ---- N*: all sides on the same subset, interleaved
+    t_all, ours = best_time(lambda: theory.n_star(mu, sigma, target, alpha, N_MAX), rounds)
     idx = rng.choice(P, sub_n, replace=False)
+    sm, ss, st, sa = mu[idx], sigma[idx], target[idx], alpha[idx]
     grid_n_star(0.5, 0.2, 0.9, 0.05)   # warm-up: imports and caches are not part of a decision
-    t0 = time.perf_counter()
-    grid = np.array([grid_n_star(mu[i], sigma[i], target[i], alpha[i]) for i in idx])
-    t_grid = time.perf_counter() - t0
+    scipy_n_star(sm[:2], ss[:2], st[:2], sa[:2])
+    t_n, out_n = interleaved({
+        "ours": lambda: theory.n_star(sm, ss, st, sa, N_MAX).n,
+        "scipy": lambda: scipy_n_star(sm, ss, st, sa),
+        "grid": lambda: np.array([grid_n_star(sm[i], ss[i], st[i], sa[i]) for i in range(sub_n)]),
+    }, rounds)
+    grid, n_scipy, n_ours = out_n["grid"], out_n["scipy"], out_n["ours"]
     exact = np.array([exact_n_star(mu[i], sigma[i], target[i], alpha[i]) for i in idx])
-    n_ours = ours.n[idx]
-    per_ours, per_grid = t_ours / P, t_grid / sub_n
+    assert np.array_equal(n_ours, ours.n[idx])
+    per_ours, per_truncnorm, per_grid = t_n["ours"] / sub_n, t_n["scipy"] / sub_n, t_n["grid"] / sub_n
 
-    # ---- fits
-    t_fit, fit = best_time(lambda: theory.fit_mle(scores, mask), 2 if quick else 3)
-    t_map, fmap = best_time(lambda: theory.fit_map(scores, mask, mu0=mu, sigma0=sigma), 2 if quick else 3)
+    # ---- fits: all sides on the same subset, interleaved
     fidx = rng.choice(P, sub_fit, replace=False)
+    fs, fm = scores[fidx], mask[fidx]
+    t_fit_all, fit = best_time(lambda: theory.fit_mle(scores, mask), rounds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scipy_fit(np.array([0.2, 0.5, 0.7]))   # warm-up
-        t0 = time.perf_counter()
-        refs = [scipy_fit(scores[i, mask[i]]) for i in fidx]
-    t_scipy = time.perf_counter() - t0
-    ref_nll = np.array([r.fun for r in refs])
-    our_nll = fit.nll[fidx]
+        t_f, out_f = interleaved({
+            "mle": lambda: theory.fit_mle(fs, fm),
+            "map": lambda: theory.fit_map(fs, fm, mu0=mu[fidx], sigma0=sigma[fidx]),
+            "scipy": lambda: [scipy_fit(fs[i, fm[i]]) for i in range(sub_fit)],
+        }, rounds)
+    fmap = theory.fit_map(scores, mask, mu0=mu, sigma0=sigma)
+    ref_nll = np.array([r.fun for r in out_f["scipy"]])
+    our_nll = out_f["mle"].nll
     scale = np.maximum(1.0, np.abs(ref_nll))
-    per_fit, per_scipy = t_fit / P, t_scipy / sub_fit
+    per_fit, per_map, per_scipy = t_f["mle"] / sub_fit, t_f["map"] / sub_fit, t_f["scipy"] / sub_fit
     return {
         "nstar": {
-            "ours_per_decision_s": per_ours, "grid_per_decision_s": per_grid,
-            "grid_subset": sub_n, "speed_ratio": per_grid / per_ours,
+            "ours_per_decision_s": per_ours, "grid_per_decision_s": per_grid, "scipy_per_decision_s": per_truncnorm,
+            "ours_full_batch_per_decision_s": t_all / P,
+            "grid_subset": sub_n, "speed_ratio": per_grid / per_ours, "scipy_speed_ratio": per_truncnorm / per_ours,
             "agree_exact_pct": 100.0 * np.mean(n_ours == exact),
+            "scipy_agree_exact_pct": 100.0 * np.mean(n_scipy == exact),
             "agree_grid_pct": 100.0 * np.mean(n_ours == grid),
             "grid_within_1_pct": 100.0 * np.mean(np.abs(n_ours - grid) <= 1),
             "grid_max_abs_diff": int(np.max(np.abs(n_ours - grid))),
@@ -188,9 +231,10 @@ def run_set(rng, problems, quick):
             "mean_n_star": float(np.mean(ours.n)),
         },
         "fit": {
-            "ours_mle_per_fit_s": per_fit, "ours_map_per_fit_s": t_map / P, "scipy_per_fit_s": per_scipy,
+            "ours_mle_per_fit_s": per_fit, "ours_map_per_fit_s": per_map, "scipy_per_fit_s": per_scipy,
+            "ours_mle_full_batch_per_fit_s": t_fit_all / P,
             "scipy_subset": sub_fit, "speed_ratio": per_scipy / per_fit,
-            "map_speed_ratio": per_scipy / (t_map / P),
+            "map_speed_ratio": per_scipy / per_map,
             "mle_converged_pct": 100.0 * np.mean(fit.converged),
             "map_converged_pct": 100.0 * np.mean(fmap.converged),
             "mle_at_bound_pct": 100.0 * np.mean(fit.at_bound),
@@ -240,13 +284,19 @@ def main(argv=None) -> dict:
         for _, m0, s0, s_star, a in rows:
             theory.n_star(m0, s0, s_star, a, N_MAX)
 
+    def scipy_one_by_one():
+        for _, m0, s0, s_star, a in rows:
+            scipy_n_star(m0, s0, s_star, a)
+
     reps = 2 if args.quick else 3
-    t_one_mle = best_time(one_by_one("mle"), reps)[0] / sub_one
-    t_one_map = best_time(one_by_one("map"), reps)[0] / sub_one
-    t_one_nstar = best_time(nstar_one_by_one, reps)[0] / sub_one
+    t1, _ = interleaved({"mle": one_by_one("mle"), "map": one_by_one("map"), "nstar": nstar_one_by_one,
+                         "scipy": scipy_one_by_one}, reps)
+    t_one_nstar, t_one_scipy = t1["nstar"] / sub_one, t1["scipy"] / sub_one
     res["single"] = {
-        "decisions": sub_one, "nstar_s": t_one_nstar, "mle_plus_nstar_s": t_one_mle,
-        "map_plus_nstar_s": t_one_map, "nstar_speed_ratio": res["nstar"]["grid_per_decision_s"] / t_one_nstar,
+        "decisions": sub_one, "nstar_s": t_one_nstar, "scipy_nstar_s": t_one_scipy,
+        "mle_plus_nstar_s": t1["mle"] / sub_one, "map_plus_nstar_s": t1["map"] / sub_one,
+        "nstar_speed_ratio": res["nstar"]["grid_per_decision_s"] / t_one_nstar,
+        "nstar_scipy_speed_ratio": t_one_scipy / t_one_nstar,
     }
     if args.json:
         print(json.dumps(res, indent=2))
@@ -258,16 +308,20 @@ def main(argv=None) -> dict:
         print(f"  label-derived:           {LABEL_DERIVED}")
     else:
         print(f"  label-derived: skipped ({res['label_derived_skipped']})")
-    print("yardsticks are timed on a random subset and reported per decision / per fit; ours on all problems")
+    print("every side timed on the same random subset, interleaved, median round, per decision / per fit; ours also on all problems (full batch)")
     head = "".join(f"{name:>24}" for name, _ in sets)
     print(f"{'':44}{head}")
 
     def row(label, fmt, get):
         print(f"{label:44}" + "".join(f"{fmt(get(r)):>24}" for _, r in sets))
 
-    row("N*   ours (us/decision)", lambda v: f"{v * 1e6:.3f}", lambda r: r["nstar"]["ours_per_decision_s"])
+    row("N*   ours (us/decision; subset / full batch)", lambda v: f"{v[0] * 1e6:.3f} / {v[1] * 1e6:.3f}",
+        lambda r: (r["nstar"]["ours_per_decision_s"], r["nstar"]["ours_full_batch_per_decision_s"]))
+    row("     scipy truncnorm, vectorized (us/dec.)", lambda v: f"{v * 1e6:.3f}", lambda r: r["nstar"]["scipy_per_decision_s"])
+    row("     ratio vs scipy truncnorm", lambda v: f"{v:,.1f}x", lambda r: r["nstar"]["scipy_speed_ratio"])
+    row("     scipy truncnorm agrees with exact (%)", lambda v: f"{v:.1f}", lambda r: r["nstar"]["scipy_agree_exact_pct"])
     row("     grid yardstick (ms/decision)", lambda v: f"{v * 1e3:.3f}", lambda r: r["nstar"]["grid_per_decision_s"])
-    row("     ratio", lambda v: f"{v:,.0f}x", lambda r: r["nstar"]["speed_ratio"])
+    row("     ratio vs grid", lambda v: f"{v:,.0f}x", lambda r: r["nstar"]["speed_ratio"])
     row("     mean N*", lambda v: f"{v:.2f}", lambda r: r["nstar"]["mean_n_star"])
     row("     agree exact (50-digit) / grid (%)", lambda v: f"{v[0]:.1f} / {v[1]:.1f}",
         lambda r: (r["nstar"]["agree_exact_pct"], r["nstar"]["agree_grid_pct"]))
@@ -291,7 +345,8 @@ def main(argv=None) -> dict:
     row("     MLE on the box (%)", lambda v: f"{v:.1f}", lambda r: r["fit"]["mle_at_bound_pct"])
     o = res["single"]
     print(f"B=1  per decision, synthetic set ({o['decisions']} problems, one call each): N* {o['nstar_s'] * 1e6:.1f} us "
-          f"(ratio vs grid {o['nstar_speed_ratio']:,.0f}x)   fit MLE + N* {o['mle_plus_nstar_s'] * 1e6:.1f} us   "
+          f"(scipy truncnorm {o['scipy_nstar_s'] * 1e6:.1f} us, ratio {o['nstar_scipy_speed_ratio']:,.1f}x; "
+          f"ratio vs grid {o['nstar_speed_ratio']:,.0f}x)   fit MLE + N* {o['mle_plus_nstar_s'] * 1e6:.1f} us   "
           f"fit MAP + N* {o['map_plus_nstar_s'] * 1e6:.1f} us")
     return res
 

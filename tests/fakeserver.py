@@ -6,7 +6,15 @@
 * ``("ok",)`` — a well-formed chat/completions answer with ``min(n, max_choices)`` choices;
 * ``("status", code, headers)`` — an error answer with that status and headers;
 * ``("stall",)`` — send nothing until the server stops (bounded by ``stall_limit`` seconds);
+* ``("hold",)`` — send nothing until the CLIENT closes the connection (counted in ``disconnects``), the
+  server stops or ``stall_limit`` passes: shows that a cancelled request really was closed;
+* ``("reply", code, obj[, headers])`` — answer ``obj`` (any JSON value, or raw ``bytes``) with that status
+  and headers (malformed replies, other APIs such as a reward model's ``/pooling``);
 * ``("drop",)`` — close the connection without an answer.
+
+``answer(path, body, i)`` builds the well-formed answer; override it for other contents, and
+``dispatch(path, body, i)`` (default: ``script(i, body)``) to script by path. ``usage`` keeps
+what each ``ok`` answer reported, so a test can sum it.
 
 The server refuses more than ``max_requests`` requests (answers 418) and shuts itself down after
 ``lifetime`` seconds, so a broken test cannot hang or loop forever. Use it as a context manager.
@@ -47,6 +55,9 @@ class FakeServer:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.active_stalls = 0
+        self.active_holds = 0
+        self.disconnects = 0
+        self.usage: list[dict] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,10 +81,25 @@ class FakeServer:
                 if i >= fake.max_requests:
                     self._send(418, {"error": "fake server: request limit reached"})
                     return
-                action = fake.script(i, body)
+                action = fake.dispatch(self.path, body, i)
                 kind = action[0]
                 if kind == "ok":
-                    self._send(200, fake.answer(self.path, body, i))
+                    ans = fake.answer(self.path, body, i)
+                    with fake.lock:
+                        fake.usage.append(ans.get("usage"))
+                    self._send(200, ans)
+                elif kind == "reply":
+                    self._send(action[1], action[2], action[3] if len(action) > 3 else None)
+                elif kind == "hold":
+                    with fake.lock:
+                        fake.active_holds += 1
+                    try:
+                        closed = self._wait_for_close(fake.stall_limit)
+                    finally:
+                        with fake.lock:
+                            fake.active_holds -= 1
+                            fake.disconnects += int(closed)
+                    self.close_connection = True
                 elif kind == "status":
                     headers = action[2] if len(action) > 2 else {}
                     self._send(action[1], {"error": {"message": f"fake error {action[1]}"}}, headers)
@@ -95,8 +121,24 @@ class FakeServer:
                 else:  # pragma: no cover - test bug
                     raise ValueError(f"unknown action {action!r}")
 
-            def _send(self, code: int, obj: dict, headers: dict | None = None) -> None:
-                data = json.dumps(obj).encode()
+            def _wait_for_close(self, limit: float) -> bool:
+                """True once the client closed the connection (EOF), False on server stop / ``limit``."""
+                import select
+                import time
+
+                end = time.monotonic() + limit
+                while not fake.stopping.is_set() and time.monotonic() < end:
+                    ready, _, _ = select.select([self.connection], [], [], 0.05)
+                    if ready:
+                        try:
+                            if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                                return True
+                        except OSError:
+                            return True
+                return False
+
+            def _send(self, code: int, obj: Any, headers: dict | None = None) -> None:
+                data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
@@ -117,6 +159,9 @@ class FakeServer:
         )
         self._timer = threading.Timer(lifetime, self.stop)
         self._timer.daemon = True
+
+    def dispatch(self, path: str, body: dict, i: int) -> Action:
+        return self.script(i, body)
 
     def answer(self, path: str, body: dict, i: int) -> dict:
         n = int(body.get("n", 1))

@@ -150,10 +150,12 @@ def test_math_equiv_rejects_bad_timeout():
         math_equiv("1", "2", timeout=0)
 
 
+# No wall-clock bounds below (a loaded machine would make them flaky): each slow call returns a value of
+# its own when it is NOT interrupted, so getting ``_UNSET`` back proves the limit cut it short.
 def test_call_with_limit_main_thread_interrupts():
-    t = time.monotonic()
-    assert A._call_with_limit(lambda: time.sleep(5), 0.2) is A._UNSET
-    assert time.monotonic() - t < 2
+    assert threading.current_thread() is threading.main_thread()
+    assert A._call_with_limit(lambda: time.sleep(5) or "finished", 0.2) is A._UNSET
+    assert A._call_with_limit(lambda: "fast", 5.0) == "fast"
 
 
 def test_call_with_limit_survives_except_exception():
@@ -168,18 +170,14 @@ def test_call_with_limit_survives_except_exception():
                 pass
         return "finished"
 
-    t = time.monotonic()
     assert A._call_with_limit(stubborn, 0.2) is A._UNSET
-    assert time.monotonic() - t < 2
 
 
 def test_call_with_limit_worker_thread():
     out = {}
 
     def run():
-        t = time.monotonic()
-        out["slow"] = A._call_with_limit(lambda: time.sleep(3), 0.2)
-        out["elapsed"] = time.monotonic() - t
+        out["slow"] = A._call_with_limit(lambda: time.sleep(3) or "finished", 0.2)
         out["fast"] = A._call_with_limit(lambda: 42, 1.0)
         try:
             A._call_with_limit(lambda: 1 / 0, 1.0)
@@ -188,8 +186,8 @@ def test_call_with_limit_worker_thread():
 
     th = threading.Thread(target=run)
     th.start()
-    th.join(10)
-    assert out["slow"] is A._UNSET and out["elapsed"] < 2
+    th.join(60)
+    assert out["slow"] is A._UNSET
     assert out["fast"] == 42 and out["raised"]
 
 
@@ -217,10 +215,9 @@ def test_math_equiv_timeout_returns_false(monkeypatch):
 
     monkeypatch.setattr(math_verify, "verify", slow_verify)
     A._VERIFY_CACHE.clear()
-    t = time.monotonic()
-    # fingerprints are not comparable (tuple vs set), so verify is reached
+    # fingerprints are not comparable (tuple vs set), so verify is reached; slow_verify would say True
     assert math_equiv(r"(1, 2)", r"\{7, 9\}", timeout=0.3) is False
-    assert time.monotonic() - t < 3
+    assert list(A._VERIFY_CACHE.values()) == [(None, 0.3)]   # remembered as a time-out, with its limit
     A._VERIFY_CACHE.clear()
 
 
@@ -293,6 +290,37 @@ def test_cluster_ids_first_appearance_order(answers):
         for b, j in zip(answers, ids, strict=True):
             if a is not None and b is not None:
                 assert (i == j) == exact_equiv(a, b)
+
+
+MIXED = ["1/2", r"\frac{1}{2}", "0.5", "0.5000001", "0.50000000001", "3", "3.0", "-3", "1e6", "1000000",
+         "1000000.5", "(1, 2)", "(2, 1)", r"\left(1,2\right)", r"\{1, 2\}", r"\{2, 1\}", "[0, 1)", "x + 1",
+         "1 + x", "2x", "x^2", r"\sqrt{2}", "1.41421356", r"\pi", "3.14159265", r"10\%", "yes", "(1, 2, 3)",
+         r"\sum_{k=1}^{n} k", "0", "-0", r"\infty", "unparsable ((", "2", "2.000000001", r"\frac{14}{2}", "7",
+         r"-\frac{3}{4}", "-0.75", "-3/4", r"\frac{3}{0}", "3/0", r"\dfrac{3}{4}", "007", "0.3333333", "1/3"]
+
+
+def _all_pairs(a, b):
+    """math_equiv as a plain callable: cluster_answers then compares a newcomer with every class in turn."""
+    return math_equiv(a, b, timeout=10.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.sampled_from(MIXED)), max_size=25))
+def test_cluster_math_index_gives_the_all_pairs_classes(answers):
+    """The fingerprint index prunes comparisons, never changes the classes."""
+    assert cluster_answers(answers, "math", timeout=10.0).tolist() == cluster_answers(answers, _all_pairs).tolist()
+
+
+def test_cluster_math_many_distinct_numbers_compares_few_pairs(monkeypatch):
+    """Distinct numbers (plus a few equal spellings) need about one comparison per new answer,
+    not one per (answer, class) pair, and keep the all-pairs classes."""
+    answers = [str(i) for i in range(300)] + ["7.0", r"\frac{14}{2}", "299.0", "299.0000001", "-7"]
+    calls = []
+    real = A._math_compare
+    monkeypatch.setattr(A, "_math_compare", lambda a, b, t=5.0: calls.append((a, b)) or real(a, b, t))
+    ids = cluster_answers(answers, "math")
+    assert ids.tolist() == list(range(300)) + [7, 7, 299, 300, 301]
+    assert len(calls) < 20, len(calls)   # the all-pairs loop makes 300 * 299 / 2 + ... = 45,000+
 
 
 def test_grade():

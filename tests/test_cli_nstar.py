@@ -52,7 +52,7 @@ def test_bad_parameters_give_one_line_error(capsys):
     assert main(["nstar", "--mu", "0.5", "--sigma", "0.1", "--target", "0.9", "--confidence", "1.5"]) == 2
     assert "confidence" in capsys.readouterr().err
     assert main(["nstar", "--mu", "0.5", "--sigma", "0.1", "--target", "0.9", "--max-n", "0"]) == 2
-    assert "n_max" in capsys.readouterr().err
+    assert "--max-n" in capsys.readouterr().err  # the CLI names its own option
 
 
 def test_subprocess_entry_point():

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from optscale.errors import InputError, ParameterError
-from optscale.online.data import DEMO, load_demo, load_problems, normalize_gold
+from optscale.problems import DEMO, load_demo, load_problems, normalize_gold
 
 BENCHMARKS = {  # file: (items, first id, first gold)
     "math500_test.json": (500, None, None),

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from optscale.errors import InputError, ParameterError
+from optscale.errors import InputError, OptScaleError, ParameterError
 from optscale.policies import ReplayResult, make_policy
 from optscale.pool import PoolArrays
 from optscale.report import EvalReport, EvalRow, pareto_frontier
@@ -116,8 +116,9 @@ def test_policy_result_is_validated():
         def replay(self, batch, n_max):
             return ReplayResult(np.full(batch.n.size, 99), np.zeros(batch.n.size, dtype=np.int64), {})
 
-    with pytest.raises(Exception, match="drew 99"):
+    with pytest.raises(OptScaleError, match=r"^policy 'bad' drew 99 samples in row 0 with \d+ available$") as ei:
         ev._replay(prep, prep.rows_of(None), Bad(1), "bad", 4)
+    assert type(ei.value) is OptScaleError   # an engine error, not a mistyped-input error
 
 
 # ------------------------------------------------------------------------------------------ bootstrap
@@ -216,7 +217,8 @@ def test_evaluate_report_rows_and_outputs(tmp_path):
     assert bon8.samples == pytest.approx(np.minimum(a.n, 8).mean())
     assert any(r.pareto for r in rep.rows)
     md = rep.to_markdown(tmp_path / "r.md")
-    assert "| BoN * |" in md or "| BoN |" in md and (tmp_path / "r.md").exists()
+    assert (tmp_path / "r.md").read_text() == md
+    assert "| BoN * |" in md or "| BoN |" in md
     csv_text = rep.to_csv(tmp_path / "r.csv")
     assert csv_text.splitlines()[0].startswith("method,label,params,budget,split")
     assert len(csv_text.strip().splitlines()) == len(rep.rows) + 1

@@ -284,26 +284,37 @@ def test_concurrency_limit_is_respected():
 def test_cancellation_frees_concurrency_slots():
     """Cancel many in-flight calls on a stalled server; a fresh call with concurrency=1 must still run.
 
-    (its-hub 1.2.0 deadlocks here: cancelled calls keep their semaphore slots.)
+    (its-hub 1.2.0 deadlocks here: cancelled calls keep their semaphore slots.) No sleeps decide the
+    outcome: the test waits for the server to hold the one request that the single slot lets through.
     """
-    script = lambda i, b: ("stall",) if b["messages"][0]["content"] == "stall" else ("ok",)  # noqa: E731
+    script = lambda i, b: ("hold",) if b["messages"][0]["content"] == "stall" else ("ok",)  # noqa: E731
     with FakeServer(script, stall_limit=20) as srv:
 
         async def main():
             async with gen(srv, concurrency=1, timeout=30, n_mode="separate") as g:
                 tasks = [asyncio.create_task(g.generate("stall", 3, **ARGS)) for _ in range(8)]
-                await asyncio.sleep(0.3)  # one request is in flight (stalled), the others wait for the slot
-                assert srv.active_stalls == 1
+                for _ in range(400):  # until the first request is held by the server
+                    if srv.active_holds:
+                        break
+                    await asyncio.sleep(0.01)
+                for _ in range(50):  # let every task reach the slot semaphore
+                    await asyncio.sleep(0)
+                # the one slot is taken: one request reached the server, 23 wait for the slot
+                assert srv.active_holds == 1 and len(srv.requests) == 1
+                assert all(not t.done() for t in tasks)
                 for t in tasks:
                     t.cancel()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
                 assert all(isinstance(r, asyncio.CancelledError) for r in results)
-                t0 = time.monotonic()
-                out = await asyncio.wait_for(g.generate("fresh", 2, **ARGS), timeout=5)
-                return out, time.monotonic() - t0
+                # the slot is free again (a leaked slot would make this wait forever: bounded by wait_for)
+                return await asyncio.wait_for(g.generate("fresh", 2, **ARGS), timeout=20)
 
-        out, dt = run(main())
-    assert len(out) == 2 and dt < 2
+        out = run(main())
+        for _ in range(400):  # the held request was closed by the client, not merely abandoned
+            if srv.disconnects:
+                break
+            time.sleep(0.01)
+    assert len(out) == 2 and len(srv.requests) == 3 and srv.disconnects == 1
 
 
 def test_parameter_errors():
@@ -413,3 +424,70 @@ def test_answer_without_choices_is_an_error():
     with Empty() as srv:
         with pytest.raises(GenerationError, match="no usable choices"):
             run(gen(srv).generate("hi", 2, **ARGS))
+
+
+def _mutated(mutate):
+    class Mutated(FakeServer):
+        def answer(self, path, body, i):
+            ans = super().answer(path, body, i)
+            mutate(ans)
+            return ans
+
+    return Mutated()
+
+
+def _set(path, value):
+    def mutate(ans):
+        obj = ans
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate, logprobs, match",
+    [
+        (_set(("usage", "completion_tokens"), -3), False, r"usage\.completion_tokens must be an integer >= 0, got -3"),
+        (_set(("usage", "completion_tokens"), "abc"), False, r"usage\.completion_tokens must be an integer"),
+        (_set(("usage", "prompt_tokens"), 2.5), False, r"usage\.prompt_tokens must be an integer"),
+        (_set(("usage",), "abc"), False, r"'usage' must be an object, got 'abc'"),
+        (_set(("usage",), None), False, r"usage\.completion_tokens.* is needed to count tokens"),
+        (_set(("choices", 0, "message"), "hello"), False, r"choices\[0\]\.message must be an object"),
+        (_set(("choices", 0, "message", "content"), 42), False, r"choices\[0\]\.message\.content must be a string"),
+        (_set(("choices", 0, "index"), None), False, r"choices\[0\]\.index must be an integer >= 0, got None"),
+        (_set(("choices", 1, "index"), 0), False, r"'choices' repeat an index"),
+        (_set(("choices", 0), "text"), False, r"choices\[0\] must be an object"),
+        (_set(("choices", 0, "finish_reason"), 7), False, r"finish_reason must be a string or null"),
+        (_set(("choices", 0, "logprobs", "content", 0, "logprob"), "abc"), True,
+         r"choices\[0\]\.logprobs\.content\[0\]\.logprob must be a number <= 0, got 'abc'"),
+        (_set(("choices", 0, "logprobs", "content", 1), 3), True, r"logprobs\.content\[1\] must be an object, got 3"),
+        (_set(("choices", 0, "logprobs", "content"), "x"), True, r"logprobs\.content must be a list"),
+        (_set(("choices", 0, "logprobs"), [1]), True, r"choices\[0\]\.logprobs must be an object"),
+        (_set(("choices", 0, "logprobs", "content", 0, "top_logprobs"), [{"logprob": -1}]), True,
+         r"top_logprobs\[0\] must be an object with a string 'token'"),
+    ],
+)
+def test_malformed_replies_are_one_clear_error(mutate, logprobs, match):
+    with _mutated(mutate) as srv:
+        g = gen(srv, max_retries=0, n_mode="native")
+        with pytest.raises(GenerationError, match=match) as ei:
+            run(g.generate("hi", 2, logprobs=logprobs, **ARGS))
+    assert ei.value.status == 200 and "malformed answer" in str(ei.value)
+    assert g.usage.failures == 1 and g.usage.requests == 0
+
+
+def test_content_parts_and_null_content_are_accepted():
+    parts = [{"type": "text", "text": "two "}, {"type": "refusal", "refusal": "-"}, {"type": "text", "text": "apples"}]
+
+    def mutate(ans):
+        ans["choices"][0]["message"]["content"] = parts
+        ans["choices"][1]["message"] = {"role": "assistant", "content": None, "tool_calls": [{"id": "t"}]}
+        del ans["choices"][1]["index"]  # missing index: its position
+
+    with _mutated(mutate) as srv:
+        out = run(gen(srv, n_mode="native").generate("hi", 2, **ARGS))
+    assert [c.text for c in out] == ["two apples", ""]
+    assert out[1].raw["message"]["tool_calls"] == [{"id": "t"}] and out[0].raw["message"]["content"] == parts
+    assert out[0].usage == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11} and out[1].usage is None

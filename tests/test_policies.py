@@ -34,6 +34,7 @@ from optscale.policies import (
     replay_loop,
 )
 from optscale.policies._vec import best_score, prefix_top2, vote_winner
+from optscale.policies.consistency import top2_votes
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -281,6 +282,26 @@ def test_esc_step_waves():
 
 
 # ----------------------------------------------------------------------------------------- ASC
+@settings(max_examples=200, deadline=None)
+@given(answers=st.lists(st.integers(-1, 4), max_size=70), threshold=st.floats(0.51, 0.999))
+def test_asc_step_decision_is_the_beta_criterion(answers, threshold):
+    """The online decision (vote count + cached bound) equals the definition, computed here with
+    np.unique counts and the Beta confidence, on any observation."""
+    a = np.array(answers, dtype=np.int64)
+    _, counts = np.unique(a[a >= 0], return_counts=True)
+    counts = np.sort(counts)[::-1]
+    v1 = int(counts[0]) if counts.size else 0
+    v2 = int(counts[1]) if counts.size > 1 else 0
+    assert top2_votes(a) == (v1, v2)
+    stop = a.size > 0 and float(asc_confidence(v1, v2)) >= threshold
+    obs = Observation(a, np.full(a.size, np.nan), np.ones(a.size))
+    pol = ASC(threshold)
+    assert pol.next_wave(obs, 64) == (0 if stop or a.size >= 64 else 1)
+    for u in range(6):   # the cached bound is the smallest stopping v1 for that runner-up count
+        m = pol.min_leader_votes(u)
+        assert asc_confidence(m, u) >= threshold and (m <= max(u, 1) or asc_confidence(m - 1, u) < threshold)
+
+
 def test_asc_confidence_closed_form():
     # 1 - I_{1/2}(v1+1, v2+1) = P(Bin(v1+v2+1, 1/2) <= v1)
     for v1, v2 in [(0, 0), (1, 0), (3, 0), (4, 0), (4, 1), (6, 1), (5, 5), (20, 11)]:
@@ -423,12 +444,18 @@ def test_optscalet_prior_handling():
 def test_optscale_step_interface():
     pol = OptScale0(target=0.9, alpha=0.1, k=3)
     assert pol.next_wave(Observation.empty(), 16) == 3
-    obs = Observation([0, 1, 2], [0.5, 0.6, 0.55], [1, 1, 1])
-    n = pol.next_wave(obs, 16)
-    assert n == min(max(_nstar([0.5, 0.6, 0.55], 16, 0.9, 0.1), 3), 16) - 3
+    # MLE of (0.6, 0.95, 0.8): mu = 0.8633, sigma = 0.1947, ln 0.1 / ln F(0.9) = 8.29 -> N* = 9
+    obs = Observation([0, 1, 2], [0.6, 0.95, 0.8], [1, 1, 1])
+    assert _nstar([0.6, 0.95, 0.8], 16, 0.9, 0.1) == 9
+    assert pol.next_wave(obs, 16) == 6            # one wave up to N* = 9
+    assert pol.next_wave(obs, 5) == 2             # capped by n_max
     seq = OptScale0(target=0.9, alpha=0.1, k=3, mode="sequential", wave=2)
-    assert seq.next_wave(obs, 16) in (0, 2)
-    assert seq.next_wave(obs, 3) == 0
+    assert seq.next_wave(obs, 16) == 2            # 3 < N*: one more wave of 2
+    assert seq.next_wave(obs, 4) == 1             # the wave is cut at n_max
+    assert seq.next_wave(obs, 3) == 0             # budget spent
+    # (0.95, 0.97, 0.96): mu = 0.96, sigma = 0.0082, F(0.9) ~ 0 -> N* = 1 <= 3 drawn: both stop
+    high = Observation([0, 1, 2], [0.95, 0.97, 0.96], [1, 1, 1])
+    assert pol.next_wave(high, 16) == 0 and seq.next_wave(high, 16) == 0
 
 
 # ----------------------------------------------------------------------------------------- MR-Thinking

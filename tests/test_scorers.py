@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fakeserver import FakeServer
 
 from optscale.errors import OptScaleError, ParameterError
 from optscale.online.generators import Completion, Generator
@@ -199,41 +198,23 @@ def test_judge_errors():
 
 
 # ---------------------------------------------------------------------------------------------- reward endpoint
-class Server:
-    """A tiny vLLM-pooling-API look-alike on 127.0.0.1; ``script`` yields (status, body, headers) per request."""
+class Server(FakeServer):
+    """The shared loopback fake server answering like a vLLM pooling API (or any other): ``respond(path,
+    body, n)`` gives ``(status, payload, headers)`` for request ``n`` (1-based); ``requests`` are
+    ``(path, body)`` pairs."""
 
     def __init__(self, respond):
-        self.requests: list[tuple[str, dict]] = []
-        outer = self
+        super().__init__()
+        self.respond = respond
+        self.url = self.base_url.removesuffix("/v1")
 
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append((self.path, body))
-                status, payload, headers = respond(self.path, body, len(outer.requests))
-                raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+    def dispatch(self, path, body, i):
+        status, payload, headers = self.respond(path, body, i + 1)
+        return ("reply", status, payload, headers)
 
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    @property
+    def pairs(self) -> list[tuple[str, dict]]:
+        return [(r["path"], r["body"]) for r in self.requests]
 
 
 def pooling_ok(step_probs_by_text):
@@ -273,11 +254,11 @@ def test_endpoint_pooling_messages_per_step():
         out = s.score("Q?", [comp("good step\n\nsecond"), comp("bad")])
         s.close()
     assert out == [pytest.approx(0.7), pytest.approx(0.2)]
-    path, body = srv.requests[0]
+    path, body = srv.pairs[0]
     assert path == "/pooling" and body["model"] == "prm"
     assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant"]
     assert body["messages"][1]["content"] == "Q?"
-    contents = sorted(b["messages"][2]["content"] for _, b in srv.requests)
+    contents = sorted(b["messages"][2]["content"] for _, b in srv.pairs)
     assert contents == ["bad<extra_0>", "good step<extra_0>second<extra_0>"]
 
 
@@ -294,7 +275,7 @@ def test_endpoint_classify_and_text_batch():
         s = RewardEndpointScorer(srv.url + "/classify", input_format="text", template="{question}|{response}")
         assert s.score("q", [comp("A"), comp("B"), comp("A")]) == [0.75, 0.1, 0.75]
         s.close()
-    assert len(srv.requests) == 1 and srv.requests[0][1]["input"] == ["q|A", "q|B", "q|A"]
+    assert len(srv.requests) == 1 and srv.pairs[0][1]["input"] == ["q|A", "q|B", "q|A"]
 
 
 def test_endpoint_activations():
@@ -333,7 +314,7 @@ def test_endpoint_retries_then_succeeds():
 @pytest.mark.parametrize(
     ("status", "payload", "msg"),
     [
-        (500, {"error": "x"}, "HTTP 500 after 3 attempt"),
+        (500, {"error": "x"}, "failed after 3 attempt.*HTTP 500"),
         (400, {"error": "bad request"}, "HTTP 400"),
         (200, b"not json", "invalid JSON"),
         (200, {"result": 1}, "no 'data' list"),

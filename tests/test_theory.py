@@ -131,24 +131,79 @@ def test_moments_to_params_vectorized_and_degenerate():
 
 
 # ------------------------------------------------------------------------------------------------ N*
-def _brute(f, alpha, n_max):
-    for n in range(1, n_max + 1):
-        if 1 - f**n >= 1 - alpha:
-            return n
+def _exact_F(mu, sigma, target):
+    """F(s*) of the truncated normal in 50-digit arithmetic (mpmath), independent of optscale.theory."""
+    mu, sigma, s = mp.mpf(mu), mp.mpf(sigma), mp.mpf(target)
+    lo, hi, z = -mu / sigma, (1 - mu) / sigma, (s - mu) / sigma
+    if mu < 0.5:   # upper tail: 1 - Phi(x) = Phi(-x) keeps the digits
+        return 1 - (mp.ncdf(-z) - mp.ncdf(-hi)) / (mp.ncdf(-lo) - mp.ncdf(-hi))
+    return (mp.ncdf(z) - mp.ncdf(lo)) / (mp.ncdf(hi) - mp.ncdf(lo))
+
+
+def _exact_n_star(mu, sigma, target, alpha, n_max):
+    """The definition, in 50-digit arithmetic: the smallest N with 1 - F(s*)^N >= 1 - alpha, else n_max.
+
+    Differences below 1e-40 (far below the 50 digits) count as equality, so a mathematically exact tie
+    (F = 1/2, alpha = 2^-k) satisfies the inequality at N = k whatever the last digit of F.
+    """
+    with mp.workdps(50):
+        f, a = _exact_F(mu, sigma, target), mp.mpf(alpha)
+        p = mp.mpf(1)
+        for n in range(1, n_max + 1):
+            p *= f
+            if p <= a + mp.mpf(10) ** -40 * a:
+                return n
     return n_max
 
 
-@SETTINGS
+def _both_paths(mu, sigma, target, alpha, n_max):
+    """N* from the scalar fast path (Python floats) and from the vectorized path (arrays of two)."""
+    scalar = int(T.n_star(mu, sigma, target, alpha, n_max).n)
+    vector = T.n_star(np.full(2, mu), sigma, target, alpha, n_max).n
+    assert vector[0] == vector[1]
+    return scalar, int(vector[0])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mus, sigmas, st.floats(0.01, 0.99), alphas, st.integers(1, 400))
-def test_n_star_brute_force(mu, sigma, target, alpha, n_max):
-    res = T.n_star(mu, sigma, target, alpha, n_max)
-    f = float(T.cdf(target, mu, sigma))
-    assert 1 <= res.n <= n_max
-    assert bool(res.reachable) == bool(T.logcdf(target, mu, sigma) < 0.0)
-    if f < 1.0:
-        assert res.n == _brute(f, alpha, n_max) or abs(res.exact - round(res.exact)) < 1e-9
-    else:   # F rounds to 1 but ln F < 0 may still be representable: N* is then beyond any budget here
-        assert res.n == n_max
+def test_n_star_matches_50_digit_definition(mu, sigma, target, alpha, n_max):
+    expected = _exact_n_star(mu, sigma, target, alpha, n_max)
+    assert _both_paths(mu, sigma, target, alpha, n_max) == (expected, expected)
+
+
+@pytest.mark.parametrize("sigma", [1e-4, 0.01, 0.3, 1.0, 3.0, 100.0, 1e6])
+def test_n_star_exact_integer_quotient(sigma):
+    """mu = s* = 0.5 gives F(s*) = 1/2 exactly (symmetry), so with alpha = 2^-k ln alpha / ln F = k exactly
+    and the definition (1 - F^k = 1 - alpha) gives N* = k. The float quotient lands an ulp or so on either
+    side of k; without the tie rule in theory N* comes out k + 1 for a third of these."""
+    ks = list(range(1, 200)) + [500, 1021]
+    for k in ks:
+        assert _both_paths(0.5, sigma, 0.5, 2.0**-k, 10**6) == (k, k), k
+    assert [_exact_n_star(0.5, sigma, 0.5, 2.0**-k, 400) for k in (1, 7, 33, 199)] == [1, 7, 33, 199]
+    r = T.n_star_from_logcdf(np.log(0.5), 2.0 ** -np.arange(1, 200), 10**6)
+    assert list(r.n) == list(range(1, 200))
+
+
+@pytest.mark.parametrize("mu,sigma,target", [(0.3, 0.2, 0.6), (0.8, 0.05, 0.85), (-1.0, 0.7, 0.4),
+                                             (0.6, 0.3, 0.9), (2.0, 1.5, 0.2)])
+def test_n_star_near_integer_quotient(mu, sigma, target):
+    """alpha = F^k (1 +- 1e-9), rounded to a float: the quotient sits 1e-9-ish below / above k, and N* must
+    be k / k + 1 exactly as in 50-digit arithmetic (no excuse for near-integer cases)."""
+    with mp.workdps(50):
+        f = _exact_F(mu, sigma, target)
+        for k in (1, 2, 3, 5, 17, 64):
+            for rel, want in ((1e-9, k), (-1e-9, k + 1)):
+                alpha = float(f**k * (1 + mp.mpf(rel)))
+                if not 1e-300 < alpha < 1.0:
+                    continue
+                assert _exact_n_star(mu, sigma, target, alpha, 1000) == want
+                assert _both_paths(mu, sigma, target, alpha, 1000) == (want, want), (k, rel)
+
+
+def test_tie_tolerance_is_shared_by_both_paths():
+    from optscale import _theory_scalar
+
+    assert _theory_scalar._NSTAR_TIE_RTOL == T.NSTAR_TIE_RTOL == 1e-13
 
 
 @SETTINGS

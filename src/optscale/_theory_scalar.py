@@ -25,6 +25,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _SQRT1_2 = math.sqrt(0.5)
 _SQRT_2_PI = math.sqrt(2.0 / math.pi)
 _INF = math.inf
+_NSTAR_TIE_RTOL = 1e-13   # = theory.NSTAR_TIE_RTOL (a test keeps them equal)
 
 class Fallback(ArithmeticError):
     """The scalar path met a value it does not handle like numpy (nan, inf, 0/0): use the vectorized path."""
@@ -151,11 +152,7 @@ def n_star(log_F: float, log_a: float, n_max: int) -> tuple[int, bool, float]:
     exact = log_a / log_F if reachable else _INF
     if not reachable:
         return n_max, False, exact
-    n = float(math.ceil(min(exact, n_max + 1.0)))
-    if n > 1 and (n - 1) * log_F <= log_a:
-        n -= 1
-    if n * log_F > log_a:
-        n += 1
+    n = float(math.ceil(min(exact * (1.0 - _NSTAR_TIE_RTOL), n_max + 1.0)))
     return min(max(int(n), 1), n_max), True, exact
 
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import re
@@ -545,6 +546,97 @@ def get_equivalence(name: str | Equivalence) -> Equivalence:
 # --------------------------------------------------------------------------------------------------
 
 
+class _RepIndex:
+    """Representatives of the math clustering, indexed by the numeric fingerprint of their parse (the cheap
+    canonical form of :func:`_fingerprint`), so that a newcomer is compared only with the representatives
+    that :func:`_surely_different` would not reject anyway.
+
+    Representatives with a ``("seq" | "set", values)`` fingerprint are grouped by (kind, number of
+    elements) and sorted by the real part of their first value: two answers can only be "close" (equal
+    fingerprints) if these lie within the relative tolerance of :func:`_close`, a window found by bisection.
+    Representatives without a usable fingerprint (unparsable, parse time-out, words, percentages) are
+    candidates for everyone; ``("opaque",)`` ones for no one. The candidates are visited in class order,
+    so the first equivalent class and every time-out happen exactly as in the all-pairs loop."""
+
+    _REL = 1.01e-6   # >= 1e-6 / (1 - 1e-6): the window of _close's relative tolerance, on the larger magnitude
+
+    def __init__(self) -> None:
+        self.always: list[int] = []
+        self.groups: dict[tuple[str, int], tuple[list[float], list[int]]] = {}
+        self.count = 0
+
+    @staticmethod
+    def _key(fp) -> tuple[tuple[str, int], complex] | None:
+        if fp is None or fp[0] not in ("seq", "set") or not fp[1]:
+            return None
+        return (fp[0], len(fp[1])), fp[1][0][0]
+
+    def add(self, c: int, parsed) -> None:
+        """Class ``c`` (= number of classes so far) with the parse of its representative (or _UNSET)."""
+        self.count = c + 1
+        fp = None if parsed is _UNSET or parsed[0] is None else parsed[1]
+        if fp is not None and fp[0] == "opaque":
+            return
+        key = self._key(fp)
+        if key is None:
+            self.always.append(c)
+            return
+        keys, ids = self.groups.setdefault(key[0], ([], []))
+        i = bisect.bisect_right(keys, key[1].real)
+        keys.insert(i, key[1].real)
+        ids.insert(i, c)
+
+    def candidates(self, parsed) -> list[int] | None:
+        """Classes whose representative may be equivalent to an answer with this parse, in class order;
+        None: no pruning possible (compare with every class)."""
+        if parsed is _UNSET or parsed[0] is None or parsed[1] is None:
+            return None
+        fp = parsed[1]
+        if fp[0] == "opaque":   # surely different from every parsed representative
+            return list(self.always)
+        key = self._key(fp)
+        if key is None:
+            return None
+        out = list(self.always)
+        for group, (keys, ids) in self.groups.items():
+            if group != key[0]:   # another kind or shape is never surely different: math-verify decides
+                out += ids
+                continue
+            u = key[1]
+            w = self._REL * max(1.0, abs(u)) + 1e-300
+            lo = bisect.bisect_left(keys, u.real - w)
+            hi = bisect.bisect_right(keys, u.real + w)
+            out += ids[lo:hi]
+        out.sort()
+        return out
+
+
+_PLAIN_NUMBER_RE = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+
+
+def _cheap_parse(ans: str, timeout: float | None):
+    """``(parsed, fingerprint)`` as :func:`_parse_math` gives it, but for a plain integer or decimal the
+    fingerprint alone, from ``float`` without math-verify (``parsed`` is then True): its value is what sympy
+    evaluates the parse to, up to rounding far inside the tolerance of :func:`_close`. Likewise
+    ``\\frac{a}{b}`` and ``a/b`` with integers a, b != 0."""
+    text = _clean(ans).strip()
+    v = None
+    if _PLAIN_NUMBER_RE.match(text):
+        v = float(text)
+    else:
+        m = _FRAC_RE.match(text)
+        if m:
+            num, den = int(m.group(2)), int(m.group(3))
+            v = (-1.0 if m.group(1) == "-" else 1.0) * num / den if den else None
+        else:
+            m = _SLASH_RE.match(text)
+            if m and int(m.group(2)):
+                v = int(m.group(1)) / int(m.group(2))
+    if v is not None and math.isfinite(v):
+        return (True, ("seq", ((complex(v), complex(v)),)))
+    return _parse_math(_clean(ans), timeout)
+
+
 def cluster_answers(
     answers: Sequence[str | None], equiv: str | Equivalence = "exact", *, timeout: float | None = 5.0
 ) -> np.ndarray:
@@ -555,17 +647,26 @@ def cluster_answers(
     distinct normalized answer is compared with each representative at most once, so clustering
     many copies of few distinct answers costs few comparisons.
 
-    With the math equivalence, ``timeout`` bounds each comparison, and answers that hit it are
-    compared no further, so a pathological answer costs about one time-out, not one per class: a
-    newcomer whose comparison timed out starts its own class and is not used as a representative; a
-    representative involved in two time-outs is skipped from then on. (A time-out is thus not an
-    equivalence: such answers may end up in separate classes.)
+    With the math equivalence, each new answer gets a cheap canonical form, its numeric fingerprint (for a
+    plain integer or decimal straight from ``float``, otherwise from one math-verify parse), and is
+    compared only with the representatives that fingerprint cannot rule out (:class:`_RepIndex`: a
+    bisection among numbers, tuples, sets of the same shape), instead of with every class: D distinct
+    numbers cost about D comparisons, not D²/2, and math-verify runs only on the few candidates that could
+    match (benchmarks/bench_answers.py). The classes are the same as with the all-pairs
+    loop. ``timeout`` bounds each comparison, and answers that hit it are compared no further, so a
+    pathological answer costs about one time-out, not one per class: a newcomer whose comparison timed
+    out starts its own class and is not used as a representative; a representative involved in two
+    time-outs is skipped from then on. (A time-out is thus not an equivalence: such answers may end up in
+    separate classes.)
     """
     eq = get_equivalence(equiv)
     is_math = eq is math_equiv
+    if is_math and timeout is not None and timeout <= 0:
+        raise ParameterError("timeout", f"must be positive or None, got {timeout!r}")
     ids = np.full(len(answers), -1, dtype=np.int64)
     by_norm: dict[str, int] = {}
     reps: list[str] = []  # representative (raw answer) of each class
+    index = _RepIndex()
     timeouts: dict[int, int] = {}  # class -> time-outs its representative was involved in
     skip: set[int] = set()  # classes not used as representatives any more
     for i, ans in enumerate(answers):
@@ -578,9 +679,12 @@ def cluster_answers(
         if cid is None:
             cid = -1
             slow = False
-            for c, rep in enumerate(reps):
+            parsed = _cheap_parse(str(ans), timeout) if is_math else None
+            order = index.candidates(parsed) if is_math else None
+            for c in range(len(reps)) if order is None else order:
                 if c in skip:
                     continue
+                rep = reps[c]
                 r = _math_compare(rep, ans, timeout) if is_math else eq(rep, ans)  # type: ignore[arg-type]
                 if r is None:  # math time-out
                     timeouts[c] = timeouts.get(c, 0) + 1
@@ -594,11 +698,19 @@ def cluster_answers(
             if cid < 0:
                 cid = len(reps)
                 reps.append(ans)  # type: ignore[arg-type]
+                if is_math:
+                    index.add(cid, parsed)
                 if slow:
                     skip.add(cid)
             by_norm[norm] = cid
         ids[i] = cid
     return ids
+
+
+def clear_caches() -> None:
+    """Forget the cached math-verify parses and comparisons (they persist across calls otherwise)."""
+    _PARSE_CACHE.clear()
+    _VERIFY_CACHE.clear()
 
 
 GRADE_KINDS = ("auto", "math", "number", "choice", "exact")

@@ -527,12 +527,27 @@ def _per_problem(m: RowMetrics, n_orderings: int) -> np.ndarray:
     return stack.reshape(3, n_orderings, -1).mean(axis=1)
 
 
+#: elements of one chunk of bootstrap draws (about 32 MB of int64): weights are drawn and applied in
+#: chunks of resamples so that memory stays linear in the problems, not n_boot times them
+_BOOT_CHUNK = 1 << 22
+
+
 def bootstrap_weights(n_problems: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """int32[n_boot, P]: how often each problem is drawn in each bootstrap resample (seeded)."""
+    """uint8[n_boot, P] (uint16 if some count exceeds 255): how often each problem is drawn in each
+    bootstrap resample (seeded). Drawn in chunks of resamples; the random stream, hence every weight, is
+    the same as one ``integers(0, P, size=(n_boot, P))`` draw."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB007]))
-    idx = rng.integers(0, n_problems, size=(n_boot, n_problems))
-    flat = idx + (np.arange(n_boot, dtype=np.int64) * n_problems)[:, None]
-    return np.bincount(flat.ravel(), minlength=n_boot * n_problems).reshape(n_boot, n_problems).astype(np.int32)
+    step = max(1, _BOOT_CHUNK // max(n_problems, 1))
+    out = np.zeros((n_boot, n_problems), dtype=np.uint8)
+    for s in range(0, n_boot, step):
+        c = min(step, n_boot - s)
+        idx = rng.integers(0, n_problems, size=(c, n_problems))
+        idx += (np.arange(c, dtype=np.int64) * n_problems)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=c * n_problems).reshape(c, n_problems)
+        if counts.size and counts.max() > np.iinfo(out.dtype).max:
+            out = out.astype(np.uint16)
+        out[s:s + c] = counts
+    return out
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
@@ -548,7 +563,12 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
         nan = np.full(v.shape[:-1], np.nan)
         return nan, nan, nan
     W = bootstrap_weights(P, n_boot, seed) if weights is None else weights
-    means = (v.reshape(-1, P) @ W.T.astype(np.float64)) / P  # [K, n_boot]
+    flat = v.reshape(-1, P)
+    means = np.empty((flat.shape[0], W.shape[0]))  # [K, n_boot], in chunks of resamples
+    step = max(1, _BOOT_CHUNK // P)
+    for s in range(0, W.shape[0], step):
+        means[:, s:s + step] = flat @ W[s:s + step].T.astype(np.float64)
+    means /= P
     q = (1.0 - level) / 2.0
     low, high = np.quantile(means, [q, 1.0 - q], axis=1)
     shape = v.shape[:-1]
@@ -820,10 +840,11 @@ def evaluate(
         if tunable:
             fixed = with_extras(name, params)
             grid = [{**g, **fixed} for g in _grid(grids[name])]
-            cal = _grid_metrics(prep, rows_cal, name, grid, budgets, fast=fast)  # {(gi, b): RowMetrics}
+            # {(gi, b): per-problem [3, Pc]}, reduced as computed (memory: grid x problems, not x rows)
+            cal = _grid_metrics(prep, rows_cal, name, grid, budgets, fast=fast, reduce=n_ord)
             cp = _COUNTERPART.get(name, "bon" if prep.has_scores else "sc")
             for b in budgets:
-                pps = np.stack([_per_problem(cal[(gi, b)], n_ord) for gi in range(len(grid))])  # [G, 3, Pc]
+                pps = np.stack([cal[(gi, b)] for gi in range(len(grid))])  # [G, 3, Pc]
                 acc, tok = pps[:, 0].mean(axis=1), pps[:, 1].mean(axis=1)
                 ref = _per_problem(reference(cp, rows_cal, "calib", b), n_ord)
                 gi = _choose(acc, tok, float(ref[0].mean()), float(ref[1].mean()), select, tolerance,
@@ -1078,28 +1099,31 @@ def _check_method(prep: Prepared, pol, name: str, priors) -> None:
 
 # ================================================================================================ grids
 def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[str, Any]],
-                  budgets: Sequence[int], *, fast: bool = True) -> dict[tuple[int, int], RowMetrics]:
-    """RowMetrics of every (grid point, budget) on ``rows``: fast path for one-shot OptScale, else replay."""
+                  budgets: Sequence[int], *, fast: bool = True, reduce: int | None = None) -> dict:
+    """RowMetrics of every (grid point, budget) on ``rows``: fast path for one-shot OptScale, else replay.
+    With ``reduce`` (the number of orderings) each value is its ``_per_problem`` [3, P'] array instead,
+    reduced as soon as it is computed, so that memory grows with grid x problems, not grid x rows."""
     if fast:
-        res = _fast_optscale(prep, rows, name, grid, budgets)
+        res = _fast_optscale(prep, rows, name, grid, budgets, reduce=reduce)
         if res is not None:
             return res
     out = {}
     for gi, params in enumerate(grid):
         pol = _make(name, params)
         for b in budgets:
-            out[(gi, b)] = _replay(prep, rows, pol, name, b)
+            m = _replay(prep, rows, pol, name, b)
+            out[(gi, b)] = m if reduce is None else _per_problem(m, reduce)
     return out
 
 
 def best_picks(prep: Prepared) -> np.ndarray:
     """int64[B, M + 1]: the Best-of-N pick after each prefix length n (column n; -1 for n = 0), computed
-    once per batch with the policies' own selection rule (``_vec.best_score``) so that a replay's
+    once per batch with the policies' own selection rule (``policies.best_score``) so that a replay's
     ``selected`` equals ``picks[row, n_drawn]`` for every score-based Best-of-N selection."""
     cached = getattr(prep, "_best_picks", None)
     if cached is not None:
         return cached
-    from optscale.policies._vec import best_score
+    from optscale.policies import best_score
 
     b = prep.batch
     B, M = b.answers.shape
@@ -1111,10 +1135,12 @@ def best_picks(prep: Prepared) -> np.ndarray:
 
 
 _FAST_KEYS = {"target", "alpha", "k"}  # parameters a fast-path grid may vary
+#: most elements of one [grid points, rows] array of the fast path (memory stays linear in the rows)
+_GRID_CHUNK = 1 << 21
 
 
 def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[str, Any]],
-                   budgets: Sequence[int]) -> dict[tuple[int, int], RowMetrics] | None:
+                   budgets: Sequence[int], *, reduce: int | None = None) -> dict | None:
     """Grid x budgets of an OptScale policy (one-shot or sequential) in one pass, or None if the grid is
     not such a policy with only (target, alpha, k) varying.
 
@@ -1134,7 +1160,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
         return None
     pols = [_make(name, params) for params in grid]
     base = pols[0]
-    if not all(hasattr(base, a) for a in ("_fit", "_batch_priors", "mode", "target", "alpha", "k", "wave")):
+    if not all(hasattr(base, a) for a in ("fit_scores", "batch_priors", "mode", "target", "alpha", "k", "wave")):
         return None
     mode = base.mode
     if mode not in ("one-shot", "sequential") or any(
@@ -1142,7 +1168,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     ):
         return None
     sub = _subset_batch(prep.batch, rows)
-    priors = base._batch_priors(sub)
+    priors = base.batch_priors(sub)
     picks = best_picks(prep)[rows]
     sc_rows = prep.sample_correct[rows]
     cum = prep.cumtok[rows]
@@ -1153,7 +1179,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     ks = np.array([p.k for p in pols])
     u_targets, t_index = np.unique(targets, return_inverse=True)
     fits: dict[int, tuple[np.ndarray, Any]] = {}
-    posterior = hasattr(base, "_state")  # PosteriorOptScale: N from a posterior state per target
+    posterior = hasattr(base, "posterior_state")  # PosteriorOptScale: N from a posterior state per target
 
     def fit_at(c: int) -> tuple[np.ndarray, Any]:
         """(rows with a finite fit on their first c scores, log F(s*) [T, those rows]); rows with fewer
@@ -1161,7 +1187,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
         (rows with c samples, the policy's per-target state on their first c scores)."""
         if c not in fits and posterior:
             fit_rows = np.flatnonzero(sub.n >= c)
-            fits[c] = (fit_rows, base._state(sub.scores[fit_rows, :c], None if priors is None else priors[fit_rows],
+            fits[c] = (fit_rows, base.posterior_state(sub.scores[fit_rows, :c], None if priors is None else priors[fit_rows],
                                              u_targets) if fit_rows.size else None)
         if c not in fits:
             fit_rows = np.flatnonzero(sub.n >= c)
@@ -1170,7 +1196,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
             if fit_rows.size:
                 scores = sub.scores[fit_rows, :c]
                 mask = ~np.isnan(scores)
-                mu, sigma = base._fit(np.where(mask, scores, 0.0), mask, None if priors is None else priors[fit_rows])
+                mu, sigma = base.fit_scores(np.where(mask, scores, 0.0), mask, None if priors is None else priors[fit_rows])
                 ok = np.isfinite(mu) & np.isfinite(sigma)
                 good = fit_rows[ok]
                 log_f = theory.logcdf(u_targets[:, None], mu[ok][None, :], sigma[ok][None, :])
@@ -1183,50 +1209,53 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
         if posterior:
             if good.size:
                 for j, g in enumerate(gi):
-                    ns[j, good] = base._n_from(log_f[t_index[g]], float(alphas[g]), b)
+                    ns[j, good] = base.n_from_state(log_f[t_index[g]], float(alphas[g]), b)
             return ns
         if good.size:
             ns[:, good] = theory.n_star_from_logcdf(log_f[t_index[gi]], alphas[gi][:, None], b).n
         return ns
 
-    out: dict[tuple[int, int], RowMetrics] = {}
+    out: dict[tuple[int, int], Any] = {}
     hits = None
     for b in budgets:
         b = int(b)
         budget = np.minimum(sub.n, b)
         kb = np.minimum(ks, b)
+        step = max(1, _GRID_CHUNK // max(R, 1))  # grid points per pass: [G', R] arrays stay small
         for kk in np.unique(kb):
             kk = int(kk)
-            gi = np.flatnonzero(kb == kk)
-            nd = np.broadcast_to(budget, (gi.size, R)).copy()
-            if mode == "one-shot":
-                fitted = budget >= kk  # <=> n >= k' (as N_max >= k')
-                ns = n_star_at(kk, gi, b)
-                nd = np.where(fitted[None, :], np.minimum(np.minimum(np.maximum(ns, kk), b), budget[None, :]), nd)
-            else:
-                active = np.broadcast_to(budget >= kk, (gi.size, R)).copy()
-                c = kk
-                while active.any():
-                    at_c = active & (budget >= c)[None, :]
-                    if at_c.any():
-                        stop = at_c & ((c >= n_star_at(c, gi, b)) | (c >= b))
-                        nd[stop] = c
-                        active &= ~stop
-                    active &= (budget > c)[None, :]
-                    if c >= b:
-                        break
-                    c = min(c + base.wave, b)
-            if getattr(base, "early_stop", False):  # target reached = stop (same truncation as the policy)
-                if hits is None:
-                    hits = _target_hits(sub, u_targets, sub.n)
-                nd = np.minimum(nd, np.minimum(hits[t_index[gi]] + 1, budget[None, :]))
-            sel = picks[ar[None, :], nd]  # [G', R]
-            ok_sel = sel >= 0
-            corr = np.zeros(nd.shape, dtype=bool)
-            corr[ok_sel] = sc_rows[np.broadcast_to(ar, nd.shape)[ok_sel], sel[ok_sel]]
-            tok = cum[ar[None, :], nd]
-            for j, g in enumerate(gi):
-                out[(int(g), b)] = RowMetrics(correct=corr[j], tokens=tok[j], samples=nd[j])
+            for gi in np.array_split(np.flatnonzero(kb == kk), -(-int((kb == kk).sum()) // step)):
+                nd = np.broadcast_to(budget, (gi.size, R)).copy()
+                if mode == "one-shot":
+                    fitted = budget >= kk  # <=> n >= k' (as N_max >= k')
+                    ns = n_star_at(kk, gi, b)
+                    nd = np.where(fitted[None, :], np.minimum(np.minimum(np.maximum(ns, kk), b), budget[None, :]),
+                                  nd)
+                else:
+                    active = np.broadcast_to(budget >= kk, (gi.size, R)).copy()
+                    c = kk
+                    while active.any():
+                        at_c = active & (budget >= c)[None, :]
+                        if at_c.any():
+                            stop = at_c & ((c >= n_star_at(c, gi, b)) | (c >= b))
+                            nd[stop] = c
+                            active &= ~stop
+                        active &= (budget > c)[None, :]
+                        if c >= b:
+                            break
+                        c = min(c + base.wave, b)
+                if getattr(base, "early_stop", False):  # target reached = stop (same truncation as the policy)
+                    if hits is None:
+                        hits = _target_hits(sub, u_targets, sub.n)
+                    nd = np.minimum(nd, np.minimum(hits[t_index[gi]] + 1, budget[None, :]))
+                sel = picks[ar[None, :], nd]  # [G', R]
+                ok_sel = sel >= 0
+                corr = np.zeros(nd.shape, dtype=bool)
+                corr[ok_sel] = sc_rows[np.broadcast_to(ar, nd.shape)[ok_sel], sel[ok_sel]]
+                tok = cum[ar[None, :], nd]
+                for j, g in enumerate(gi):
+                    m = RowMetrics(correct=corr[j], tokens=tok[j], samples=nd[j])
+                    out[(int(g), b)] = m if reduce is None else _per_problem(m, reduce)
     return out
 
 
@@ -1280,11 +1309,11 @@ def sweep(
         name, params = _parse_spec(spec)
         _check_method(prep, _make(name, params), name, priors)
         full = [{**params, **p} for p in grid]
-        res = _grid_metrics(prep, rows, name, full, budgets, fast=fast)
+        res = _grid_metrics(prep, rows, name, full, budgets, fast=fast, reduce=n_ord)
         for gi, p in enumerate(full):
             for b in budgets:
                 sink.add(name, f"{spec} sweep", p, b, SPLIT_SWEEP, KIND_SWEEP,
-                         _per_problem(res[(gi, b)], n_ord), W, n_ord, level)
+                         res[(gi, b)], W, n_ord, level)
         if progress:
             progress(spec, budgets[-1])
     for spec in baselines:

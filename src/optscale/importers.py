@@ -20,17 +20,16 @@ exact rational equality for numbers and letter equality for choices (:func:`opts
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from optscale import jsonio
 from optscale.answers import extract_answer, grade
 from optscale.errors import InputError, ParameterError
-from optscale.pool import Pool, Problem, Sample, iter_jsonl, load_pool
+from optscale.pool import PROBLEM_FIELDS, Pool, Problem, Sample, iter_jsonl, load_pool
 
 __all__ = [
     "AGGREGATIONS",
@@ -106,13 +105,7 @@ def _gsm8k_gold(answer: str) -> str:
 
 def _read_json_list(file: str, what: str) -> list:
     """The JSON list in ``file``; InputError naming the file (and the line and column of a syntax error)."""
-    try:
-        with open(file, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise InputError(file, None, None, "no such file") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(file, exc.lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    data = jsonio.read_json(file)  # gzip, encoding, syntax, depth, number and surrogate checks
     if not isinstance(data, list):
         raise InputError(file, None, None, f"{what} is a JSON list, got {type(data).__name__}")
     return data
@@ -208,6 +201,8 @@ def import_optscale(
             raise InputError(
                 file, None, f"{w}.score.{score_field}[0]", f"{len(scores)} scores for {len(comps)} completions"
             )
+        if not comps:
+            raise InputError(file, None, f"{w}.score.completions[0]", "empty: no completions (no samples)")
         toks = None
         if "completion_tokens" in sc:
             ct = sc["completion_tokens"]
@@ -444,45 +439,42 @@ IMPORTERS: dict[str, Callable[..., Pool]] = {
 }
 
 
-def _first_line(path: str | os.PathLike) -> str:
-    with open(path, encoding="utf-8") as fh:
-        return fh.readline()
-
-
 def sniff_format(path: str | os.PathLike) -> str:
-    """The format of ``path`` (a key of :data:`IMPORTERS`), from its first character / first line.
+    """The format of ``path`` (a key of :data:`IMPORTERS`), from its first character / first record
+    (gzip-compressed files are recognised by their magic bytes and sniffed after decompression).
 
-    Raises :class:`InputError` when the format is not recognized."""
+    A JSON list is ``optscale``; a first line with ``completions`` and ``scores`` is ``search-and-learn``,
+    with ``idx``, ``samples`` and ``answers`` ``selfconsistency``; a first line whose keys are pool fields
+    (``id``, ``question``, ``gold``, ``samples``, ``meta``) including ``id`` or ``samples`` is ``pool`` (so a
+    pool line missing one of them is reported by the pool validation, naming the field). Raises
+    :class:`InputError` (naming the file and line) when the file cannot be read or the format is not
+    recognized."""
     file = str(path)
-    if not Path(file).is_file():
-        raise InputError(file, None, None, "no such file")
-    with open(file, encoding="utf-8") as fh:
-        head = fh.read(4096).lstrip()
+    head = jsonio.read_head(file, 4096)
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not head:
         raise InputError(file, None, None, "empty file")
-    if head.startswith("["):
+    if head.startswith(b"["):
         return "optscale"
-    line = _first_line(file)
+    records = jsonio.iter_jsonl(file)
     try:
-        d = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(file, 1, None, f"cannot tell the format: the first line is not valid JSON ({exc})") from None
+        line, d = next(records)
+    finally:
+        records.close()
     if isinstance(d, dict):
         keys = set(d)
         if {"completions", "scores"} <= keys:
             return "search-and-learn"
         if {"idx", "samples", "answers"} <= keys:
             return "selfconsistency"
-        if {"id", "samples"} <= keys and isinstance(d["samples"], list) and all(
-            isinstance(s, dict) for s in d["samples"]
-        ):
+        if keys <= set(PROBLEM_FIELDS) and ("id" in keys or "samples" in keys):
             return "pool"
         shown = ", ".join(sorted(keys)[:12])
     else:
         shown = type(d).__name__
     raise InputError(
-        file, 1, None,
-        f"cannot tell the format from the first line (keys: {shown}); pass the format explicitly "
+        file, line, None,
+        f"cannot tell the format from the first record (keys: {shown}); pass the format explicitly "
         f"(one of {', '.join(IMPORTERS)})",
     )
 

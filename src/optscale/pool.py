@@ -7,12 +7,9 @@ policies over the array view :class:`PoolArrays` built by :func:`to_arrays`.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import math
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from optscale import jsonio as _jsonio
 from optscale.errors import InputError, ParameterError
 
 __all__ = [
@@ -83,76 +81,24 @@ class Pool:
 # reading JSON Lines
 # --------------------------------------------------------------------------------------------------
 
-ON_ERROR = ("raise", "skip-truncated-last")
-
-
-def _open_text(path: str | os.PathLike) -> io.TextIOBase:
-    p = str(path)
-    if p.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8")
-    return open(p, encoding="utf-8")
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
+ON_ERROR = _jsonio.ON_ERROR
 
 
 def iter_jsonl(path: str | os.PathLike, on_error: str = "raise", notes: list[str] | None = None) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line number, parsed object)`` for each non-blank line of a JSON Lines file (``.gz`` too).
+    """Yield ``(line number, parsed object)`` for each non-blank line of a JSON Lines file (gzip too,
+    recognised by its magic bytes): :func:`optscale.jsonio.iter_jsonl`, whose errors are raised as
+    :class:`PoolError` (naming the file and line).
 
-    A line that is not valid JSON raises :class:`PoolError` naming the file and line; when it is the last
-    line and the file does not end with a newline, the message says the file is truncated. With
-    ``on_error="skip-truncated-last"`` such a truncated last line is skipped instead, with a warning and
-    a note appended to ``notes``; any other invalid line still raises. ``NaN``/``Infinity`` are rejected.
+    A line that is not valid JSON raises; when it is the last line and the file does not end with a
+    newline, the message says the file is truncated. With ``on_error="skip-truncated-last"`` such a
+    truncated last line is skipped instead, with a warning and a note appended to ``notes``; any other
+    invalid line still raises. ``NaN``/``Infinity``, binary or non-UTF-8 data, corrupt gzip, nesting
+    deeper than :data:`optscale.jsonio.MAX_DEPTH`, over-long integers and lone surrogates are errors too.
     """
-    if on_error not in ON_ERROR:
-        raise ParameterError("on_error", f"must be one of {list(ON_ERROR)}, got {on_error!r}")
-    file = str(path)
     try:
-        fh = _open_text(path)
-    except FileNotFoundError:
-        raise InputError(file, None, None, "no such file") from None
-    except OSError as exc:
-        raise InputError(file, None, None, f"cannot open: {exc.strerror or exc}") from None
-    with fh:
-        lineno = 0
-        pending: tuple[int, str] | None = None  # a line is yielded once we know whether it is the last
-        while True:
-            try:
-                raw = fh.readline()
-            except UnicodeDecodeError as exc:
-                raise PoolError(file, lineno + 1, None, f"not UTF-8 text ({exc.reason})") from None
-            if pending is not None:
-                n, text = pending
-                is_last = raw == ""
-                try:
-                    obj = json.loads(text, parse_constant=_reject_constant)
-                except ValueError as exc:
-                    truncated = is_last and not text.endswith("\n")
-                    if truncated and on_error == "skip-truncated-last":
-                        msg = (
-                            f"{file}, line {n}: skipped the truncated last line "
-                            f"({len(text)} characters, invalid JSON, no final newline)"
-                        )
-                        warnings.warn(msg, stacklevel=2)
-                        if notes is not None:
-                            notes.append(msg)
-                        return
-                    if truncated:
-                        raise PoolError(
-                            file, n, None,
-                            f"truncated last line: invalid JSON ({exc}) and the file does not end with a "
-                            "newline; the file was cut off (use on_error='skip-truncated-last' / "
-                            "--skip-truncated-last to read the complete lines before it)",
-                        ) from None
-                    raise PoolError(file, n, None, f"invalid JSON: {exc}") from None
-                yield n, obj
-                pending = None
-            if raw == "":
-                return
-            lineno += 1
-            if raw.strip():
-                pending = (lineno, raw)
+        yield from _jsonio.iter_jsonl(path, on_error=on_error, notes=notes)
+    except _jsonio.JsonError as exc:
+        raise PoolError(exc.file, exc.line, exc.field, exc.reason) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,24 +235,37 @@ def load_pool(path: str | os.PathLike, on_error: str = "raise") -> Pool:
 
 def save_pool(pool: Pool, path: str | os.PathLike) -> None:
     """Write ``pool`` as JSON Lines (``.gz`` compresses), one problem per line, atomically (a temporary
-    file renamed into place). Every problem is validated first; invalid content raises
+    file in the same directory, renamed into place; removed on failure, see
+    :func:`optscale.jsonio.atomic_write`). The path is checked first (its directory exists, it is not a
+    directory) and every problem is validated before anything is written; invalid content raises
     :class:`PoolError` and writes nothing."""
     path = Path(path)
+    _jsonio.check_output(path, "path")
     lines = []
     seen: set[str] = set()
+    where = f"<pool to save to {path}>"
     for k, p in enumerate(pool.problems):
         d = problem_to_dict(p)
-        problem_from_dict(json.loads(json.dumps(d, allow_nan=True)), f"<pool to save to {path}>", k + 1)
+        try:
+            problem_from_dict(json.loads(json.dumps(d, allow_nan=True)), where, k + 1)  # fields, NaN
+            line = json.dumps(d, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (ValueError, TypeError, RecursionError) as exc:
+            if isinstance(exc, PoolError):
+                raise
+            try:  # name the field: a lone surrogate, too deep a nesting, ...
+                _jsonio.loads(json.dumps(d), where, k + 1)
+            except _jsonio.JsonError as err:
+                raise PoolError(where, k + 1, err.field, err.reason) from None
+            except (ValueError, TypeError, RecursionError):
+                pass
+            raise PoolError(where, k + 1, None, f"problem {p.id!r} cannot be written as JSON: {exc}") from None
         if p.id in seen:
-            raise PoolError(f"<pool to save to {path}>", k + 1, "id", f"duplicate problem id {p.id!r}")
+            raise PoolError(where, k + 1, "id", f"duplicate problem id {p.id!r}")
         seen.add(p.id)
-        lines.append(json.dumps(d, ensure_ascii=False, allow_nan=False))
-    tmp = path.with_name(path.name + ".tmp")
-    data = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
-    if path.suffix == ".gz":
-        data = gzip.compress(data)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+        lines.append(line)
+    with _jsonio.atomic_write(path, "wb") as fh:
+        for line in lines:
+            fh.write(line + b"\n")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class EvalReport:
         """The report as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False, default=json_default)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            _write_text(path, text + "\n")
         return text
 
     def to_csv(self, path: str | Path | None = None) -> str:
@@ -120,7 +120,7 @@ class EvalReport:
             w.writerow([_csv_cell(d[n]) for n in names])
         text = buf.getvalue()
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            _write_text(path, text)
         return text
 
     def to_markdown(self, path: str | Path | None = None, *, include_calib: bool = False,
@@ -178,7 +178,7 @@ class EvalReport:
             lines.append("`*` = on the accuracy-vs-tokens Pareto frontier of its split (oracle excluded).")
         text = "\n".join(lines).rstrip() + "\n"
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            _write_text(path, text)
         return text
 
 
@@ -307,3 +307,10 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _write_text(path, text: str) -> None:
+    """Atomic UTF-8 write (temporary file renamed into place; see optscale.jsonio.atomic_write)."""
+    from optscale.jsonio import write_text
+
+    write_text(path, text, param="path")

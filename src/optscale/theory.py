@@ -30,7 +30,7 @@ from optscale.errors import ParameterError
 
 __all__ = [
     "SIGMA_MIN", "SIGMA_MAX", "MU_BOUND", "logcdf", "cdf", "logsf", "logpdf", "pdf", "ppf", "sample",
-    "max_cdf", "max_ppf", "NStar", "n_star", "n_star_from_logcdf", "Fit", "fit_mle", "fit_map",
+    "max_cdf", "max_ppf", "NStar", "n_star", "n_star_from_logcdf", "NSTAR_TIE_RTOL", "Fit", "fit_mle", "fit_map",
     "neg_log_likelihood", "moments_to_params", "params_to_moments", "log_normalizer",
 ]
 
@@ -350,20 +350,29 @@ class NStar:
     exact: np.ndarray
 
 
+#: the largest sampling budget N_max accepted (2^53: integers up to it are exact in float64)
+MAX_N_MAX = 2**53
+NSTAR_TIE_RTOL = 1e-13   # quotients this close above an integer are ties (float noise in ln F, ln alpha)
+
+
 def _check_alpha_nmax(alpha, n_max) -> tuple[np.ndarray, np.ndarray]:
     alpha = _array("alpha", alpha, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     n_max = np.asarray(n_max)
     if not np.issubdtype(n_max.dtype, np.number) or np.any(~np.isfinite(n_max)) or np.any(n_max < 1) \
             or np.any(n_max != np.floor(n_max)):
         raise ParameterError("n_max", "must be an integer >= 1")
+    if np.any(n_max > MAX_N_MAX):  # beyond 2^53 the float arithmetic of N* is not exact (and int64 overflows)
+        raise ParameterError("n_max", f"must be at most 2^53 = {MAX_N_MAX}, got {n_max.max()}")
     return alpha, n_max.astype(np.int64)
 
 
 def n_star_from_logcdf(log_F, alpha, n_max) -> NStar:
     """N* = ceil(ln alpha / ln F(s*)) clipped to [1, n_max], from log F(s*) (Theorem 1).
 
-    The result is the smallest N >= 1 with N ln F <= ln alpha, i.e. 1 - F^N >= 1 - alpha (the ceiling is
-    corrected by one step where the float quotient lands on the wrong side of an integer).
+    The result is the smallest N >= 1 with N ln F <= ln alpha, i.e. 1 - F^N >= 1 - alpha. Where the
+    quotient lies within a relative ``NSTAR_TIE_RTOL`` (1e-13) above an integer k, N* = k: there F^k and
+    alpha agree to within the rounding of F itself, so float noise must not decide, and mathematically exact
+    ties (F(s*) = 1/2 at mu = s* = 0.5, alpha = 2^-k) give k, as the definition does (1 - F^k = 1 - alpha).
     log F = -inf gives N = 1; log F = 0 (F = 1) is unreachable and gives n_max.
     """
     log_F = _array("log_F", log_F, hi=0.0)
@@ -373,9 +382,7 @@ def n_star_from_logcdf(log_F, alpha, n_max) -> NStar:
     reachable = log_F < 0.0
     with np.errstate(**_QUIET):
         exact = np.where(reachable, log_a / log_F, np.inf)
-        n = np.ceil(np.minimum(exact, n_max + 1.0))
-        n = np.where((n > 1) & ((n - 1) * log_F <= log_a), n - 1, n)
-        n = np.where(n * log_F > log_a, n + 1, n)
+        n = np.ceil(np.minimum(exact * (1.0 - NSTAR_TIE_RTOL), n_max + 1.0))
     n = np.clip(np.where(reachable, n, n_max), 1, n_max).astype(np.int64)
     return NStar(n=n, reachable=reachable, exact=exact)
 
@@ -391,6 +398,11 @@ def n_star(mu, sigma, target, alpha, n_max) -> NStar:
         return fast
     mu, sigma = _params(mu, sigma)
     target = _array("target", target, lo=0.0, hi=1.0)
+    if mu.ndim == 1 and sigma.shape == mu.shape and target.ndim == 0 and mu.size > _FIT_CHUNK:
+        # elementwise: in chunks, so that the log-CDF temporaries stay small (same numbers)
+        log_f = np.concatenate([_logcdf_only(target, mu[s:s + _FIT_CHUNK], sigma[s:s + _FIT_CHUNK])
+                                for s in range(0, mu.size, _FIT_CHUNK)])
+        return n_star_from_logcdf(log_f, alpha, n_max)
     return n_star_from_logcdf(_logcdf_only(target, mu, sigma), alpha, n_max)
 
 
@@ -634,7 +646,26 @@ def _fit(scores, mask, prior, sigma_min, sigma_max, mu_bound, max_iter, tol) -> 
         fast = _fit_small(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_iter, tol)
         if fast is not None:
             return fast
-    return _fit_stats(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_iter, tol)
+    B = n.shape[0]
+    if B <= _FIT_CHUNK:
+        return _fit_stats(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_iter, tol)
+    # rows are independent: fit in chunks so that the optimizer's temporaries stay small (memory linear in
+    # the chunk, not the batch); the numbers are the same as one batch's
+    if prior is not None:
+        prior = tuple(np.broadcast_to(np.asarray(p, float), (B,)) for p in prior)
+    parts = [
+        _fit_stats(n[s:s + _FIT_CHUNK], mean[s:s + _FIT_CHUNK], var[s:s + _FIT_CHUNK], (min(_FIT_CHUNK, B - s),),
+                   None if prior is None else tuple(p[s:s + _FIT_CHUNK] for p in prior),
+                   sigma_min, sigma_max, mu_bound, max_iter, tol)
+        for s in range(0, B, _FIT_CHUNK)
+    ]
+    cat = {f: np.concatenate([getattr(p, f) for p in parts]).reshape(shape)
+           for f in ("mu", "sigma", "nll", "converged", "at_bound")}
+    return Fit(**cat, iterations=max(p.iterations for p in parts))
+
+
+#: rows per batch of the vectorized fit (bounds its temporaries to tens of MB)
+_FIT_CHUNK = 1 << 16
 
 
 def _fit_stats(n, mean, var, shape, prior, sigma_min, sigma_max, mu_bound, max_iter, tol) -> Fit:
@@ -753,7 +784,7 @@ def _n_star_scalar(mu, sigma, target, alpha, n_max) -> NStar | None:
     mu, sigma, target, alpha = (float(v) for v in args)
     n_max = int(n_max)
     if not (abs(mu) < np.inf and 0.0 < sigma < np.inf and 0.0 <= target <= 1.0 and 0.0 < alpha < 1.0
-            and 1 <= n_max < 2**62):
+            and 1 <= n_max <= MAX_N_MAX):
         return None
     from optscale import _theory_scalar as S
 

@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+import warnings
 
 #: sub-command modules, in the order shown by ``optscale --help``
 COMMANDS = ("run", "generate", "eval", "nstar", "pool", "predictor")
 
 
+#: what argparse should read as a negative number, not an option: -1, -.5, -1e6, -2.5E-3, -inf, -nan
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser that takes ``--mu -1e6`` as a value: argparse's own test for negative numbers
+    (``-1``, ``-0.5``) misses exponents and ``-inf``, so ``-1e6`` was read as an unknown option. Sub-parsers
+    are created with the parser's class, so every sub-command gets it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="optscale",
         description=(
             "Compute-optimal inference-time scaling (OptScale): decide per problem how many "
@@ -39,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():
+            # library warnings (e.g. a torn checkpoint line discarded) as one line each, not a source excerpt
+            warnings.showwarning = lambda message, *a, **k: print(
+                f"optscale {args.command}: warning: {message}", file=sys.stderr
+            )
+            code = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -78,7 +78,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-coverage", dest="coverage", action="store_false",
                    help="skip the reliability grid of the rules that claim P(best >= s*) >= 1 - alpha")
     p.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the oracle lower bound")
-    p.add_argument("--out", default=None, help="directory for results.{csv,json,md} and accuracy_vs_tokens.png")
+    p.add_argument("--out", default=None,
+                   help="directory for results.{csv,json,md} and accuracy_vs_tokens.png (created with its parents; "
+                        "files in it are replaced; a path that exists and is not a directory is refused before "
+                        "evaluating)")
     add_json_flag(p)
     p.set_defaults(func=run)
     return p
@@ -116,20 +119,41 @@ def _split_methods(text: str) -> list[str]:
 
 
 def _meta_priors(pool):
+    """Priors from problem meta "prior" ([mu0, sigma0], [mu0, sigma0, sd_mu, sd_sigma] or {"mu0", "sigma0"}),
+    None when no problem has one. A malformed prior, or a pool where only some problems have one, raises
+    InputError naming the problem (never silently evaluated without priors)."""
+    import math
+
     import numpy as np
 
+    from optscale.errors import InputError
+
+    have = [(prob.meta or {}).get("prior") is not None for prob in pool.problems]
+    if not any(have):
+        return None
     vals = []
+    width = None
     for prob in pool.problems:
         pr = (prob.meta or {}).get("prior")
+
+        def bad(msg: str, pid=prob.id):
+            raise InputError(pool.source, None, "meta.prior", f"problem {pid!r}: {msg}")
+
         if pr is None:
-            return None
+            bad(f"missing, but {sum(have)} of {len(have)} problems have a prior (give every problem one, or none)")
         if isinstance(pr, dict):
             pr = [pr.get("mu0", pr.get("mu")), pr.get("sigma0", pr.get("sigma"))]
+        if not isinstance(pr, list) or len(pr) not in (2, 4):
+            bad(f"must be [mu0, sigma0], [mu0, sigma0, sd_mu, sd_sigma] or {{\"mu0\": .., \"sigma0\": ..}}, got {pr!r}")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in pr):
+            bad(f"values must be finite numbers, got {pr!r}")
+        if pr[1] <= 0 or (len(pr) == 4 and (pr[2] <= 0 or pr[3] <= 0)):
+            bad(f"sigma0 (and sd_mu, sd_sigma) must be > 0, got {pr!r}")
+        if width is not None and len(pr) != width:
+            bad(f"has {len(pr)} values, other problems {width}")
+        width = len(pr)
         vals.append(pr)
-    try:
-        return np.asarray(vals, dtype=float)
-    except (TypeError, ValueError):
-        return None
+    return np.asarray(vals, dtype=float)
 
 
 def run(args) -> int:
@@ -142,6 +166,17 @@ def run(args) -> int:
     from optscale.pool import to_arrays
 
     ev = importlib.import_module("optscale.evaluate")  # (optscale.evaluate is also a lazy function export)
+    if args.out:  # decided before evaluating: an --out that cannot be a directory fails now, not at the end
+        from optscale.jsonio import check_output
+
+        check_output(args.out, "--out", directory=True)
+    methods = _split_methods(args.methods) if args.methods else None
+    if args.methods is not None:
+        if not methods:
+            raise ParameterError("--methods", "no method given")
+        dup = sorted({m for m in methods if methods.count(m) > 1})
+        if dup:
+            raise ParameterError("--methods", f"{', '.join(dup)} given more than once")
     pool = import_pool(args.pool, args.format)
     arrays = to_arrays(pool, equiv=args.equiv)
     P, M = arrays.answers.shape
@@ -168,16 +203,14 @@ def run(args) -> int:
             difficulty = np.asarray(vals, dtype=float)
             break
 
-    if args.methods:
-        methods = _split_methods(args.methods)
-    else:
+    del pool  # the arrays, priors and difficulty hold all the evaluation needs (frees the sample objects)
+
+    if not methods:
         has_scores = bool(getattr(arrays, "has_scores", False)) or bool(
             np.all(~np.isnan(arrays.scores) | (np.arange(M)[None, :] >= arrays.n[:, None])))
         methods = (DEFAULT_METHODS_SCORED if has_scores else DEFAULT_METHODS_UNSCORED).split(",")
         if has_scores and priors is not None:
             methods.append("optscalet")
-    if not methods:
-        raise ParameterError("methods", "no method given")
     budgets = _int_list(args.budgets, "budgets") if args.budgets else ev.default_budgets(M)
     for flag, value in (("--tokens-per-point", args.tokens_per_point), ("--total-budget", args.total_budget)):
         if value is not None and not (value > 0 and np.isfinite(value)):

@@ -13,12 +13,12 @@ import argparse
 from optscale.cli.run import (
     add_generation_args,
     add_problem_args,
-    generation_kwargs,
     load_cli_problems,
     make_cli_scorer,
     make_generator,
     print_summary,
     prompt_template,
+    run_config,
 )
 
 
@@ -50,14 +50,8 @@ def main(args) -> int:
     if args.k < 1:
         raise ParameterError("-k", f"must be >= 1, got {args.k}")
     scorer = make_cli_scorer(args)
+    config = run_config(args, template, args.k, equiv="exact", results_path=args.out)
     generator = make_generator(args, scorer)
-    summary = generate(
-        problems,
-        generator,
-        scorer,
-        args.k,
-        out_path=args.out,
-        **generation_kwargs(args, template),
-    )
+    summary = generate(problems, generator, scorer, config=config)
     print_summary(summary, args, what="generate")
     return 0

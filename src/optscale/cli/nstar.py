@@ -43,6 +43,8 @@ def run(args) -> int:
     from optscale import theory
     from optscale.errors import ParameterError
 
+    if not 1 <= args.max_n <= theory.MAX_N_MAX:
+        raise ParameterError("--max-n", f"must be an integer in [1, 2^53 = {theory.MAX_N_MAX}], got {args.max_n}")
     if args.alpha is not None:
         alpha = args.alpha
     else:

@@ -117,18 +117,29 @@ def _count_items(path: str, fmt: str) -> int | None:
     """Number of problems in SRC for the progress bar (lines of a JSONL file), None when unknown."""
     if fmt == "optscale":
         return None
+    import zlib
+
+    from optscale.errors import InputError
+    from optscale.jsonio import open_binary
+
     try:
-        with open(path, "rb") as fh:
+        with open_binary(path) as fh:
             return sum(1 for line in fh if line.strip())
-    except OSError:
+    except (InputError, OSError, EOFError, zlib.error):  # the importer reports what is wrong
         return None
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    import math
+
     from optscale.errors import ParameterError
     from optscale.importers import import_pool, sniff_format
+    from optscale.jsonio import check_output
     from optscale.pool import save_pool, summary
 
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ParameterError("--timeout", f"must be a number of seconds > 0, got {args.timeout}")
+    check_output(args.output, "--output")  # before importing (and grading), not after
     fmt = args.format if args.format != "auto" else sniff_format(args.src)
     kwargs: dict = {}
     only = {"prompts": "optscale", "agg": "search-and-learn", "score_field": "optscale", "tokens": "selfconsistency"}

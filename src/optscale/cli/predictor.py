@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from optscale.cli._common import add_json_flag, emit_json
 
@@ -99,7 +98,7 @@ def _load_texts(path, field=None) -> tuple[list[str], list[str]]:
     """(texts, ids) from a JSON list / JSON Lines file of objects (question field picked automatically
     or ``field``) or of strings. Ids need not be unique here (the paper's MATH file repeats one)."""
     from optscale.errors import InputError
-    from optscale.online.data import read_records
+    from optscale.problems import read_records
 
     items, _ = read_records(path)
     texts, ids = [], []
@@ -126,14 +125,10 @@ def _load_texts(path, field=None) -> tuple[list[str], list[str]]:
 def _load_labels(path, n: int):
     import numpy as np
 
+    from optscale import jsonio
     from optscale.errors import InputError
 
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(str(path), None, None, "file not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+    data = jsonio.read_json(path)  # missing, directory, binary, non-UTF-8, syntax: one error naming the file
     try:
         arr = np.asarray(data, dtype=float)
     except (TypeError, ValueError):
@@ -166,8 +161,10 @@ def _print_metrics(m: dict, title: str) -> None:
 def run_train(args) -> int:
     import time
 
+    from optscale.jsonio import check_output
     from optscale.predictor import Predictor
 
+    check_output(args.out, "--out")  # before training, not after
     texts, _ = _load_texts(args.data, args.question_field)
     y = _load_labels(args.labels, len(texts))
     emb = None if args.embedder.lower() in ("none", "") else args.embedder
@@ -207,17 +204,36 @@ def _read_pool(path):
     return load_pool(path)
 
 
+def _looks_like_pool(path) -> bool:
+    """Whether the first record of ``path`` is a pool line (a problem with ``samples``)."""
+    from optscale import jsonio
+    from optscale.importers import sniff_format
+
+    if sniff_format(path) != "pool":
+        return False
+    records = jsonio.iter_jsonl(path)
+    try:
+        return "samples" in next(records)[1]
+    finally:
+        records.close()
+
+
 def run_predict(args) -> int:
+    from optscale import jsonio
+    from optscale.errors import InputError
+
+    if args.out:
+        jsonio.check_output(args.out, "--out")
+    jsonio.read_head(args.input, 1)  # a missing file, a directory or corrupt gzip: one clear error
     pred = _load_model(args.model)
     pool = None
     kind = args.kind
     if kind == "auto":
-        from optscale.errors import InputError
-        from optscale.importers import sniff_format
-
         try:  # a file that looks like a pool is read (and validated) as one: its errors are reported
-            kind = "pool" if sniff_format(args.input) == "pool" else "problems"
-        except InputError:
+            kind = "pool" if _looks_like_pool(args.input) else "problems"
+        except InputError as exc:
+            if getattr(exc, "kind", None) in ("file", "gzip", "encoding"):
+                raise
             kind = "problems"
     if kind == "pool":
         pool = _read_pool(args.input)
@@ -242,7 +258,7 @@ def run_predict(args) -> int:
     # {id: prior}, or a list aligned with the problems when ids repeat
     data = dict(zip(ids, rows, strict=True)) if len(set(ids)) == len(ids) else rows
     if args.out:
-        Path(args.out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        jsonio.write_text(args.out, json.dumps(data, indent=1) + "\n", param="--out")
         if args.json:
             emit_json({"problems": len(rows), "output": str(args.out), "kind": "priors"})
         else:

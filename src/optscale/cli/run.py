@@ -215,15 +215,9 @@ def prompt_template(args) -> str:
     if args.prompt_template and args.prompt_file:
         raise ParameterError("--prompt-file", "give either --prompt-template or --prompt-file, not both")
     if args.prompt_file:
-        try:
-            with open(args.prompt_file, encoding="utf-8") as fh:
-                return fh.read()
-        except OSError as exc:
-            from optscale.errors import InputError
+        from optscale.jsonio import read_text
 
-            raise InputError(
-                args.prompt_file, None, None, f"cannot read the prompt template: {exc.strerror}"
-            ) from None
+        return read_text(args.prompt_file)  # missing, directory, binary, non-UTF-8: one error naming the file
     return args.prompt_template or DEFAULT_PROMPT_TEMPLATE
 
 
@@ -234,18 +228,27 @@ def max_tokens(args) -> int:
     return MAX_TOKENS_SERVER if args.base_url else MAX_TOKENS_EMBEDDED
 
 
-def generation_kwargs(args, template: str) -> dict:
-    """Keyword arguments of the runner that ``run`` and ``generate`` share (sampling, checkpointing)."""
-    return dict(
-        prompt_template=template,
+def run_config(args, template: str, n_max: int, **fields):
+    """The :class:`~optscale.online.runner.RunConfig` of ``run`` and ``generate`` (sampling, checkpointing);
+    ``fields`` adds what differs between them (``equiv``, ``results_path``, ``prior_fn``)."""
+    from optscale.online.runner import RunConfig, SamplingConfig
+
+    sampling = SamplingConfig(
+        n_max=n_max,
         max_tokens=max_tokens(args),
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        equiv=fields.pop("equiv", "math"),
+    )
+    return RunConfig(
+        sampling=sampling,
+        prompt_template=template,
         concurrency=args.concurrency,
         resume=args.resume,
         progress=args.progress,
         save_texts=args.save_texts,
+        **fields,
     )
 
 
@@ -333,18 +336,9 @@ def main(args) -> int:
             f"{args.scorer} its priors are on another score scale and can dominate the MAP fit",
             file=sys.stderr,
         )
+    config = run_config(args, template, args.n_max, equiv=args.equiv, results_path=args.out, prior_fn=prior_fn)
     generator = make_generator(args, scorer)
-    summary = run(
-        problems,
-        generator,
-        scorer,
-        policy,
-        args.n_max,
-        equiv=args.equiv,
-        results_path=args.out,
-        prior_fn=prior_fn,
-        **generation_kwargs(args, template),
-    )
+    summary = run(problems, generator, scorer, policy, config=config)
     print_summary(summary, args)
     if summary.completed < summary.problems:  # pragma: no cover - run() raises before this
         print(f"optscale run: {summary.problems - summary.completed} problems unfinished", file=sys.stderr)

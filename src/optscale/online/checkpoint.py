@@ -13,9 +13,10 @@ and sample index. A resumed run reuses the recorded samples instead of generatin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import sys
+import warnings
 from pathlib import Path
 
 from optscale._json import json_default
@@ -89,9 +90,7 @@ class JsonlAppender:
         """Write ``objs`` as lines with a single ``write`` call, then flush and fsync."""
         if not objs:
             return
-        buf = b"".join(
-            json.dumps(o, ensure_ascii=False, default=json_default).encode() + b"\n" for o in objs
-        )
+        buf = b"".join(_line(o) for o in objs)
         self._fh.write(buf)
         self._fh.flush()
         if self._fsync:
@@ -106,6 +105,89 @@ class JsonlAppender:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _line(obj: dict) -> bytes:
+    """One JSON line, UTF-8; a record whose strings hold lone surrogates (e.g. ``"\\ud800"`` from a
+    malformed model output), which UTF-8 cannot encode, is written with ``\\u`` escapes instead, so it
+    reads back equal."""
+    text = json.dumps(obj, ensure_ascii=False, default=json_default)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, default=json_default).encode("ascii") + b"\n"
+
+
+def question_fingerprint(question: str) -> str:
+    """A short fingerprint of a question (16 hex digits of SHA-256), recorded with every checkpointed
+    sample so that a resumed run never reuses samples of another problem that has the same id."""
+    return hashlib.sha256(str(question).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+class OutputLock:
+    """An exclusive, non-blocking ``fcntl.flock`` on a run's output file, held while the run writes it, so
+    that two processes never write the same results (the second one gets :class:`InputError`). The lock
+    goes away with the process (also when it is killed). No-op where ``fcntl`` does not exist."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fh = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "ab")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise InputError(
+                str(self.path),
+                None,
+                None,
+                "is being written by another optscale process (it holds the lock); wait until it is done "
+                "or choose another output file",
+            ) from None
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the descriptor releases the flock
+            self._fh = None
+
+
+#: fields of a checkpointed sample: name -> (types, may be None)
+_SAMPLE_FIELDS = {
+    "answer": (str, True),
+    "score": ((int, float), True),
+    "tokens": (int, False),
+    "finish_reason": (str, True),
+    "seed": (int, True),
+    "text": (str, True),
+}
+
+
+def _check_sample(path: Path, lineno: int, rec: dict) -> tuple[str, int]:
+    """(problem id, index) of a checkpointed sample record; InputError naming file, line and field."""
+    pid, idx = rec.get("problem"), rec.get("index")
+    if not isinstance(pid, str | int) or isinstance(pid, bool):
+        raise InputError(str(path), lineno, "problem", f"sample record needs a problem id, got {pid!r}")
+    if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+        raise InputError(str(path), lineno, "index", f"sample record needs an index >= 0, got {idx!r}")
+    for name, (types, nullable) in _SAMPLE_FIELDS.items():
+        if name not in rec:
+            raise InputError(str(path), lineno, name, "missing in the sample record")
+        v = rec[name]
+        if v is None and nullable:
+            continue
+        if isinstance(v, bool) or not isinstance(v, types):
+            raise InputError(str(path), lineno, name, f"has the wrong type: {v!r}")
+    if rec["tokens"] < 0:
+        raise InputError(str(path), lineno, "tokens", f"must be >= 0, got {rec['tokens']!r}")
+    if rec["score"] is not None and not (0.0 <= rec["score"] <= 1.0):
+        raise InputError(str(path), lineno, "score", f"must be in [0, 1], got {rec['score']!r}")
+    return str(pid), idx
 
 
 def checkpoint_path(results_path: str | Path) -> Path:
@@ -126,6 +208,7 @@ class SampleCheckpoint:
         self.path = Path(path)
         self.config = json.loads(json.dumps(config, default=json_default))
         self.samples: dict[str, dict[int, dict]] = {}
+        self.lines: dict[tuple[str, int], int] = {}  # (problem, index) -> line of a loaded sample
         self.torn = False
         warn = warn or _warn
         if resume and self.path.exists():
@@ -152,15 +235,12 @@ class SampleCheckpoint:
                 for lineno, rec in enumerate(records[1:], 2):
                     if rec.get("type") != "sample":
                         continue
-                    try:
-                        pid, idx = str(rec["problem"]), int(rec["index"])
-                    except (KeyError, TypeError, ValueError):
-                        raise InputError(
-                            str(self.path), lineno, "problem/index", "malformed sample record"
-                        ) from None
+                    pid, idx = _check_sample(self.path, lineno, rec)
                     # a duplicate (same problem, same index) can only come from identical regeneration;
                     # the first one wins, so the set of samples stays exactly one per index
-                    self.samples.setdefault(pid, {}).setdefault(idx, rec)
+                    if idx not in self.samples.setdefault(pid, {}):
+                        self.samples[pid][idx] = rec
+                        self.lines[(pid, idx)] = lineno
                 self._out = JsonlAppender(self.path)
                 return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,4 +268,4 @@ class SampleCheckpoint:
 
 
 def _warn(msg: str) -> None:
-    print(f"optscale: warning: {msg}", file=sys.stderr)
+    warnings.warn(msg, stacklevel=3)

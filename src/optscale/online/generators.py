@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,22 @@ Prompt = str | list[dict]
 """A plain-text prompt, or chat messages ``[{"role": "user", "content": "..."}, ...]``."""
 
 
+usage_sink: ContextVar[dict | None] = ContextVar("optscale_usage_sink", default=None)
+"""Where generators add the usage of each upstream request made in the current context (None: nowhere).
+The adaptive loop sets it around a scorer call, so the usage of an LLM judge's requests is summed exactly
+into ``LoopResult.scorer_usage`` (asyncio tasks inherit the context of the task that creates them)."""
+
+
+def record_usage(usage: dict | None) -> None:
+    """Add one request's usage to the current :data:`usage_sink` (if any)."""
+    sink = usage_sink.get()
+    if sink is None or not usage:
+        return
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        sink[key] = sink.get(key, 0) + int(usage.get(key) or 0)
+    sink["requests"] = sink.get("requests", 0) + 1
+
+
 class GenerationError(OptScaleError):
     """A generation request failed for good (after retries, or with a non-retryable error).
 
@@ -64,7 +81,11 @@ class Completion:
     ``tokens`` counts the completion tokens of this sample. ``logprobs`` holds the log-probability of
     each generated token (None when not requested or not returned); ``top_logprobs`` the top
     alternatives at each position (token text -> logprob). ``prompt_tokens`` is the prompt length of
-    the request that produced it (None if the server did not report usage).
+    the request that produced it (None if the server did not report usage). ``usage`` is the
+    upstream-reported usage of that request (``{"prompt_tokens", "completion_tokens", "total_tokens"}``),
+    set on the FIRST completion of each request only (None on the others), so summing ``usage`` over the
+    completions of any set of calls counts every request exactly once. ``raw`` is the upstream's choice
+    object unchanged (e.g. an OpenAI ``message`` with ``tool_calls``), None for local backends.
     """
 
     text: str
@@ -73,6 +94,8 @@ class Completion:
     top_logprobs: list[dict[str, float]] | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
+    usage: dict[str, int] | None = None
+    raw: dict[str, Any] | None = None
 
 
 @dataclass
@@ -136,14 +159,22 @@ class Generator(ABC):
         top_p: float = 1.0,
         logprobs: bool = False,
         stop: list[str] | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> list[Completion]:
         """Return exactly ``n`` completions of ``prompt``.
 
         ``seed`` makes sampling reproducible where the backend supports it (sample ``i`` of a call uses a
         seed derived from ``seed + i`` when samples are drawn separately). ``logprobs=True`` fills
         :attr:`Completion.logprobs` (per generated token) and :attr:`Completion.top_logprobs`.
+        ``extra_body``: extra request fields forwarded unchanged to an HTTP upstream (backends without a
+        request body reject them with ParameterError). The first completion of each upstream request
+        carries that request's usage in :attr:`Completion.usage`.
         Raises :class:`GenerationError` when the backend fails for good, ParameterError on bad arguments.
         """
+
+    async def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Make sure the backend can run (e.g. load a local model) so that a batch run fails before it
+        creates any file; raises GenerationError. Default: nothing (HTTP upstreams are not probed)."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources (HTTP connections, model memory). Idempotent."""

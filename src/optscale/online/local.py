@@ -44,6 +44,7 @@ from optscale.online.generators import (
     Prompt,
     as_messages,
     check_generate_args,
+    record_usage,
 )
 
 __all__ = ["INSTALL_HINT", "LlamaCppGenerator", "find_smollm2_gguf"]
@@ -237,6 +238,10 @@ class LlamaCppGenerator(Generator):
         self._cells = 0  # KV cells reserved since the cache was cleared (prompt + max_tokens per row)
 
     # ------------------------------------------------------------------ model lifecycle
+    async def prepare(self) -> None:
+        """Load the model now (in a thread), so a bad model file fails before a run creates its files."""
+        await asyncio.to_thread(self.load)
+
     def load(self) -> None:
         """Load the model and create the decoding context (idempotent, blocking)."""
         with self._lock:
@@ -363,8 +368,14 @@ class LlamaCppGenerator(Generator):
         top_p: float = 1.0,
         logprobs: bool = False,
         stop: list[str] | None = None,
+        extra_body: dict | None = None,
     ) -> list[Completion]:
         check_generate_args(n, max_tokens, temperature, top_p)
+        if extra_body:
+            raise ParameterError(
+                "extra_body",
+                f"the embedded llama.cpp model takes no extra request fields, got {sorted(extra_body)}",
+            )
         if not isinstance(prompt, str):
             as_messages(prompt)
         if seed is None:
@@ -383,7 +394,9 @@ class LlamaCppGenerator(Generator):
                 threading.Thread(target=self._engine, name="optscale-llama", daemon=True).start()
             self._cv.notify_all()
         # cancelling the awaiting task cancels ``future``; the engine then drops the job at its next step
-        return await asyncio.wrap_future(future)
+        out = await asyncio.wrap_future(future)
+        record_usage(out[0].usage if out else None)
+        return out
 
     # ------------------------------------------------------------------ engine thread
     def _engine(self) -> None:
@@ -581,6 +594,12 @@ class LlamaCppGenerator(Generator):
             )
         if not job.todo and job.live_units == 0 and job not in self._waiting:
             out = [job.results[i] for i in range(len(job.seeds))]
+            done = sum(c.tokens for c in out)
+            out[0].usage = {
+                "prompt_tokens": len(job.tokens or []),
+                "completion_tokens": done,
+                "total_tokens": len(job.tokens or []) + done,
+            }
             self.usage.add(samples=len(out), completion_tokens=sum(c.tokens for c in out))
             _settle(job.future, out)
 

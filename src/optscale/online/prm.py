@@ -40,9 +40,9 @@ from optscale.errors import ParameterError
 from optscale.online.scorers import (
     Scorer,
     ScoringError,
-    _check_aggregation,
-    _check_score,
     aggregate,
+    check_aggregation,
+    check_score,
     split_steps,
 )
 
@@ -100,7 +100,7 @@ class _TransformersPRM(Scorer):
         name: str | None = None,
     ):
         torch, _ = _import_torch()
-        self.aggregation = _check_aggregation(aggregation)
+        self.aggregation = check_aggregation(aggregation)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ParameterError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
         if not step_split:
@@ -188,7 +188,7 @@ class _TransformersPRM(Scorer):
         try:
             return loader.from_pretrained(name, **kwargs)
         except (OSError, ValueError) as e:
-            raise ParameterError("model", f"cannot load {name!r}: {e}") from None
+            raise ParameterError("model", f"cannot load {name!r}: {e}{_remote_code_hint(e, trust_remote_code)}") from None
 
     def steps(self, text: str) -> list[str]:
         """The steps of a completion (see :func:`~optscale.online.scorers.split_steps`)."""
@@ -243,7 +243,7 @@ class _TransformersPRM(Scorer):
             probs = probs.float().cpu().tolist()
             k = 0
             for i, _, pos in batch:
-                result[i] = [_check_score(p, i, self.name) for p in probs[k : k + len(pos)]]
+                result[i] = [check_score(p, i, self.name) for p in probs[k : k + len(pos)]]
                 k += len(pos)
         return result
 
@@ -272,8 +272,11 @@ class _TransformersPRM(Scorer):
 class QwenPRMScorer(_TransformersPRM):
     """Qwen2.5-Math-PRM layout (see the module docstring).
 
-    ``model``: a model name or path (loaded with ``AutoModel`` and ``trust_remote_code=True``, as the model
-    card does, or ``AutoModelForTokenClassification`` when the checkpoint is a ``*ForTokenClassification``),
+    ``model``: a model name or path (loaded with ``AutoModel``, or ``AutoModelForTokenClassification`` when
+    the checkpoint is a ``*ForTokenClassification``). ``trust_remote_code`` is False by default: a model
+    directory's own Python code is not run. The Qwen2.5-Math-PRM checkpoints ship their model class as such
+    code; loading them needs the explicit opt-in ``trust_remote_code=True``
+    (``--scorer prm:<dir>,trust_remote_code=true``), to be given only for a directory whose code you trust.
     or a loaded module whose output ``logits`` (or first output) is ``[batch, seq, num_labels >= 2]``;
     ``tokenizer`` is then required. ``step_separator`` (``"<extra_0>"``) must be one token of the tokenizer;
     occurrences of it inside the question or the steps are removed before scoring. ``positive_index``: the
@@ -290,7 +293,7 @@ class QwenPRMScorer(_TransformersPRM):
         step_separator: str = "<extra_0>",
         system: str | None = QWEN_PRM_SYSTEM,
         positive_index: int = 1,
-        trust_remote_code: bool = True,
+        trust_remote_code: bool = False,
         **kw: Any,
     ):
         super().__init__(model, tokenizer=tokenizer, trust_remote_code=trust_remote_code, **kw)
@@ -312,7 +315,7 @@ class QwenPRMScorer(_TransformersPRM):
         try:
             config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            raise ParameterError("model", f"cannot load {name!r}: {e}") from None
+            raise ParameterError("model", f"cannot load {name!r}: {e}{_remote_code_hint(e, trust_remote_code)}") from None
         archs = getattr(config, "architectures", None) or []
         loader = (
             AutoModelForTokenClassification
@@ -447,3 +450,11 @@ class CausalPRMScorer(_TransformersPRM):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
             logits = (out.logits if hasattr(out, "logits") else out[0])[rows, cols]
         return logits[:, cand].float().softmax(dim=-1)[:, 0]
+
+
+def _remote_code_hint(error: Exception, trusted: bool) -> str:
+    """How to opt in when loading failed because the model needs its own code (not run by default)."""
+    if trusted or "trust_remote_code" not in str(error):
+        return ""
+    return ("; this model ships its own Python code, which optscale does not run unless you opt in: "
+            "'prm:<model>,trust_remote_code=true' (only for a model directory whose code you trust)")

@@ -1,13 +1,11 @@
-"""Online adaptive Best-of-N: draw samples in waves decided by a policy, score them, pick the answer.
+"""The batch engine of online adaptive Best-of-N (``optscale run`` / ``optscale generate``).
 
-For each problem the runner loops::
-
-    k = policy.next_wave(obs, n_max)          # 0 = stop
-    draw samples n .. n+k-1 (concurrently), extract and cluster their answers, score them
-    obs = Observation(answers, scores, tokens, prior)
-
-then ``policy.select(obs)`` picks the answer, and one JSON line per problem is appended to the results
-file. Problems run concurrently (``concurrency`` at a time); the samples of a wave run concurrently too.
+Each problem is solved by the one per-problem loop, :class:`optscale.online.loop.AdaptiveLoop` (waves
+decided by the policy, samples drawn concurrently, answers extracted, clustered and scored, then
+``policy.select``); this module adds what a batch needs: a queue of problems worked ``concurrency`` at a
+time, the results file (one JSON line per problem), the per-sample checkpoint and resume, grading against
+gold answers, a progress bar and the :class:`RunSummary`. Its configuration is one :class:`RunConfig`
+(holding the loop's :class:`~optscale.online.loop.SamplingConfig`).
 
 Determinism and resume. Sample ``i`` of problem ``p`` is generated with its own seed, derived from
 (``seed``, ``p``, ``i``) — see :func:`sample_seed` — so a sample's text does not depend on how the
@@ -25,21 +23,25 @@ checkpointing) and writes a sample pool (``optscale.pool`` schema) for offline r
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from optscale.errors import InputError, OptScaleError, ParameterError
+from optscale.answers import GRADE_KINDS
+from optscale.errors import InputError, ParameterError
+from optscale.online.checkpoint import question_fingerprint
+from optscale.online.loop import AdaptiveLoop, SamplingConfig, first_error, sample_seed
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
+    "RunConfig",
     "RunSummary",
+    "SamplingConfig",
     "agenerate",
     "arun",
     "build_prompt",
@@ -63,17 +65,6 @@ def build_prompt(template: str, question: str) -> list[dict]:
     head, _, tail = template.partition("{question}")
     text = head.replace("{{", "{").replace("}}", "}") + question + tail.replace("{{", "{").replace("}}", "}")
     return [{"role": "user", "content": text}]
-
-
-def sample_seed(seed: int | None, problem_id: str, index: int) -> int | None:
-    """Seed of sample ``index`` of problem ``problem_id`` under run seed ``seed`` (None -> None, i.e.
-    unseeded): ``base + index`` where ``base`` < 2**30 comes from SHA-256 of (seed, problem id), stable
-    across processes and platforms. Consecutive samples get consecutive seeds, matching the generators'
-    convention that sample ``i`` of a multi-sample call uses ``seed + i``."""
-    if seed is None:
-        return None
-    h = hashlib.sha256(f"{seed}\x1f{problem_id}".encode()).digest()
-    return (int.from_bytes(h[:4], "big") & 0x3FFFFFFF) + int(index)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,34 +175,77 @@ class RunSummary:
 
 
 # --------------------------------------------------------------------------------------------------
-# helpers
+# configuration
 # --------------------------------------------------------------------------------------------------
 
+#: keyword arguments of run/generate that go to the SamplingConfig (the others go to RunConfig)
+SAMPLING_KEYS = frozenset(f.name for f in fields(SamplingConfig))
 
-class _Clusterer:
-    """Incremental answer clustering, same semantics as :func:`optscale.answers.cluster_answers`: an
-    answer joins the first class whose representative is equivalent; ids in order of first appearance."""
 
-    def __init__(self, equiv: Callable[[str, str], bool]):
-        from optscale.answers import normalize_answer
+@dataclass(frozen=True)
+class RunConfig:
+    """Configuration of a batch run (:func:`run` / :func:`generate`): the per-problem
+    :class:`~optscale.online.loop.SamplingConfig` plus what only the batch engine uses. Validated on
+    construction (ParameterError naming the field); nothing touches the disk before that.
 
-        self._norm = normalize_answer
-        self._eq = equiv
-        self._by_norm: dict[str, int] = {}
-        self.reps: list[str] = []
+    ``prompt_template`` contains ``{question}``; ``concurrency``: problems in flight; ``grade_kind``: how
+    answers are compared with gold answers; ``results_path``: JSONL results file (one line per problem;
+    ``<results_path>.samples.jsonl`` is the per-sample checkpoint), None to keep results in memory only;
+    ``resume``: continue from those files (False: overwrite them); ``progress``: tqdm bar on stderr (None:
+    only on a terminal); ``save_texts``: keep completion texts in the results; ``prior_fn(question) ->
+    (mu0, sigma0, sd_mu, sd_sigma)`` supplies priors (OptScale^t).
+    """
 
-    def add(self, ans: str | None) -> int:
-        norm = self._norm(ans) if isinstance(ans, str) else None
-        if norm is None:
-            return -1
-        cid = self._by_norm.get(norm)
-        if cid is None:
-            cid = next((c for c, rep in enumerate(self.reps) if self._eq(rep, ans)), -1)
-            if cid < 0:
-                cid = len(self.reps)
-                self.reps.append(ans)
-            self._by_norm[norm] = cid
-        return cid
+    sampling: SamplingConfig
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    concurrency: int = 4
+    grade_kind: str = "auto"
+    results_path: str | Path | None = None
+    resume: bool = True
+    progress: bool | None = True
+    save_texts: bool = True
+    prior_fn: Callable[[str], tuple[float, float, float, float] | None] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sampling, SamplingConfig):
+            raise ParameterError("sampling", f"must be a SamplingConfig, got {type(self.sampling).__name__}")
+        if not isinstance(self.prompt_template, str):
+            raise ParameterError("prompt_template", f"must be a string, got {self.prompt_template!r}")
+        build_prompt(self.prompt_template, "")  # validates the template
+        c = self.concurrency
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ParameterError("concurrency", f"must be an integer >= 1, got {c!r}")
+        if self.grade_kind not in GRADE_KINDS:
+            raise ParameterError("grade_kind", f"must be one of {GRADE_KINDS}, got {self.grade_kind!r}")
+        if self.results_path is not None and not isinstance(self.results_path, str | Path):
+            raise ParameterError("results_path", f"must be a path or None, got {self.results_path!r}")
+        if self.results_path is not None and str(self.results_path) == "":
+            raise ParameterError("results_path", "must not be empty")
+        for name in ("resume", "save_texts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ParameterError(name, f"must be True or False, got {getattr(self, name)!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ParameterError("progress", f"must be True, False or None, got {self.progress!r}")
+        if self.prior_fn is not None and not callable(self.prior_fn):
+            raise ParameterError("prior_fn", f"must be callable, got {self.prior_fn!r}")
+
+    @classmethod
+    def from_kwargs(cls, n_max: int, **kwargs: Any) -> RunConfig:
+        """The configuration for the keyword arguments of :func:`arun` (``n_max``, ``max_tokens``,
+        ``temperature``, ... go to the SamplingConfig, the others to RunConfig). Unknown keywords raise
+        TypeError as for any function."""
+        names = {f.name for f in fields(cls)} - {"sampling"}
+        unknown = sorted(set(kwargs) - names - SAMPLING_KEYS)
+        if unknown or "n_max" in kwargs:
+            bad = unknown[0] if unknown else "n_max"
+            raise TypeError(f"unexpected keyword argument {bad!r}")
+        sampling = SamplingConfig(n_max=n_max, **{k: v for k, v in kwargs.items() if k in SAMPLING_KEYS})
+        return cls(sampling=sampling, **{k: v for k, v in kwargs.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
 
 
 class _FixedN:
@@ -230,29 +264,6 @@ class _FixedN:
         return 0 if len(obs.answers) else -1
 
 
-def _first_error(exc: BaseException) -> BaseException:
-    """The first leaf exception of a (nested) ExceptionGroup; user-facing errors first."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = []
-
-        def walk(e):
-            if isinstance(e, BaseExceptionGroup):
-                for sub in e.exceptions:
-                    walk(sub)
-            else:
-                leaves.append(e)
-
-        walk(exc)
-        for e in leaves:
-            if isinstance(e, OptScaleError):
-                return e
-        for e in leaves:
-            if not isinstance(e, asyncio.CancelledError):
-                return e
-        return leaves[0] if leaves else exc
-    return exc
-
-
 def _describe(obj: Any) -> dict | None:
     if obj is None:
         return None
@@ -264,46 +275,16 @@ def _describe(obj: Any) -> dict | None:
     return d
 
 
-def _policy_info(policy: Any, obs: Any, n_max: int) -> dict | None:
-    """Fitted parameters / diagnostics the policy reports for the final observation of a problem.
-
-    Uses ``policy.info(obs)`` when the policy has one, else replays the policy on a one-row batch
-    holding ``obs`` (``ReplayResult.info``: e.g. the fitted ``mu``/``sigma`` and ``n_star`` of
-    OptScale). Returns a JSON-able dict, or None when the policy reports nothing."""
-    import numpy as np
-
-    info = None
-    fn = getattr(policy, "info", None)
-    if callable(fn):
-        info = fn(obs)
-    elif callable(getattr(policy, "replay", None)) and len(obs.answers):
-        from optscale.policies import ReplayBatch
-
-        prior = None if obs.prior is None else np.asarray(obs.prior, dtype=np.float64)[None, :]
-        batch = ReplayBatch(
-            answers=obs.answers[None, :],
-            scores=obs.scores[None, :],
-            tokens=obs.tokens[None, :],
-            n=np.asarray([len(obs.answers)]),
-            priors=prior,
-        )
-        try:
-            res = policy.replay(batch, n_max)
-        except Exception:  # diagnostics only: never fail a run over them
-            return None
-        info = {k: v[0] for k, v in (res.info or {}).items() if np.ndim(v) >= 1 and len(v) == 1}
-    if not isinstance(info, dict) or not info:
-        return None
-    out = {}
-    for k, v in info.items():
-        if isinstance(v, np.ndarray):
-            v = v.tolist() if v.ndim else v.item()
-        elif isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        out[str(k)] = v
-    return out
+def _collision(path, line, field, pid, question, recorded) -> InputError:
+    what = f" ({recorded[:60]!r})" if isinstance(recorded, str) else ""
+    return InputError(
+        str(path),
+        line,
+        field,
+        f"problem id {pid!r} was recorded for another question{what} than this problem set's "
+        f"({question[:60]!r}); problems without ids are numbered 0, 1, ... in every file, so their ids "
+        "collide: use another output file or start over (resume=False / --no-resume)",
+    )
 
 
 def _stats(r: dict) -> tuple[int, int, bool | None]:
@@ -317,83 +298,20 @@ def _stats(r: dict) -> tuple[int, int, bool | None]:
     return len(samples), int(sum(s.get("tokens") or 0 for s in samples)), None if c is None else bool(c)
 
 
-def _batches_by_seed(generator) -> bool:
-    """Whether one ``generate(n=m, seed=s)`` call of ``generator`` yields exactly the samples of ``m``
-    calls ``generate(n=1, seed=s+i)`` (then the runner draws each run of consecutive samples in one
-    call). True for the embedded llama.cpp generator (batched decoding, one RNG per sample seeded
-    ``seed + i``), or when the generator sets ``seed_per_sample = True``; OpenAI-compatible servers
-    with native ``n`` draw all samples of a request from one seed, so they get one call per sample."""
-    flag = getattr(generator, "seed_per_sample", None)
-    if flag is not None:
-        return bool(flag)
-    try:
-        from optscale.online.local import LlamaCppGenerator
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(generator, LlamaCppGenerator)
-
-
-def _checked_score(x, index: int, scorer) -> float:
-    """A scorer's score for sample ``index``: a finite number in [0, 1], else an error naming the sample
-    (a missing or invalid score is never replaced by a default)."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        v = math.nan
-    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-        raise OptScaleError(
-            f"scorer {getattr(scorer, 'name', type(scorer).__name__)!r} gave sample {index} the score {x!r}; "
-            "scores must be finite numbers in [0, 1]"
-        )
-    return v
-
-
-def _check_args(n_max, max_tokens, temperature, concurrency) -> None:
-    if isinstance(n_max, bool) or not isinstance(n_max, int) or n_max < 1:
-        raise ParameterError("n_max", f"must be an integer >= 1, got {n_max!r}")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ParameterError("max_tokens", f"must be an integer >= 1, got {max_tokens!r}")
-    if not isinstance(temperature, int | float) or temperature < 0:
-        raise ParameterError("temperature", f"must be a number >= 0, got {temperature!r}")
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ParameterError("concurrency", f"must be an integer >= 1, got {concurrency!r}")
-
-
 # --------------------------------------------------------------------------------------------------
-# the runner
+# the batch engine
 # --------------------------------------------------------------------------------------------------
 
 
-class _Runner:
-    def __init__(
-        self,
-        problems,
-        generator,
-        scorer,
-        policy,
-        n_max: int,
-        *,
-        kind: str,
-        prompt_template: str,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-        concurrency: int,
-        equiv,
-        grade_kind: str,
-        results_path,
-        resume: bool,
-        progress: bool | None,
-        save_texts: bool,
-        prior_fn,
-        record_fn,
-        batch_samples: bool | None = None,
-    ):
-        from optscale.answers import extract_answer, get_equivalence, grade
+class _BatchEngine:
+    """Many problems through one :class:`~optscale.online.loop.AdaptiveLoop`: a queue worked by
+    ``concurrency`` tasks, checkpoint/resume, the results file, a progress bar and the summary."""
 
-        _check_args(n_max, max_tokens, temperature, concurrency)
-        build_prompt(prompt_template, "")  # validates the template
+    def __init__(self, problems, generator, scorer, policy, config: RunConfig, *, kind: str, record_fn=None):
+        from optscale.answers import grade
+
+        if not isinstance(config, RunConfig):
+            raise ParameterError("config", f"must be a RunConfig, got {type(config).__name__}")
         self.problems = list(problems)
         ids = [str(p.id) for p in self.problems]
         if len(set(ids)) != len(ids):
@@ -401,38 +319,18 @@ class _Runner:
             raise ParameterError(
                 "problems", f"duplicate problem id {dup!r} (ids key the results and checkpoints)"
             )
-        if getattr(policy, "batch_only", False):
-            raise ParameterError(
-                "policy",
-                f"{getattr(policy, 'name', policy)!r} decides over a whole problem set at once and cannot run "
-                "online; replay it offline (optscale eval) instead",
-            )
-        if getattr(policy, "needs_prior", False) and prior_fn is None:
+        if getattr(policy, "needs_prior", False) and config.prior_fn is None:
             raise ParameterError(
                 "prior_fn", f"policy {getattr(policy, 'name', policy)!r} needs per-problem priors"
             )
-        if getattr(policy, "needs_scores", False) and scorer is None:
-            raise ParameterError(
-                "scorer", f"policy {getattr(policy, 'name', policy)!r} needs scores; give a scorer"
-            )
-        self.generator, self.scorer, self.policy, self.n_max = generator, scorer, policy, n_max
+        self.loop = AdaptiveLoop(generator, scorer, policy, config.sampling)
+        self.generator, self.scorer, self.policy = generator, scorer, self.loop.policy
+        self.cfg = config
+        self.n_max = config.sampling.n_max
         self.kind = kind
-        self.template, self.max_tokens, self.temperature, self.top_p = (
-            prompt_template,
-            max_tokens,
-            temperature,
-            top_p,
-        )
-        self.seed, self.concurrency = seed, concurrency
-        self.equiv_name = equiv if isinstance(equiv, str) else getattr(equiv, "__name__", "custom")
-        self.equiv = get_equivalence(equiv)
-        self.grade_kind = grade_kind
-        self._extract, self._grade = extract_answer, grade
-        self.results_path = Path(results_path) if results_path is not None else None
-        self.resume, self.progress, self.save_texts = resume, progress, save_texts
-        self.prior_fn, self.record_fn = prior_fn, record_fn
-        self.batch_samples = _batches_by_seed(generator) if batch_samples is None else bool(batch_samples)
-        self.want_logprobs = scorer is not None and getattr(scorer, "needs_logprobs", True)
+        self.record_fn = record_fn
+        self._grade = grade
+        self.results_path = Path(config.results_path) if config.results_path is not None else None
         # statistics of this call
         self.decisions = 0
         self.controller_s = 0.0
@@ -443,32 +341,49 @@ class _Runner:
         self.reused = 0
         self.results: dict[str, dict] = {}
         self.resumed_ids: set[str] = set()
+        self.ckpt = None
+        self.out = None
+        self.lock = None
+        self.fp = {str(p.id): question_fingerprint(p.question) for p in self.problems}
 
     # -- configuration recorded in the checkpoint header ------------------------------------------
     def config(self) -> dict:
+        s = self.cfg.sampling
         return {
             "kind": self.kind,
             "generator": _describe(self.generator),
             "scorer": _describe(self.scorer),
-            "prompt_template": self.template,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "method": getattr(self.policy, "name", type(self.policy).__name__),
+            "prompt_template": self.cfg.prompt_template,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "seed": s.seed,
+            "method": self.policy_name,
             "n_max": self.n_max,
-            "equiv": self.equiv_name,
+            "equiv": s.equiv_name,
+            **({"stop": list(s.stop)} if s.stop else {}),
         }
 
     def _open_files(self):
-        from optscale.online.checkpoint import JsonlAppender, SampleCheckpoint, checkpoint_path, recover_jsonl
+        """Lock the output, then open (resume) or create the results file and its checkpoint. Every input
+        is validated before this runs, so a rejected run creates no file."""
+        from optscale.online.checkpoint import OutputLock
 
-        self.ckpt = None
-        self.out = None
         if self.results_path is None:
             return
+        self.lock = OutputLock(self.results_path)
+        try:
+            self._open_locked()
+        except BaseException:
+            self._close_files()
+            raise
+
+    def _open_locked(self):
+        from optscale.online.checkpoint import JsonlAppender, SampleCheckpoint, checkpoint_path, recover_jsonl
+
+        assert self.results_path is not None
         ck_path = checkpoint_path(self.results_path)
-        if self.resume:
+        if self.cfg.resume:
             if self.results_path.exists() and self.results_path.stat().st_size > 0 and not ck_path.exists():
                 raise InputError(
                     str(self.results_path),
@@ -479,176 +394,73 @@ class _Runner:
                 )
             # checkpoint first: it validates the configuration before anything is reused
             self.ckpt = SampleCheckpoint(ck_path, self.config(), resume=True)
+            by_id = {str(p.id): p for p in self.problems}
             records, torn = recover_jsonl(self.results_path)
             if torn:
-                print(
-                    f"optscale: warning: {self.results_path}: discarded a torn last line (killed mid-write)",
-                    file=sys.stderr,
+                warnings.warn(
+                    f"{self.results_path}: discarded a torn last line (the previous run was killed mid-write)",
+                    stacklevel=2,
                 )
-            wanted = {str(p.id) for p in self.problems}
             for lineno, rec in enumerate(records, 1):
                 if "id" not in rec:
                     raise InputError(str(self.results_path), lineno, "id", "result line without an id")
                 pid = str(rec["id"])
-                if pid in wanted:
-                    self.results[pid] = rec
-                    self.resumed_ids.add(pid)
+                p = by_id.get(pid)
+                if p is None:
+                    continue
+                if rec.get("question") != p.question:
+                    raise _collision(self.results_path, lineno, "question", pid, p.question, rec.get("question"))
+                self.results[pid] = rec
+                self.resumed_ids.add(pid)
+            for pid, recorded in self.ckpt.samples.items():
+                p = by_id.get(pid)
+                for idx, rec in recorded.items():
+                    if p is not None and rec.get("fp", self.fp[pid]) != self.fp[pid]:
+                        raise _collision(ck_path, self.ckpt.lines.get((pid, idx)), "fp", pid, p.question, None)
         else:
             self.results_path.parent.mkdir(parents=True, exist_ok=True)
             self.results_path.write_bytes(b"")
             self.ckpt = SampleCheckpoint(ck_path, self.config(), resume=False)
         self.out = JsonlAppender(self.results_path)
 
-    # -- samples ----------------------------------------------------------------------------------
-    async def _draw(self, problem, messages, start: int, count: int, loop, pool) -> dict[int, dict]:
-        """Generate, score and checkpoint samples ``start .. start+count-1`` of ``problem`` with one
-        generator call (``count`` > 1 only for generators that seed sample ``i`` of a call with
-        ``seed + i``, so the texts equal those of one call per sample)."""
-        pid = str(problem.id)
-        s = sample_seed(self.seed, pid, start)
-        comps = await self.generator.generate(
-            messages,
-            count,
-            seed=s,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            logprobs=self.want_logprobs,
-        )
-        if len(comps) != count:
-            raise OptScaleError(
-                f"generator {self.generator!r} returned {len(comps)} completions for n={count}"
-            )
-        scores: list[float | None] = [None] * count
-        if self.scorer is not None:
-            got = await loop.run_in_executor(pool, self.scorer.score, problem.question, list(comps))
-            if len(got) != count:
-                raise OptScaleError(
-                    f"scorer {type(self.scorer).__name__} returned {len(got)} scores for {count} samples"
-                )
-            scores = [_checked_score(x, i, self.scorer) for i, x in enumerate(got)]
-        out = {}
-        for j, (c, score) in enumerate(zip(comps, scores, strict=True)):
-            t0 = time.perf_counter()
-            answer = self._extract(c.text)
-            self.answer_s += time.perf_counter() - t0
-            rec = {
-                "answer": answer,
-                "score": score,
-                "tokens": int(c.tokens),
-                "finish_reason": c.finish_reason,
-                "seed": sample_seed(self.seed, pid, start + j),
-                "text": c.text,
-            }
-            self.new_samples += 1
-            self.new_tokens += int(c.tokens)
-            if self.ckpt is not None:
-                rec = self.ckpt.add(pid, start + j, rec)
-            out[start + j] = rec
-        return out
-
-    def _calls(self, missing: list[int]) -> list[tuple[int, int]]:
-        """(start, count) of the generator calls that draw the ``missing`` sample indices."""
-        if not self.batch_samples:
-            return [(i, 1) for i in missing]
-        runs: list[tuple[int, int]] = []
-        for i in missing:
-            if runs and runs[-1][0] + runs[-1][1] == i:
-                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-            else:
-                runs.append((i, 1))
-        return runs
+    def _close_files(self) -> None:
+        if self.out is not None:
+            self.out.close()
+        if self.ckpt is not None:
+            self.ckpt.close()
+        if self.lock is not None:
+            self.lock.release()
 
     # -- one problem --------------------------------------------------------------------------------
-    async def _solve(self, problem, loop, pool) -> dict:
-        import numpy as np
-
-        from optscale.policies import Observation
-
+    async def _solve(self, problem) -> dict:
         t_start = time.perf_counter()
         pid = str(problem.id)
-        messages = build_prompt(self.template, problem.question)
+        messages = build_prompt(self.cfg.prompt_template, problem.question)
         recorded = dict(self.ckpt.recorded(pid)) if self.ckpt is not None else {}
-        prior = self.prior_fn(problem.question) if self.prior_fn is not None else None
-        clus = _Clusterer(self.equiv)
-        samples: list[dict] = []
-        ids: list[int] = []
-        waves: list[int] = []
-        reused = 0
-        ctrl = 0.0
-
-        def obs():
-            return Observation(
-                answers=np.asarray(ids, dtype=np.int64),
-                scores=np.asarray(
-                    [np.nan if s["score"] is None else s["score"] for s in samples], dtype=np.float64
-                ),
-                tokens=np.asarray([s["tokens"] for s in samples], dtype=np.float64),
-                prior=prior,
-            )
-
-        o = obs()
-        while True:
-            t0 = time.perf_counter()
-            k = self.policy.next_wave(o, self.n_max)
-            dt = time.perf_counter() - t0
-            ctrl += dt
-            self.decisions += 1
-            k = int(k)
-            n = len(samples)
-            k = min(k, self.n_max - n)
-            if k <= 0:
-                break
-            idxs = list(range(n, n + k))
-            missing = [i for i in idxs if i not in recorded]
-            new: dict[int, dict] = {}
-            if missing:
-                try:
-                    async with asyncio.TaskGroup() as tg:
-                        tasks = [
-                            tg.create_task(self._draw(problem, messages, a, m, loop, pool))
-                            for a, m in self._calls(missing)
-                        ]
-                except BaseExceptionGroup as eg:
-                    raise _first_error(eg) from None
-                for t in tasks:
-                    new.update(t.result())
-            for i in idxs:
-                rec = new.get(i)
-                if rec is None:
-                    rec = recorded[i]
-                    reused += 1
-                samples.append(rec)
-                t0 = time.perf_counter()
-                ids.append(clus.add(rec.get("answer")))
-                self.answer_s += time.perf_counter() - t0
-                self.answered += 1
-            waves.append(k)
-            o = obs()
-        t0 = time.perf_counter()
-        sel = int(self.policy.select(o)) if samples else -1
-        dt = time.perf_counter() - t0
-        ctrl += dt
-        self.decisions += 1
-        self.controller_s += ctrl
-        self.reused += reused
-        if not (-1 <= sel < len(samples)):
-            raise OptScaleError(f"policy {self.policy_name} selected sample {sel} of {len(samples)}")
-        answer = samples[sel]["answer"] if sel >= 0 else None
+        prior = self.cfg.prior_fn(problem.question) if self.cfg.prior_fn is not None else None
+        ckpt = self.ckpt
+        fp = self.fp[pid]
+        on_sample = None if ckpt is None else (lambda i, rec: ckpt.add(pid, i, {**rec, "fp": fp}))
+        r = await self.loop.solve(
+            messages, problem.question, key=pid, prior=prior, recorded=recorded, on_sample=on_sample
+        )
+        self.decisions += r.decisions
+        self.controller_s += r.controller_s
+        self.answer_s += r.answer_s
+        self.answered += len(r.samples)
+        self.reused += r.reused
+        self.new_samples += r.new_samples
+        self.new_tokens += r.new_tokens
+        sel = r.selected
         gold = getattr(problem, "gold", None)
+        grade_kind = self.cfg.grade_kind
         out_samples = []
-        for i, (s, cid) in enumerate(zip(samples, ids, strict=True)):
-            d = {
-                "index": i,
-                "answer": s.get("answer"),
-                "class": cid,
-                "score": s.get("score"),
-                "tokens": s.get("tokens"),
-                "correct": self._grade(s.get("answer"), gold, self.grade_kind) if gold is not None else None,
-                "finish_reason": s.get("finish_reason"),
-            }
-            if self.save_texts:
-                d["text"] = s.get("text")
+        for s in r.samples:
+            d = {k: s[k] for k in ("index", "answer", "class", "score", "tokens")}
+            d["correct"] = self._grade(s["answer"], gold, grade_kind) if gold is not None else None
+            d["finish_reason"] = s["finish_reason"]
+            if self.cfg.save_texts:
+                d["text"] = s["text"]
             out_samples.append(d)
         correct = None
         if gold is not None:
@@ -657,17 +469,19 @@ class _Runner:
             "id": pid,
             "question": problem.question,
             "gold": gold,
-            "answer": answer,
+            "answer": r.answer,
             "selected_index": sel,
             "correct": correct,
-            "n_samples": len(samples),
-            "tokens": int(sum(s.get("tokens") or 0 for s in samples)),
-            "waves": waves,
+            "n_samples": len(r.samples),
+            "tokens": int(sum(s["tokens"] or 0 for s in r.samples)),
+            "waves": r.waves,
+            "stop_reason": r.stop_reason,
             "method": self.policy_name,
             "n_max": self.n_max,
-            "fit": _policy_info(self.policy, o, self.n_max),
-            "reused_samples": reused,
-            "controller_ms": ctrl * 1e3,
+            "fit": r.info,
+            "reused_samples": r.reused,
+            "usage": r.usage,
+            "controller_ms": r.controller_s * 1e3,
             "wall_s": time.perf_counter() - t_start,
             "samples": out_samples,
         }
@@ -677,28 +491,33 @@ class _Runner:
 
     @property
     def policy_name(self) -> str:
-        return getattr(self.policy, "name", type(self.policy).__name__)
+        return self.loop.policy_name
 
     # -- all problems -------------------------------------------------------------------------------
     async def run(self) -> RunSummary:
         from tqdm.auto import tqdm
 
-        self._warm_up()
+        self.loop.warm_up()
         t_start = time.perf_counter()
+        prepare = getattr(self.generator, "prepare", None)
+        if prepare is not None:
+            await prepare()  # e.g. load a local model: a bad model fails before any file is created
         self._open_files()
         todo = [p for p in self.problems if str(p.id) not in self.results]
+        progress = self.cfg.progress
         bar = tqdm(
             total=len(self.problems),
             initial=len(self.problems) - len(todo),
             desc=self.policy_name,
             unit="problem",
             file=sys.stderr,
-            disable=(None if self.progress is None else not self.progress),
+            disable=(None if progress is None else not progress),
             dynamic_ncols=True,
         )
         self._update_bar(bar)
-        loop = asyncio.get_running_loop()
+        # scorer calls that run in a thread run one at a time (a local PRM model is not shared)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optscale-scorer")
+        self.loop.executor = pool
         queue: asyncio.Queue = asyncio.Queue()
         for p in todo:
             queue.put_nowait(p)
@@ -709,7 +528,7 @@ class _Runner:
                     p = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                rec = await self._solve(p, loop, pool)
+                rec = await self._solve(p)
                 self.results[str(p.id)] = rec
                 if self.out is not None:
                     self.out.append(rec)
@@ -719,41 +538,16 @@ class _Runner:
         try:
             try:
                 async with asyncio.TaskGroup() as tg:
-                    for _ in range(min(self.concurrency, len(todo))):
+                    for _ in range(min(self.cfg.concurrency, len(todo))):
                         tg.create_task(worker())
             except BaseExceptionGroup as eg:
-                raise _first_error(eg) from None
+                raise first_error(eg) from None
         finally:
             bar.close()
             pool.shutdown(wait=False, cancel_futures=True)
-            if self.out is not None:
-                self.out.close()
-            if self.ckpt is not None:
-                self.ckpt.close()
+            self.loop.executor = None
+            self._close_files()
         return self._summary(time.perf_counter() - t_start)
-
-    def _warm_up(self) -> None:
-        """Call the policy once on a synthetic observation so that one-time costs (lazy imports of
-        scipy and the estimators) are not counted as controller time. Policies are pure, so this
-        changes nothing; errors are ignored here (they surface in the real calls)."""
-        import numpy as np
-
-        from optscale.policies import Observation
-
-        n = self.n_max
-        prior = (0.5, 0.2, 0.1, 0.1) if getattr(self.policy, "needs_prior", False) else None
-        obs = Observation(
-            answers=np.arange(n, dtype=np.int64) % 3,
-            scores=np.linspace(0.2, 0.8, n),
-            tokens=np.ones(n),
-            prior=prior,
-        )
-        try:
-            for m in sorted({1, min(4, n), n}):
-                self.policy.next_wave(obs.head(m) if hasattr(obs, "head") else obs, n)
-            self.policy.select(obs)
-        except Exception:
-            pass
 
     def _done_records(self) -> list[dict]:
         return [self.results[str(p.id)] for p in self.problems if str(p.id) in self.results]
@@ -827,81 +621,59 @@ class _Runner:
 # --------------------------------------------------------------------------------------------------
 
 
+def _config(n_max, config: RunConfig | None, kwargs: dict, what: str) -> RunConfig:
+    if config is None:
+        if n_max is None:
+            raise ParameterError("n_max" if what == "run" else "k", "is required (or give config=RunConfig)")
+        return RunConfig.from_kwargs(n_max, **kwargs)
+    if kwargs:
+        raise ParameterError(
+            next(iter(kwargs)), "give either config=RunConfig(...) or keyword arguments, not both"
+        )
+    if not isinstance(config, RunConfig):
+        raise ParameterError("config", f"must be a RunConfig, got {type(config).__name__}")
+    if n_max is not None and n_max != config.sampling.n_max:
+        raise ParameterError(
+            "n_max" if what == "run" else "k", f"{n_max!r} differs from config.sampling.n_max"
+        )
+    return config
+
+
 async def arun(
     problems: Sequence[Any],
     generator,
     scorer,
     policy,
-    n_max: int,
+    n_max: int | None = None,
     *,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-    max_tokens: int = 1024,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    seed: int | None = 0,
-    concurrency: int = 4,
-    equiv: str | Callable[[str, str], bool] = "math",
-    grade_kind: str = "auto",
-    results_path: str | Path | None = None,
-    resume: bool = True,
-    progress: bool | None = True,
-    save_texts: bool = True,
-    prior_fn: Callable[[str], tuple[float, float, float, float] | None] | None = None,
-    batch_samples: bool | None = None,
+    config: RunConfig | None = None,
+    **kwargs: Any,
 ) -> RunSummary:
     """Run ``policy`` online on ``problems`` (objects with ``id``, ``question``, ``gold``); see the
     module docstring.
 
     ``generator``: an :class:`optscale.online.generators.Generator`; ``scorer``: an
     :class:`optscale.online.scorers.Scorer` or None (only for policies that do not need scores);
-    ``policy``: an :class:`optscale.policies.Policy` (or a spec for ``make_policy``); ``n_max``: the
-    most samples per problem. ``prompt_template`` contains ``{question}``. ``seed``: run seed, from which
-    each sample's seed is derived (None: unseeded, resume still loses nothing). ``concurrency``: problems
-    in flight. ``equiv``: answer equivalence for clustering (``"math"``, ``"exact"``, ...);
-    ``grade_kind``: how answers are compared with gold answers. ``results_path``: JSONL results file
-    (one line per problem; with ``<results_path>.samples.jsonl`` as the per-sample checkpoint), None to
-    keep results in memory only. ``resume``: continue from those files (False: overwrite them).
-    ``progress``: tqdm bar on stderr (None: only on a terminal). ``save_texts``: keep completion texts in
-    the results. ``prior_fn(question) -> (mu0, sigma0, sd_mu, sd_sigma)`` supplies priors (OptScale^t).
-    ``batch_samples``: draw each run of consecutive samples of a wave in one generator call (only
-    valid for generators that seed sample ``i`` of a call with ``seed + i``; None: decided by
-    :func:`_batches_by_seed`); otherwise each sample is its own call (all of a wave in flight at once).
+    ``policy``: an :class:`optscale.policies.Policy` (or a spec for ``make_policy``). The configuration
+    is either ``config`` (a :class:`RunConfig`) or ``n_max`` plus keyword arguments, mapped by
+    :meth:`RunConfig.from_kwargs`: the fields of :class:`~optscale.online.loop.SamplingConfig`
+    (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``equiv``, ``batch_samples``, ...) and of
+    :class:`RunConfig` (``prompt_template``, ``concurrency``, ``grade_kind``, ``results_path``, ``resume``,
+    ``progress``, ``save_texts``, ``prior_fn``).
 
     Returns a :class:`RunSummary` whose ``results`` hold the per-problem records. The generator is not
     closed. Raises ParameterError / InputError / GenerationError / ScoringError; samples and finished
     problems recorded before an error are kept in the files for a resumed run.
     """
+    cfg = _config(n_max, config, kwargs, "run")
     if isinstance(policy, str):
         from optscale.policies import make_policy
 
         policy = make_policy(policy)
-    runner = _Runner(
-        problems,
-        generator,
-        scorer,
-        policy,
-        n_max,
-        kind="run",
-        prompt_template=prompt_template,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        concurrency=concurrency,
-        equiv=equiv,
-        grade_kind=grade_kind,
-        results_path=results_path,
-        resume=resume,
-        progress=progress,
-        save_texts=save_texts,
-        prior_fn=prior_fn,
-        record_fn=None,
-        batch_samples=batch_samples,
-    )
-    return await runner.run()
+    return await _BatchEngine(problems, generator, scorer, policy, cfg, kind="run").run()
 
 
-def run(problems, generator, scorer, policy, n_max: int, **kwargs) -> RunSummary:
+def run(problems, generator, scorer, policy, n_max: int | None = None, **kwargs) -> RunSummary:
     """Synchronous wrapper of :func:`arun` (runs its own event loop; closes the generator at the end)."""
 
     async def main():
@@ -940,57 +712,43 @@ async def agenerate(
     problems: Sequence[Any],
     generator,
     scorer,
-    k: int,
+    k: int | None = None,
     *,
-    out_path: str | Path,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-    max_tokens: int = 1024,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    seed: int | None = 0,
-    concurrency: int = 4,
-    grade_kind: str = "auto",
-    resume: bool = True,
-    progress: bool | None = True,
-    save_texts: bool = True,
-    batch_samples: bool | None = None,
+    out_path: str | Path | None = None,
+    config: RunConfig | None = None,
+    **kwargs: Any,
 ) -> RunSummary:
     """Draw ``k`` samples per problem, score them (``scorer`` may be None: scores null) and write a
     sample pool to ``out_path`` (JSON Lines, ``optscale.pool`` schema, one problem per line, appended
     as problems finish, with the same checkpoint/resume as :func:`arun`). Sample ``i`` of a problem
     gets the same seed as in :func:`arun`, so with the same model and arguments the pool holds the
-    very samples an online run would draw."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    very samples an online run would draw.
+
+    The configuration is ``config`` (a :class:`RunConfig` whose ``sampling.n_max`` is ``k`` and whose
+    ``results_path`` is the pool) or ``k``, ``out_path`` and the keyword arguments of :func:`arun`
+    (answers are clustered with ``equiv="exact"``; ``prior_fn`` does not apply)."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ParameterError("k", f"must be an integer >= 1, got {k!r}")
-    runner = _Runner(
-        problems,
-        generator,
-        scorer,
-        _FixedN(k),
-        k,
-        kind="generate",
-        prompt_template=prompt_template,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        concurrency=concurrency,
-        equiv="exact",
-        grade_kind=grade_kind,
-        results_path=out_path,
-        resume=resume,
-        progress=progress,
-        save_texts=save_texts,
-        prior_fn=None,
-        record_fn=_pool_record,
-        batch_samples=batch_samples,
-    )
+    if config is None:
+        for bad in ("equiv", "prior_fn", "results_path"):
+            if bad in kwargs:
+                raise TypeError(f"unexpected keyword argument {bad!r}")
+        if out_path is None:
+            raise ParameterError("out_path", "is required: the pool file to write")
+        kwargs = {**kwargs, "equiv": "exact", "results_path": out_path}
+    elif out_path is not None:
+        raise ParameterError("out_path", "give either config=RunConfig(...) or out_path, not both")
+    cfg = _config(k, config, kwargs, "generate")
+    if cfg.results_path is None:
+        raise ParameterError("results_path", "generate writes a pool: config.results_path is required")
+    runner = _BatchEngine(problems, generator, scorer, _FixedN(cfg.sampling.n_max), cfg, kind="generate",
+                          record_fn=_pool_record)  # fmt: skip
     summary = await runner.run()
     summary.method = "generate"
     return summary
 
 
-def generate(problems, generator, scorer, k: int, **kwargs) -> RunSummary:
+def generate(problems, generator, scorer, k: int | None = None, **kwargs) -> RunSummary:
     """Synchronous wrapper of :func:`agenerate` (closes the generator at the end)."""
 
     async def main():

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-import random
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -136,6 +135,9 @@ def _check_score(value: float, index: int, scorer: str, tol: float = 1e-6) -> fl
     return min(1.0, max(0.0, v))
 
 
+check_score = _check_score   # public name for scorers in other modules (online.prm)
+
+
 AGGREGATIONS = ("mean", "min", "last", "product")
 
 
@@ -182,6 +184,9 @@ def _check_aggregation(how: str) -> str:
             "aggregation", f"unknown aggregation {how!r}; choose one of {', '.join(AGGREGATIONS)}"
         )
     return how
+
+
+check_aggregation = _check_aggregation   # public name for scorers in other modules (online.prm)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -444,9 +449,11 @@ class RewardEndpointScorer(Scorer):
     else 0) and rows are combined by ``aggregation`` (see :func:`aggregate`; ``"last"`` for per-token output of
     an outcome reward model, ``"mean"`` for per-step output of a PRM).
 
-    HTTP 429 and 5xx answers and transport errors are retried ``max_retries`` times with exponential backoff
-    (``backoff * 2**attempt`` seconds with jitter, or the server's ``Retry-After`` when given, at most 30 s);
-    other errors, and malformed responses, raise :class:`ScoringError`.
+    Retries follow the one policy of every HTTP edge (:mod:`optscale.online.http`): HTTP 408/409/425/429 and
+    5xx answers, connection errors and timeouts are retried ``max_retries`` times; ``backoff`` is the base
+    delay in seconds of its exponential backoff (or a :class:`~optscale.online.http.Backoff`); ``Retry-After``
+    is honoured. Other errors, and malformed responses, raise :class:`ScoringError`. ``transport``: an
+    ``httpx.AsyncBaseTransport`` instead of the network (tests).
     """
 
     APIS = ("pooling", "classify")
@@ -468,11 +475,12 @@ class RewardEndpointScorer(Scorer):
         aggregation: str = "mean",
         timeout: float = 60.0,
         max_retries: int = 3,
-        backoff: float = 0.5,
+        backoff: Any = 0.5,
         concurrency: int = 8,
         api_key: str | None = None,
         headers: dict[str, str] | None = None,
         name: str | None = None,
+        transport: Any = None,
     ):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ParameterError("url", f"must be an http(s) URL, got {url!r}")
@@ -499,8 +507,14 @@ class RewardEndpointScorer(Scorer):
             raise ParameterError("timeout", f"must be > 0, got {timeout!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ParameterError("max_retries", f"must be an integer >= 0, got {max_retries!r}")
-        if backoff < 0:
-            raise ParameterError("backoff", f"must be >= 0, got {backoff!r}")
+        from optscale.online.http import Backoff
+
+        if isinstance(backoff, Backoff):
+            self.backoff_policy = backoff
+        elif isinstance(backoff, int | float) and not isinstance(backoff, bool) and backoff >= 0:
+            self.backoff_policy = Backoff(base=float(backoff))
+        else:
+            raise ParameterError("backoff", f"must be a base delay >= 0 (seconds) or a Backoff, got {backoff!r}")
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ParameterError("concurrency", f"must be an integer >= 1, got {concurrency!r}")
         if input_format == "text" and ("{response}" not in template):
@@ -520,6 +534,7 @@ class RewardEndpointScorer(Scorer):
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.name = name or "reward-endpoint"
+        self.transport = transport
         self._client: Any = None
         self._client_loop: Any = None
 
@@ -598,59 +613,35 @@ class RewardEndpointScorer(Scorer):
         # loop (asyncio.run), so a client from another loop is dropped and a new one made.
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
-            import httpx
+            from optscale.online.http import make_client
 
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=self.headers)
+            self._client = make_client(timeout=self.timeout, headers=self.headers, transport=self.transport)
             self._client_loop = loop
         return self._client
 
     async def _post(self, body: dict[str, Any], index: int | None) -> Any:
-        import httpx
+        """POST with the retry policy of every HTTP edge (:mod:`optscale.online.http`)."""
+        from optscale.online.http import HTTPFailure, post_with_retries
 
-        client = self._get_client()
-        for attempt in range(self.max_retries + 1):
-            last_try = attempt == self.max_retries
-            try:
-                r = await client.post(self.url, json=body)
-            except httpx.TransportError as e:  # connection refused, timeouts, ...
-                if last_try:
-                    raise ScoringError(
-                        index,
-                        f"request to {self.url} failed after {attempt + 1} attempt(s): "
-                        f"{type(e).__name__}: {e}",
-                        self.name,
-                    ) from e
-                await asyncio.sleep(self._delay(attempt, None))
-                continue
-            if r.status_code == 429 or r.status_code >= 500:
-                if last_try:
-                    raise ScoringError(
-                        index,
-                        f"{self.url} answered HTTP {r.status_code} after {attempt + 1} "
-                        f"attempt(s): {r.text[:200]}",
-                        self.name,
-                    )
-                await asyncio.sleep(self._delay(attempt, r.headers.get("retry-after")))
-                continue
-            if r.status_code >= 400:
-                raise ScoringError(
-                    index, f"{self.url} answered HTTP {r.status_code}: {r.text[:300]}", self.name
-                )
-            try:
-                return r.json()
-            except ValueError:
-                raise ScoringError(
-                    index, f"{self.url} returned invalid JSON: {r.text[:200]!r}", self.name
-                ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after is not None:
-            try:
-                return min(30.0, max(0.0, float(retry_after)))
-            except ValueError:
-                pass
-        return min(30.0, self.backoff * (2**attempt) * (0.5 + random.random()))
+        try:
+            r, attempts = await post_with_retries(
+                self._get_client(),
+                self.url,
+                body,
+                max_retries=self.max_retries,
+                backoff=self.backoff_policy,
+                timeout=self.timeout,
+            )
+        except HTTPFailure as e:
+            raise ScoringError(
+                index, f"request to {self.url} failed after {e.attempts} attempt(s): {e.detail}", self.name
+            ) from None
+        if r.status_code >= 400:
+            raise ScoringError(index, f"{self.url} answered HTTP {r.status_code}: {r.text[:300]}", self.name)
+        try:
+            return r.json()
+        except ValueError:
+            raise ScoringError(index, f"{self.url} returned invalid JSON: {r.text[:200]!r}", self.name) from None
 
     def _data(self, resp: Any, expected: int, index: int | None) -> list[Any]:
         data = resp.get("data") if isinstance(resp, dict) else None

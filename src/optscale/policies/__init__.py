@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from optscale.policies._vec import best_score
 from optscale.policies.base import (
     BatchOnlyError,
     Observation,
@@ -48,6 +49,7 @@ __all__ = [
     "SelfConsistency",
     "WeightedSC",
     "asc_confidence",
+    "best_score",
     "effective_budget",
     "make_policy",
     "parse_spec",

@@ -87,7 +87,7 @@ class PosteriorOptScale(_OptScale):
             raise ParameterError("prior", f"{self.name} needs a per-problem prior (Observation.prior)")
         return np.asarray(obs.prior, dtype=np.float64)
 
-    def _batch_priors(self, batch: ReplayBatch) -> np.ndarray | None:
+    def batch_priors(self, batch: ReplayBatch) -> np.ndarray | None:
         if not self.prior:
             return None
         if batch.priors is None or not np.all(np.isfinite(batch.priors)):
@@ -95,7 +95,7 @@ class PosteriorOptScale(_OptScale):
         return batch.priors
 
     # --- decisions (also the evaluate fast path's hooks) ---------------------------------------------
-    def _state(self, scores: np.ndarray, priors: np.ndarray | None, targets) -> list:
+    def posterior_state(self, scores: np.ndarray, priors: np.ndarray | None, targets) -> list:
         """Per target, what N depends on besides (alpha, n_max): posterior nodes and log F(s*) at them
         (tn, beta) or the Beta posterior (a, b) of p = P(score >= s*) (exc). Rows: those of ``scores``."""
         mask = ~np.isnan(scores)
@@ -104,7 +104,7 @@ class PosteriorOptScale(_OptScale):
         post = self._model.posterior(scores, mask, priors)
         return [(post.logw, self._model.log_cdf(float(t), post.theta), post.informative) for t in targets]
 
-    def _n_from(self, state, alpha: float, n_max: int) -> np.ndarray:
+    def n_from_state(self, state, alpha: float, n_max: int) -> np.ndarray:
         from optscale import theory_models as tm
 
         if self.model == "exc":
@@ -114,7 +114,7 @@ class PosteriorOptScale(_OptScale):
         return np.where(informative, ns, int(n_max)).astype(np.int64)
 
     def _n_star(self, scores: np.ndarray, priors: np.ndarray | None, n_max: int) -> dict[str, np.ndarray]:
-        return {"n_star": self._n_from(self._state(scores, priors, [self.target])[0], self.alpha, n_max)}
+        return {"n_star": self.n_from_state(self.posterior_state(scores, priors, [self.target])[0], self.alpha, n_max)}
 
-    def _fit(self, scores, mask, priors):  # not a point-estimate rule
+    def fit_scores(self, scores, mask, priors):  # not a point-estimate rule
         raise NotImplementedError("PosteriorOptScale decides from a posterior, not from a fit")

@@ -55,7 +55,7 @@ from optscale.policies.base import (
     effective_budget,
 )
 from optscale.policies.bon import check_count
-from optscale.policies.consistency import _check_threshold, asc_confidence, majority
+from optscale.policies.consistency import asc_confidence, check_threshold, majority
 
 __all__ = ["DSC", "EASY", "HARD", "MIDDLE"]
 
@@ -78,7 +78,7 @@ class DSC(Policy):
         self.window = check_count("window", window)
         self.judge = check_count("judge", judge)
         self.interp = check_count("interp", interp)
-        self.threshold = _check_threshold(threshold)
+        self.threshold = check_threshold(threshold)
 
     def params(self) -> dict[str, Any]:
         return {

@@ -102,7 +102,7 @@ class _OptScale(Policy):
         return f"{self.display}(s*={self.target!r}, α={self.alpha!r}, k={self.k}{seq}{stop})"
 
     # --- estimation (subclasses) --------------------------------------------------------------------
-    def _fit(
+    def fit_scores(
         self, scores: np.ndarray, mask: np.ndarray, priors: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -110,7 +110,7 @@ class _OptScale(Policy):
     def _obs_prior(self, obs: Observation) -> np.ndarray | None:
         return None
 
-    def _batch_priors(self, batch: ReplayBatch) -> np.ndarray | None:
+    def batch_priors(self, batch: ReplayBatch) -> np.ndarray | None:
         return None
 
     def _n_star(self, scores: np.ndarray, priors: np.ndarray | None, n_max: int) -> dict[str, np.ndarray]:
@@ -118,7 +118,7 @@ class _OptScale(Policy):
         from optscale import theory
 
         mask = ~np.isnan(scores)
-        mu, sigma = self._fit(np.where(mask, scores, 0.0), mask, priors)
+        mu, sigma = self.fit_scores(np.where(mask, scores, 0.0), mask, priors)
         ok = np.isfinite(mu) & np.isfinite(sigma)
         ns = np.full(scores.shape[0], n_max, dtype=np.int64)
         if ok.any():
@@ -156,7 +156,7 @@ class _OptScale(Policy):
     def replay(self, batch: ReplayBatch, n_max: int) -> ReplayResult:
         n_max = check_n_max(n_max)
         budget = effective_budget(batch, n_max)
-        priors = self._batch_priors(batch)
+        priors = self.batch_priors(batch)
         B = batch.size
         k = min(self.k, n_max)
         n_drawn = budget.copy()
@@ -224,7 +224,7 @@ class OptScale0(_OptScale):
     ):
         super().__init__(target, alpha, k, mode, wave, early_stop)
 
-    def _fit(self, scores, mask, priors):
+    def fit_scores(self, scores, mask, priors):
         from optscale import theory
 
         count = mask.sum(axis=1)
@@ -298,7 +298,7 @@ class OptScaleT(_OptScale):
             return np.asarray(obs.prior, dtype=np.float64)
         return self._fallback()
 
-    def _batch_priors(self, batch: ReplayBatch) -> np.ndarray:
+    def batch_priors(self, batch: ReplayBatch) -> np.ndarray:
         if batch.priors is None:
             return np.broadcast_to(self._fallback(), (batch.size, 4)).copy()
         priors = batch.priors.copy()
@@ -307,7 +307,7 @@ class OptScaleT(_OptScale):
             priors[bad] = self._fallback()
         return priors
 
-    def _fit(self, scores, mask, priors):
+    def fit_scores(self, scores, mask, priors):
         from optscale import theory
 
         if priors is None:  # pragma: no cover - callers always resolve priors

@@ -266,7 +266,7 @@ class Predictor:
             self.ridges_[name] = r
             oof[name] = r.oof_
         if "krr" in self.blocks:
-            self.ridges_["krr"] = KernelRidge().fit(self.ridges_["knn"]._train_vectors(), Y)
+            self.ridges_["krr"] = KernelRidge().fit(self.ridges_["knn"].train_vectors(), Y)
             oof["krr"] = self.ridges_["krr"].oof_
         # stacker: per target, non-negative least squares on the blocks' out-of-fold predictions (+ intercept)
         self.stack_ = np.zeros((len(self.blocks) + 1, 2))
@@ -327,7 +327,7 @@ class Predictor:
         for b in self.blocks:
             if b == "krr":
                 knn = self.ridges_["knn"]
-                preds[b] = self.ridges_[b].predict(knn._reduce(feats["knn"]), knn._train_vectors())
+                preds[b] = self.ridges_[b].predict(knn.reduce(feats["knn"]), knn.train_vectors())
             else:
                 preds[b] = self.ridges_[b].predict(feats[b])
         return self._combine(preds)
@@ -386,42 +386,115 @@ class Predictor:
             arrays[f"{key}_x"] = sm.x_
             arrays[f"{key}_s"] = sm.s_
             arrays[f"{key}_factor"] = np.array(sm.factor)
+        from optscale.jsonio import atomic_write
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
+        with atomic_write(path, "wb", compress=False) as fh:  # a temporary file renamed into place
             np.savez_compressed(fh, **arrays)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
-        from optscale.predictor.features import KernelRidge, Knn, Ridge, SparseKnn, Tfidf
+        """Read a predictor file written by :meth:`save` (``.npz``, read without pickle).
 
+        Anything else raises :class:`InputError` naming the file and, where it applies, the array: not an
+        ``.npz`` archive, a truncated or corrupt archive, a missing array, an array of the wrong shape or
+        with non-finite values, unsupported metadata."""
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise InputError(str(path), None, None, f"not a predictor file ({exc})") from exc
+        arrays = _read_npz(path)
+        file = str(path)
         try:
             meta = json.loads(str(arrays["meta"]))
+            if not isinstance(meta, dict) or not isinstance(meta.get("blocks"), list):
+                raise ValueError("not an object with 'blocks'")
         except (KeyError, ValueError) as exc:
-            raise InputError(str(path), None, "meta", "missing or invalid predictor metadata") from exc
+            raise InputError(file, None, "meta", f"missing or invalid predictor metadata ({exc})") from None
         if meta.get("format") != FORMAT_VERSION:
-            raise InputError(str(path), None, "format", f"unsupported predictor format {meta.get('format')!r}")
-        obj = cls(meta["embedder"], meta["blocks"])
+            raise InputError(file, None, "format", f"unsupported predictor format {meta.get('format')!r}")
+        blocks = meta["blocks"]
+        _check_arrays(file, arrays, blocks)
+        try:
+            obj = cls(meta.get("embedder"), blocks)
+            obj._load_arrays(arrays)
+        except KeyError as exc:
+            raise InputError(file, None, str(exc.args[0]), "missing array: not a complete predictor file") from None
+        except (ValueError, TypeError, IndexError) as exc:
+            raise InputError(file, None, None, f"malformed predictor file ({exc})") from None
+        obj.info = meta.get("info", {})
+        obj.fitted = True
+        return obj
+
+    def _load_arrays(self, arrays: dict) -> None:
+        from optscale.predictor.features import KernelRidge, Knn, Ridge, SparseKnn, Tfidf
+
         kinds = {"knn": Knn, "tknn": SparseKnn, "krr": KernelRidge}
-        obj.ridges_ = {b: kinds.get(b, Ridge).from_arrays(arrays, f"ridge_{b}_") for b in obj.blocks}
-        if "tfidf" in obj.blocks or "tknn" in obj.blocks:
-            obj.tfidf_ = Tfidf.from_arrays(arrays, "tfidf_")
-        obj.stack_ = arrays["stack"]
-        obj.const_ = arrays["const"]
+        self.ridges_ = {b: kinds.get(b, Ridge).from_arrays(arrays, f"ridge_{b}_") for b in self.blocks}
+        if "tfidf" in self.blocks or "tknn" in self.blocks:
+            self.tfidf_ = Tfidf.from_arrays(arrays, "tfidf_")
+        self.stack_ = arrays["stack"]
+        self.const_ = arrays["const"]
         for key in ("sd_mu", "sd_sigma"):
             sm = _ScaleModel()
             sm.x_, sm.s_ = arrays[f"{key}_x"], arrays[f"{key}_s"]
             sm.factor = float(arrays[f"{key}_factor"])
-            setattr(obj, f"{key}_", sm)
-        obj.info = meta.get("info", {})
-        obj.fitted = True
-        return obj
+            setattr(self, f"{key}_", sm)
+
+
+_NPZ_MAGIC = b"PK\x03\x04"
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, without pickle; InputError naming the file (and array) otherwise."""
+    import zipfile
+    import zlib
+
+    file = str(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except FileNotFoundError:
+        raise InputError(file, None, None, "no such file (not found)") from None
+    except IsADirectoryError:
+        raise InputError(file, None, None, "is a directory, not a predictor file") from None
+    except OSError as exc:
+        raise InputError(file, None, None, f"cannot read: {exc.strerror or exc}") from None
+    if magic != _NPZ_MAGIC:
+        raise InputError(file, None, None, "not a predictor file: expected an .npz archive written by "
+                                           "'optscale predictor train' (Predictor.save)")
+    arrays: dict[str, np.ndarray] = {}
+    name = None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for name in z.files:
+                arrays[name] = z[name]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        if isinstance(exc, ValueError) and "pickle" in str(exc):
+            what = "holds pickled (object) data, which is never loaded"
+        else:
+            what = "truncated or corrupt .npz archive"
+        raise InputError(file, None, name, f"{what}: not a valid predictor file") from None
+    return arrays
+
+
+def _check_arrays(file: str, arrays: dict[str, np.ndarray], blocks: list) -> None:
+    """Shapes of the arrays this module owns and finiteness of every numeric array."""
+    def need(name: str) -> np.ndarray:
+        if name not in arrays:
+            raise InputError(file, None, name, "missing array: not a complete predictor file")
+        return arrays[name]
+
+    for name, a in arrays.items():
+        if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+            raise InputError(file, None, name, "non-finite values (nan or inf)")
+    shapes = {"stack": (len(blocks) + 1, 2), "const": (2,), "sd_mu_factor": (), "sd_sigma_factor": ()}
+    for name, shape in shapes.items():
+        a = need(name)
+        if a.shape != shape or a.dtype.kind not in "fiu":
+            raise InputError(file, None, name, f"wrong shape {a.shape} (expected {shape}, numeric)")
+    for key in ("sd_mu", "sd_sigma"):
+        x, s = need(f"{key}_x"), need(f"{key}_s")
+        if x.ndim != 1 or x.shape != s.shape or x.size == 0:
+            raise InputError(file, None, f"{key}_s", f"wrong shape {s.shape} (expected {x.shape}, 1-D like {key}_x)")
 
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.npz"

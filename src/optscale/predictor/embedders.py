@@ -18,8 +18,6 @@ import glob
 import hashlib
 import importlib.util
 import os
-import sys
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,12 +54,11 @@ class Embedder(ABC):
         return {"kind": self.name}
 
 
-def _progress(i: int, n: int, t0: float, enabled: bool, desc: str) -> None:
-    if enabled and (i % 20 == 0 or i == n):
-        el = time.time() - t0
-        rate = el / max(i, 1)
-        print(f"\r{desc}: {i}/{n} texts, {rate * 1000:.0f} ms/text, eta {rate * (n - i):.0f}s",
-              end="\n" if i == n else "", file=sys.stderr, flush=True)
+def _progress(total: int, enabled: bool, desc: str):
+    """A tqdm progress bar over ``total`` texts (a no-op object when not enabled); library code never prints."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="text", leave=False)
 
 
 # ---------------------------------------------------------------------------------------- SmolLM2 (llama.cpp)
@@ -118,15 +115,15 @@ class LlamaCppEmbedder(Embedder):
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         llm = self._load()
         out = np.zeros((len(texts), llm.n_embd()), np.float32)
-        t0 = time.time()
         limit = self.n_ctx - 4
-        for i, text in enumerate(texts):
-            toks = llm.tokenize(text.encode("utf-8"), add_bos=True)
-            if len(toks) > limit:  # keep the beginning (the question statement)
-                text = llm.detokenize(toks[1:limit]).decode("utf-8", errors="ignore")
-            # one text per call: llama-cpp-python's multi-sequence batching is slower on CPU
-            out[i] = np.asarray(llm.embed(text, truncate=True), np.float32)
-            _progress(i + 1, len(texts), t0, progress, f"embedding ({self.name})")
+        with _progress(len(texts), progress, f"embedding ({self.name})") as bar:
+            for i, text in enumerate(texts):
+                toks = llm.tokenize(text.encode("utf-8"), add_bos=True)
+                if len(toks) > limit:  # keep the beginning (the question statement)
+                    text = llm.detokenize(toks[1:limit]).decode("utf-8", errors="ignore")
+                # one text per call: llama-cpp-python's multi-sequence batching is slower on CPU
+                out[i] = np.asarray(llm.embed(text, truncate=True), np.float32)
+                bar.update(1)
         return out
 
 
@@ -189,8 +186,7 @@ class MiniLMEmbedder(Embedder):
 
         tok, model = self._load()
         out = []
-        t0 = time.time()
-        with torch.inference_mode():
+        with torch.inference_mode(), _progress(len(texts), progress, "embedding (minilm)") as bar:
             for s in range(0, len(texts), self.batch_size):
                 batch = list(texts[s:s + self.batch_size])
                 enc = tok(batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
@@ -200,7 +196,7 @@ class MiniLMEmbedder(Embedder):
                 embs = [torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
                         for h in states]
                 out.append(torch.cat(embs, -1).float().numpy())
-                _progress(min(s + self.batch_size, len(texts)), len(texts), t0, progress, "embedding (minilm)")
+                bar.update(len(batch))
         return np.concatenate(out, 0) if out else np.zeros((0, 384 * len(self.layers or (0,))), np.float32)
 
 

@@ -1,19 +1,24 @@
-"""Non-LM text features and the ridge regression used by every block of the predictor.
+"""Text features and the regressors of the predictor's blocks, on scikit-learn.
 
-* :class:`Tfidf` — word + bigram TF-IDF (sublinear tf, L2-normalised rows), numpy/scipy only, serialisable
-  to plain arrays.
+* :class:`Tfidf` — word + bigram TF-IDF (sublinear tf, smooth idf, L2-normalised rows):
+  ``sklearn.feature_extraction.text.TfidfVectorizer`` with this module's tokenizer, serialisable to plain
+  arrays (vocabulary + idf; no pickle).
 * :func:`surface_features` — a few hand-made features of the problem text (``[asy]`` diagram, length, ...).
-* :class:`Ridge` — ridge regression (primal for dense features, dual for 10⁴ sparse TF-IDF columns), with the
-  penalty chosen per target by exact leave-one-out cross-validation on the training set; returns the
-  leave-one-out predictions (for stacking and for the residual model) and primal weights (so that the saved
-  model does not contain the training set).
+* :class:`Ridge` — ridge regression with the penalty chosen per target by exact leave-one-out
+  cross-validation: ``sklearn.linear_model.RidgeCV`` (efficient LOO, SVD for dense features, the Gram
+  eigendecomposition for 10⁴ sparse TF-IDF columns); keeps the leave-one-out predictions (for stacking and
+  for the residual model) and primal weights (so that the saved model does not contain the training set).
+* :class:`Knn` / :class:`SparseKnn` — similarity-weighted nearest neighbours: ``sklearn.decomposition.PCA``
+  and ``sklearn.neighbors.NearestNeighbors`` (cosine, brute force; its leave-one-out query excludes each
+  point itself), softmax weights over the k most similar.
+* :class:`KernelRidge` — RBF kernel ridge with exact leave-one-out (scikit-learn's KernelRidge has no
+  leave-one-out path, so this one stays ours).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,36 +33,38 @@ def tokenize(text: str) -> list[str]:
 
 
 class Tfidf:
+    """Word + bigram TF-IDF of :func:`tokenize`: scikit-learn's TfidfVectorizer (idf = ln((1 + n) / (1 + df)) + 1,
+    tf = 1 + ln(count), rows L2-normalised; terms in fewer than ``min_df`` texts dropped)."""
+
     def __init__(self, min_df: int = 3):
         self.min_df = int(min_df)
         self.vocab: dict[str, int] = {}
         self.idf = np.zeros(0)
+        self._vec = None
+
+    def _vectorizer(self, **kw):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        return TfidfVectorizer(analyzer=tokenize, sublinear_tf=True, smooth_idf=True, norm="l2",
+                               dtype=np.float64, **kw)
 
     def fit(self, texts: Sequence[str]) -> Tfidf:
-        df: Counter = Counter()
-        for t in texts:
-            df.update(set(tokenize(t)))
-        words = sorted(w for w, c in df.items() if c >= self.min_df)
-        self.vocab = {w: i for i, w in enumerate(words)}
-        n = len(texts)
-        self.idf = np.log((1 + n) / (1 + np.array([df[w] for w in words], float))) + 1.0
+        self._vec = self._vectorizer(min_df=self.min_df).fit(list(texts))
+        self.vocab = {w: int(i) for w, i in self._vec.vocabulary_.items()}
+        self.idf = np.asarray(self._vec.idf_, np.float64)
         return self
 
     def transform(self, texts: Sequence[str]):
-        import scipy.sparse as sp
+        texts = list(texts)
+        if not texts:
+            import scipy.sparse as sp
 
-        rows, cols, vals = [], [], []
-        for r, t in enumerate(texts):
-            c = Counter(w for w in tokenize(t) if w in self.vocab)
-            for w, k in c.items():
-                j = self.vocab[w]
-                rows.append(r)
-                cols.append(j)
-                vals.append((1.0 + math.log(k)) * self.idf[j])
-        X = sp.csr_matrix((vals, (rows, cols)), shape=(len(texts), len(self.vocab)), dtype=np.float64)
-        norm = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel())
-        norm[norm == 0] = 1.0
-        return sp.diags(1.0 / norm) @ X
+            return sp.csr_matrix((0, len(self.vocab)), dtype=np.float64)
+        if self._vec is None:   # loaded from arrays: a vectorizer with the stored vocabulary and idf
+            words = sorted(self.vocab, key=self.vocab.get)
+            self._vec = self._vectorizer(vocabulary=words)
+            self._vec.idf_ = self.idf
+        return self._vec.transform(texts).tocsr()
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         words = sorted(self.vocab, key=self.vocab.get)
@@ -96,18 +103,15 @@ def _is_sparse(X) -> bool:
     return hasattr(X, "tocsr")
 
 
-def _gram(A, B):
-    G = A @ B.T
-    return G.toarray() if hasattr(G, "toarray") else np.asarray(G)
-
-
 class Ridge:
     """Multi-target ridge regression (with intercept), the penalty chosen per target by exact
-    leave-one-out cross-validation (one eigendecomposition serves every penalty and every row).
+    leave-one-out cross-validation: ``sklearn.linear_model.RidgeCV`` (``alpha_per_target``; one SVD or Gram
+    eigendecomposition serves every penalty and every row).
 
     ``fit`` stores primal weights ``coef_`` [d, k] and ``intercept_`` [k] and the leave-one-out predictions
-    ``oof_`` [n, k]. Dense inputs are standardised (``center``/``scale`` stored); sparse ones are used as is.
-    Dense inputs with fewer columns than rows are solved in the primal (d x d), others in the dual (n x n).
+    ``oof_`` [n, k]. Dense inputs are standardised (``center``/``scale`` stored; each column scaled to
+    std / sqrt(d), unit total variance, so that penalties are comparable across blocks); sparse ones are
+    used as is.
     """
 
     def __init__(self, alphas: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000),
@@ -121,60 +125,31 @@ class Ridge:
         return (np.asarray(X, np.float64) - self.center_) / self.scale_
 
     def fit(self, X, Y) -> Ridge:
+        from sklearn.linear_model import RidgeCV
+
         Y = np.asarray(Y, np.float64)
         Y2 = Y[:, None] if Y.ndim == 1 else Y
-        n, k = Y2.shape
+        k = Y2.shape[1]
         if not _is_sparse(X) and self.standardize:
             X = np.asarray(X, np.float64)
             self.center_ = X.mean(0)
             self.scale_ = X.std(0) * math.sqrt(X.shape[1])  # unit total variance: alphas comparable across blocks
             self.scale_[self.scale_ == 0] = 1.0
         Z = self._prep(X)
-        m = Y2.mean(0)
-        Yc = Y2 - m
-        zmean = np.asarray(Z.mean(0)).ravel()
-        primal = not _is_sparse(Z) and Z.shape[1] < n
-        if primal:  # eigen-decompose Zcᵀ Zc (d x d)
-            Zc = np.asarray(Z) - zmean
-            s, V = np.linalg.eigh(Zc.T @ Zc)
-            B = Zc @ V  # [n, d]: fitted = B diag(1/(s+lam)) Bᵀ Yc
-            proj = B.T @ Yc
-            lev_base = B**2
-        else:  # eigen-decompose the centred kernel (n x n)
-            K = _gram(Z, Z)
-            r = K.mean(0)
-            Kc = K - r[None, :] - r[:, None] + r.mean()
-            del K
-            s, U = np.linalg.eigh(Kc)
-            del Kc
-            proj = U.T @ Yc
-            lev_base = U**2
-        s = np.clip(s, 0, None)
-        err = np.zeros((len(self.alphas), k))
-        loo = np.zeros((len(self.alphas), n, k))
-        for a, lam in enumerate(self.alphas):
-            if primal:
-                w = 1.0 / (s + lam)
-                fitted = B @ (proj * w[:, None])
-            else:
-                w = s / (s + lam)
-                fitted = U @ (proj * w[:, None])
-            h = lev_base @ w + 1.0 / n  # leverage (the intercept adds 1/n)
-            resid = (Yc - fitted) / np.clip(1.0 - h, 1e-6, None)[:, None]
-            loo[a] = Y2 - resid
-            err[a] = (resid**2).mean(0)
-        best = err.argmin(0)
-        self.alpha_ = np.array([self.alphas[b] for b in best])
-        self.cv_mse_ = err[best, np.arange(k)]
-        self.oof_ = np.stack([loo[best[j], :, j] for j in range(k)], 1)
-        if primal:
-            coef = np.stack([V @ (proj[:, j] / (s + self.alpha_[j])) for j in range(k)], 1)
-        else:
-            safe = np.where(s > 1e-10 * max(s.max(), 1e-300), s, np.inf)
-            dual = np.stack([U @ (proj[:, j] / (safe + self.alpha_[j])) for j in range(k)], 1)
-            coef = np.asarray(Z.T @ dual)  # (Z - 1 zmeanᵀ)ᵀ dual = Zᵀ dual since 1ᵀ dual = 0
-        self.coef_ = np.asarray(coef)
-        self.intercept_ = m - zmean @ self.coef_
+        # scoring given: cv_results_ holds the leave-one-out predictions (not squared errors); the penalty
+        # per target maximises -MSE of those, i.e. minimises the leave-one-out error
+        cv = RidgeCV(alphas=np.array(self.alphas), fit_intercept=True, alpha_per_target=k > 1, store_cv_results=True,
+                     scoring="neg_mean_squared_error").fit(Z, Y2)
+        alpha = np.atleast_1d(np.asarray(cv.alpha_, np.float64))
+        if alpha.size == 1 and k > 1:
+            alpha = np.full(k, alpha[0])
+        loo = np.asarray(cv.cv_results_).reshape(Y2.shape[0], k, len(self.alphas))
+        best = [self.alphas.index(float(a)) for a in alpha]
+        self.alpha_ = alpha
+        self.oof_ = np.stack([loo[:, j, best[j]] for j in range(k)], 1)
+        self.cv_mse_ = ((self.oof_ - Y2) ** 2).mean(0)
+        self.coef_ = np.asarray(cv.coef_, np.float64).reshape(k, -1).T
+        self.intercept_ = np.atleast_1d(np.asarray(cv.intercept_, np.float64))
         if Y.ndim == 1:
             self.oof_ = self.oof_[:, 0]
         self._ndim = Y.ndim
@@ -209,66 +184,72 @@ class Ridge:
 class Knn:
     """Similarity-weighted nearest-neighbour regression on (embedding) vectors.
 
-    The training vectors are centred, projected on their first ``dim`` principal axes, L2-normalised and
-    stored as int8 (row-scaled), so that a shipped model stays small. Prediction: cosine similarity to every
-    training problem, the ``k`` most similar weighted by softmax(similarity / ``temp``), average of their
-    labels. ``oof_`` holds the leave-one-out predictions (self excluded).
+    The training vectors are centred and projected on their first ``dim`` principal axes
+    (``sklearn.decomposition.PCA``), L2-normalised and stored as int8 (row-scaled), so that a shipped model
+    stays small. Prediction: the ``k`` most cosine-similar training problems
+    (``sklearn.neighbors.NearestNeighbors``, brute force), weighted by softmax(similarity / ``temp``),
+    average of their labels. ``oof_`` holds the leave-one-out predictions (each point's query excludes
+    itself).
     """
 
     def __init__(self, dim: int = 128, k: int = 50, temp: float = 0.05):
         self.dim, self.k, self.temp = int(dim), int(k), float(temp)
+        self._nn = None
 
-    def _reduce(self, X) -> np.ndarray:
+    def reduce(self, X) -> np.ndarray:
         Z = (np.asarray(X, np.float64) - self.center_) @ self.proj_
         return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
 
-    def _train_vectors(self) -> np.ndarray:
+    def train_vectors(self) -> np.ndarray:
         R = self.q_.astype(np.float64) * self.qscale_[:, None]
         return R / np.maximum(np.linalg.norm(R, axis=1, keepdims=True), 1e-12)
 
-    def _predict_sim(self, S) -> np.ndarray:
-        k = min(self.k, S.shape[1] - 1) if S.shape[1] > 1 else 1
-        idx = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        s = np.take_along_axis(S, idx, 1)
+    def _index(self):
+        if self._nn is None:
+            from sklearn.neighbors import NearestNeighbors
+
+            self._nn = NearestNeighbors(metric="cosine", algorithm="brute").fit(self.train_vectors())
+        return self._nn
+
+    def _n_neighbors(self) -> int:
+        return max(1, min(self.k, self.y_.shape[0] - 1))
+
+    def _average(self, dist: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        s = 1.0 - dist   # cosine similarity
         w = np.exp((s - s.max(1, keepdims=True)) / self.temp)
         w /= w.sum(1, keepdims=True)
         return np.einsum("nk,nkj->nj", w, self.y_[idx])
 
     def fit(self, X, Y) -> Knn:
+        from sklearn.decomposition import PCA
+
         X = np.asarray(X, np.float64)
         Y = np.asarray(Y, np.float64)
         self._ndim = Y.ndim
         self.y_ = (Y[:, None] if Y.ndim == 1 else Y).astype(np.float32).astype(np.float64)
-        self.center_ = X.mean(0)
-        _, _, Vt = np.linalg.svd(X - self.center_, full_matrices=False)
-        self.proj_ = Vt[: min(self.dim, Vt.shape[0])].T.astype(np.float32).astype(np.float64)
-        R = self._reduce(X)
+        pca = PCA(n_components=min(self.dim, *X.shape), svd_solver="full").fit(X)
+        self.center_ = pca.mean_
+        self.proj_ = pca.components_.T.astype(np.float32).astype(np.float64)
+        R = self.reduce(X)
         self.qscale_ = np.maximum(np.abs(R).max(1), 1e-12) / 127.0
         self.q_ = np.round(R / self.qscale_[:, None]).astype(np.int8)
         return self._leave_one_out()
 
-    def _sims(self, R, T, s: int) -> np.ndarray:
-        """Cosine similarities of rows ``s:s+2048`` of ``R`` to every training vector."""
-        return R[s:s + 2048] @ T.T
-
     def _leave_one_out(self):
-        """``oof_``: each training problem predicted from the others (its own similarity set to -inf)."""
-        T = self._train_vectors()
-        out = []
-        for s in range(0, T.shape[0], 2048):
-            S = self._sims(T, T, s)
-            S[np.arange(S.shape[0]), np.arange(s, s + S.shape[0])] = -np.inf
-            out.append(self._predict_sim(S))
-        self.oof_ = np.concatenate(out, 0)
+        """``oof_``: each training problem predicted from the others."""
+        self._nn = None
+        dist, idx = self._index().kneighbors(n_neighbors=self._n_neighbors())   # no query: self excluded
+        self.oof_ = self._average(dist, idx)
         if self._ndim == 1:
             self.oof_ = self.oof_[:, 0]
         return self
 
     def predict(self, X) -> np.ndarray:
-        T = self._train_vectors()
-        R = self._reduce(X)
-        P = np.concatenate([self._predict_sim(self._sims(R, T, s)) for s in range(0, R.shape[0], 2048)], 0) \
-            if R.shape[0] else np.zeros((0, self.y_.shape[1]))
+        R = self.reduce(X)
+        if R.shape[0]:
+            P = self._average(*self._index().kneighbors(R, n_neighbors=self._n_neighbors()))
+        else:
+            P = np.zeros((0, self.y_.shape[1]))
         return P[:, 0] if self._ndim == 1 else P
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -291,14 +272,14 @@ class Knn:
 
 
 class SparseKnn(Knn):
-    """:class:`Knn` on sparse, L2-normalised rows (TF-IDF): cosine similarity to every training problem's
-    TF-IDF row, ``k`` most similar weighted by softmax(similarity / ``temp``). The training rows are stored
-    sparse (uint16/int32 column indices, float16 values), so the shipped model stays small."""
+    """:class:`Knn` on sparse, L2-normalised rows (TF-IDF): the ``k`` most cosine-similar training problems'
+    TF-IDF rows, weighted by softmax(similarity / ``temp``). The training rows are stored sparse
+    (uint16/int32 column indices, float16 values), so the shipped model stays small."""
 
     def __init__(self, k: int = 50, temp: float = 0.05):
         super().__init__(dim=0, k=k, temp=temp)
 
-    def _reduce(self, X):
+    def reduce(self, X):
         import scipy.sparse as sp
 
         X = sp.csr_matrix(X, dtype=np.float64)
@@ -306,20 +287,17 @@ class SparseKnn(Knn):
         norm[norm == 0] = 1.0
         return sp.diags(1.0 / norm) @ X
 
-    def _train_vectors(self):
+    def train_vectors(self):
         import scipy.sparse as sp
 
         return sp.csr_matrix((self.data_.astype(np.float64), self.indices_.astype(np.int64), self.indptr_),
                              shape=(len(self.indptr_) - 1, int(self.ncols_)))
 
-    def _sims(self, R, T, s: int) -> np.ndarray:
-        return _gram(R[s:s + 2048], T)
-
     def fit(self, X, Y) -> SparseKnn:
         Y = np.asarray(Y, np.float64)
         self._ndim = Y.ndim
         self.y_ = (Y[:, None] if Y.ndim == 1 else Y).astype(np.float32).astype(np.float64)
-        R = self._reduce(X).tocsr()
+        R = self.reduce(X).tocsr()
         R.sort_indices()
         self.ncols_ = R.shape[1]
         self.indptr_ = R.indptr.astype(np.int64)

@@ -239,10 +239,14 @@ class PaperPredictor:
     def load(cls, directory: str | Path, device: str | None = None) -> PaperPredictor:
         torch = _torch()
         d = Path(directory)
-        cfg = json.loads((d / "config.json").read_text())
+        from optscale.jsonio import read_json
+
+        cfg = read_json(d / "config.json")
         obj = cls(cfg["backbone"], head_hidden=cfg["head_hidden"], trainable_layers=cfg["trainable_layers"],
                   max_length=cfg["max_length"], device=device)
         obj._setup()
-        obj.model.load_state_dict(torch.load(d / "trainable.pt", map_location=obj.device), strict=False)
+        # weights_only: tensors and plain containers only; a pickled object in the file is refused, not run
+        state = torch.load(d / "trainable.pt", map_location=obj.device, weights_only=True)
+        obj.model.load_state_dict(state, strict=False)
         obj.sd_ = tuple(cfg["sd"])
         return obj
