@@ -247,3 +247,25 @@ def test_costaware_looks_ahead_over_horizons():
     assert make_policy("costaware:tokens_per_point=70", model=gm).next_wave(obs, 16) == 0  # 350 < 400
     with pytest.raises(ParameterError, match="horizons"):
         GainModel(edges, np.full((2, 10), 0.5), gain, horizons=(8, 1))
+
+
+# ------------------------------------------------------------------------------------------ online == offline
+@pytest.mark.parametrize("spec", ["optscale0-seq:target=0.9,alpha=0.05,k=2,wave=3,early_stop=true",
+                                  "optscale-post-seq:target=0.9,alpha=0.05,k=2,wave=3",
+                                  "optscale0:target=0.9,alpha=0.05,k=2,early_stop=true"])
+def test_online_loop_stops_at_the_target_like_replay(spec):
+    """The real AdaptiveLoop with a scripted generator draws exactly what replay says: the wave holding
+    the first score >= s* is cut right after it (stop_reason 'target')."""
+    from test_loop import Scripted, TextScorer, solve
+
+    from optscale.policies import ReplayBatch
+
+    scores = [0.3, 0.5, 0.4, 0.6, 0.95, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2, 0.3]
+    answers = list(range(1, 13))
+    pol = make_policy(spec)
+    res = solve(Scripted(answers, scores), TextScorer(), pol, n_max=12)
+    batch = ReplayBatch(np.array([answers]) - 1, np.array([scores]), np.ones((1, 12)), np.array([12]))
+    expect = pol.replay(batch, 12)
+    assert len(res.samples) == int(expect.n_drawn[0]) == 5
+    assert res.stop_reason == "target" and res.selected == 4
+    assert make_policy("optscale0-seq:target=0.9,alpha=0.05,k=2").stop_early is None  # no hook: loops skip it

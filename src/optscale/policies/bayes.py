@@ -26,12 +26,12 @@ import numpy as np
 
 from optscale.errors import ParameterError
 from optscale.policies.base import Observation, ReplayBatch
-from optscale.policies.optscale import _check_positive, _OptScale
+from optscale.policies.optscale import OptScaleRule, check_positive
 
 __all__ = ["PosteriorOptScale"]
 
 
-class PosteriorOptScale(_OptScale):
+class PosteriorOptScale(OptScaleRule):
     """Best-of-N with N from the posterior predictive of a score model (see module docstring)."""
 
     base_key = "optscale-post"
@@ -51,9 +51,9 @@ class PosteriorOptScale(_OptScale):
         self.model = model
         self.prior = bool(prior)
         self.needs_prior = self.prior
-        self.a0 = _check_positive("a0", a0)
-        self.b0 = _check_positive("b0", b0)
-        self.strength = _check_positive("strength", strength)
+        self.a0 = check_positive("a0", a0)
+        self.b0 = check_positive("b0", b0)
+        self.strength = check_positive("strength", strength)
         self._model = (tm.ExceedanceModel(self.a0, self.b0, self.strength) if model == "exc"
                        else tm.get_model(model))
 

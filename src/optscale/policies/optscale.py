@@ -126,14 +126,20 @@ class _OptScale(Policy):
         return {"n_star": ns, "mu": mu, "sigma": sigma}
 
     # --- step-by-step -------------------------------------------------------------------------------
-    def stop_early(self, obs: Observation) -> bool:
-        """Target reached = stop (issue #8 item 2, with ``early_stop``): a drawn score >= s* already meets
-        the goal the bound is about, whatever N* says; the online loop asks this after every sample."""
-        return self.early_stop and bool(np.any(obs.scores >= self.target))
+    @property
+    def stop_early(self):
+        """The ``stop_early(obs)`` hook when ``early_stop`` is on (else None, so that loops skip it): target
+        reached = stop (issue #8 item 2): a drawn score >= s* already meets the goal the bound is about,
+        whatever N* says; the online loop asks it after every sample, also inside a wave."""
+        return self.target_reached if self.early_stop else None
+
+    def target_reached(self, obs: Observation) -> bool:
+        """A drawn score is >= s*."""
+        return bool(np.any(obs.scores >= self.target))
 
     def next_wave(self, obs: Observation, n_max: int) -> int:
         n_max = check_n_max(n_max)
-        if self.stop_early(obs):
+        if self.early_stop and self.target_reached(obs):
             return 0
         d = len(obs)
         k = min(self.k, n_max)
@@ -323,3 +329,8 @@ class OptScaleT(_OptScale):
             )
             mu[rows], sigma[rows] = fit.mu, fit.sigma
         return mu, sigma
+
+
+#: public names of the shared OptScale machinery, for rules built on it (policies.bayes)
+OptScaleRule = _OptScale
+check_positive = _check_positive
