@@ -225,8 +225,9 @@ def table(name: str, summary: list[dict], meta: dict, budget: int, unit: str) ->
     sm = meta.get("score_models")
     if sm:
         lines.append("")
-        lines.append("score models (held-out event log score on the calibration split): " + ", ".join(
-            f"{m} {v['event']:.4f}" for m, v in sm["heldout"].items()) + f"; chosen: {sm['chosen']}")
+        lines.append("score models (held-out on the calibration split; event log score / predictive density): "
+                     + ", ".join(f"{m} {v['event']:.4f}" + (f" / {v['density']:.3f}" if "density" in v else "")
+                                 for m, v in sm["heldout"].items()) + f"; chosen: {sm['chosen']}")
     lines.append(f"BoN@{budget}: {100 * bon['accuracy']:.2f}%")
     return "\n".join(lines)
 
