@@ -784,7 +784,7 @@ def evaluate(
     learn_note = "calibration split" if rows_cal is not None else "all problems (no calibration split: not held-out)"
     extras_meta: dict[str, Any] = {}
     gain_model = None
-    if any(name in GAIN_METHODS and "model" not in params for name, params in specs):
+    if prep.has_scores and any(name in GAIN_METHODS and "model" not in params for name, params in specs):
         gain_model = _policies().GainModel.fit(_subset_batch(prep.batch, learn_rows), prep.sample_correct[learn_rows])
         extras_meta["gain_model"] = {"tag": gain_model.tag, "fitted_on": learn_note, **gain_model.meta}
     chosen_model = None
