@@ -15,7 +15,7 @@ import sys
 import warnings
 
 #: sub-command modules, in the order shown by ``optscale --help``
-COMMANDS = ("run", "generate", "eval", "nstar", "pool", "predictor")
+COMMANDS = ("run", "generate", "eval", "nstar", "pool", "predictor", "serve")
 
 
 #: what argparse should read as a negative number, not an option: -1, -.5, -1e6, -2.5E-3, -inf, -nan
