@@ -18,7 +18,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.special import betainc
 
 from optscale.errors import ParameterError
 from optscale.policies._vec import class_reps, first_index, vote_winner
@@ -90,6 +89,8 @@ class WeightedASC(Policy):
         return {"threshold": self.threshold, "power": self.power}
 
     def next_wave(self, obs: Observation, n_max: int) -> int:
+        from scipy.special import betainc
+
         n_max = check_n_max(n_max)
         d = len(obs)
         if d > 0:
@@ -105,6 +106,8 @@ class WeightedASC(Policy):
         return int(vote_winner(obs.answers[None, :], w[None, :], np.array([len(obs)]))[0])
 
     def replay(self, batch: ReplayBatch, n_max: int) -> ReplayResult:
+        from scipy.special import betainc
+
         budget = effective_budget(batch, check_n_max(n_max))
         T = int(budget.max(initial=0))
         W1, W2 = weighted_top2(batch.answers[:, :T], batch.scores[:, :T], self.power)
