@@ -311,6 +311,15 @@ def test_cluster_math_index_gives_the_all_pairs_classes(answers):
     assert cluster_answers(answers, "math", timeout=10.0).tolist() == cluster_answers(answers, _all_pairs).tolist()
 
 
+def test_cluster_math_index_keeps_numerically_close_answers_as_candidates():
+    """math-verify equates answers that agree to its numeric precision (1/3 and 0.3333333): the index's
+    window around a fingerprint must keep them candidates, or they would split into two classes."""
+    answers = ["0.3333333", "1/3", r"\sqrt{2}", "1.41421356", "0.5000001", "0.5", "2", "2.000000001"]
+    ids = cluster_answers(answers, "math", timeout=10.0).tolist()
+    assert ids == [0, 0, 1, 1, 2, 2, 3, 4]
+    assert ids == cluster_answers(answers, _all_pairs).tolist()
+
+
 def test_cluster_math_many_distinct_numbers_compares_few_pairs(monkeypatch):
     """Distinct numbers (plus a few equal spellings) need about one comparison per new answer,
     not one per (answer, class) pair, and keep the all-pairs classes."""

@@ -45,6 +45,7 @@ __all__ = [
     "math_equiv",
     "get_equivalence",
     "cluster_answers",
+    "clear_caches",
     "grade",
 ]
 
