@@ -14,7 +14,8 @@ Modes: ``n`` = ``"honour"`` (vLLM: n choices, prompt counted once, completion to
 ``"ignore"`` (llama-cpp-python: one choice) | ``"reject"`` (llama.cpp's server: HTTP 400 for n != 1);
 ``delay`` seconds before answering; ``stall`` (never answer, until the client leaves); ``status`` (answer
 every completion with that HTTP error); ``fail_after`` (after that many good answers, answer 500);
-``score`` for /pooling: a number, ``"nan"``, ``"seed"`` (default: derived from the sample text) or an
+``judge`` (a chat request with ``max_tokens: 1`` and ``logprobs`` gets ``Yes``/``No`` as its first token's
+alternatives, for an LLM-judge scorer); ``score`` for /pooling: a number, ``"nan"``, ``"seed"`` (default: derived from the sample text) or an
 HTTP status int via ``score_status``.
 
 Each sample is deterministic in its seed: the answer ``\\boxed{seed % 3}``, 8 tokens with log-probabilities
@@ -45,7 +46,7 @@ class FakeUpstream:
         self.host, self.port = host, port
         self.mode: dict[str, Any] = {"n": "honour", "delay": 0.0, "stall": False, "status": None,
                                      "fail_after": None, "score": "seed", "score_status": None,
-                                     "score_delay": 0.0}
+                                     "score_delay": 0.0, "judge": False}
         self.mode.update(mode)
         self.requests: list[dict] = []
         self.disconnects: list[dict] = []
@@ -214,6 +215,10 @@ class FakeUpstream:
                     ch["logprobs"] = {"content": [
                         {"token": f"t{t}", "logprob": lp, "top_logprobs": [{"token": f"t{t}", "logprob": lp}]}
                         for t, lp in enumerate(lps)]}
+                    if mode.get("judge") and body.get("max_tokens") == 1:  # a yes/no judge's first token
+                        first = ch["logprobs"]["content"][0]
+                        first["top_logprobs"] = [{"token": "Yes", "logprob": lps[0]},
+                                                 {"token": "No", "logprob": math.log1p(-math.exp(lps[0]))}]
             else:
                 ch = {"index": i, "text": text, "finish_reason": "stop"}
                 if body.get("logprobs") is not None:

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 
 import httpx
+import numpy as np
 import pytest
 
 from optscale.errors import ParameterError
@@ -131,3 +132,67 @@ def test_retry_after_forms():
     )
     for bad in (None, "", "soon", "nan", "inf", "Wed, 99 Foo 2015"):
         assert parse_retry_after(bad) is None
+
+
+def test_post_json_sends_what_client_post_sends_and_keeps_cookies():
+    """post_json (the fast path of every HTTP edge) puts the same request on the wire as client.post and
+    returns the same read response; cookies an upstream sets are stored and sent back (via client.post)."""
+    from optscale.online.http import make_client, post_json
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        headers = {"set-cookie": "affinity=w3; Path=/"} if len(seen) == 3 else {}
+        return httpx.Response(200, json={"echo": json.loads(request.content)}, headers=headers)
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "é ∑ \\boxed{1}"}], "n": 4, "seed": None}
+
+    async def go():
+        client = make_client(timeout=7.0, headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
+                             max_keepalive=4, transport=httpx.MockTransport(handler))
+        async with client:
+            a = await client.post("http://up.test/v1/chat/completions", json=body)
+            client.post = None  # the fast path never calls it
+            b = await post_json(client, "http://up.test/v1/chat/completions", body)
+            c = await post_json(client, "http://up.test/v1/chat/completions", body)  # sets a cookie
+            del client.post  # with a cookie to send, post_json goes through client.post
+            d = await post_json(client, "http://up.test/v1/chat/completions", body)
+            return a, b, c, d, dict(client.cookies)
+
+    a, b, c, d, jar = asyncio.run(go())
+    ra, rb = seen[0], seen[1]
+    assert (ra.method, ra.url, ra.content) == (rb.method, rb.url, rb.content)
+    assert ra.headers.multi_items() == rb.headers.multi_items()
+    assert ra.extensions["timeout"] == rb.extensions["timeout"] == httpx.Timeout(7.0).as_dict()
+    assert (a.status_code, a.json(), a.headers.multi_items()) == (b.status_code, b.json(), b.headers.multi_items())
+    assert b.request is not None and b.is_closed and c.is_closed
+    assert jar == {"affinity": "w3"} and "cookie" not in seen[2].headers
+    assert seen[3].headers["cookie"] == "affinity=w3" and d.json() == a.json()
+
+
+@pytest.mark.parametrize("activation", ["none", "sigmoid", "softmax"])
+@pytest.mark.parametrize("aggregation", ["mean", "min", "last", "product"])
+@pytest.mark.parametrize("positive_index", [None, 0, 1])
+def test_reward_endpoint_bare_number_scores_as_the_one_by_one_matrix(activation, aggregation, positive_index):
+    """A bare number in 'data' (the fast path) gives exactly the score, or the same error, as [[number]]."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    s = RewardEndpointScorer("http://rm.test/pooling", activation=activation, aggregation=aggregation,
+                             positive_index=positive_index)
+
+    def outcome(item):
+        try:
+            return s.parse_item(item, 3)
+        except ScoringError as e:
+            return ("error", str(e))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6),
+                     st.floats(-1e-5, 1 + 1e-5), st.sampled_from([0, 1, 0.5, -1e-6, 1 + 1e-6, -800.0, 800.0])))
+    def check(x):
+        with np.errstate(over="ignore"):
+            assert outcome({"data": x}) == outcome({"data": [[x]]})
+
+    check()

@@ -487,3 +487,28 @@ def test_scorer_usage_sums_an_llm_judges_requests():
         "requests": n,
     }
     assert res.usage == summed([{"prompt_tokens": 7, "completion_tokens": 10 + i} for i in range(3)])
+
+
+def test_policies_declaring_no_replay_info_never_report_any():
+    """``replay_info = False`` lets the loop skip a replay that only looks for diagnostics: it must be true of
+    every such policy on random batches (and the loop's info for them is None), while a policy that does
+    report diagnostics (OptScale) still gets them."""
+    from optscale.online.loop import policy_info
+    from optscale.policies import POLICIES, ReplayBatch, make_policy
+    from optscale.policies.base import Observation
+
+    rng = np.random.default_rng(7)
+    silent = [k for k in POLICIES if getattr(make_policy(k), "replay_info", True) is False]
+    assert {"bon", "sc", "wsc", "mr-thinking"} <= set(silent)
+    for key in silent:
+        policy = make_policy(key)
+        for _ in range(20):
+            n = int(rng.integers(1, 9))
+            batch = ReplayBatch(answers=rng.integers(-1, 3, (5, n)), scores=rng.random((5, n)),
+                                tokens=rng.integers(1, 50, (5, n)), n=rng.integers(1, n + 1, 5))
+            assert not policy.replay(batch, n).info, key
+        obs = Observation(np.array([0, 1, 1]), np.array([0.2, 0.9, 0.4]), np.array([5, 5, 5]))
+        assert policy_info(policy, obs, 3) is None
+    obs = Observation(np.array([0, 1, 1, 1]), np.array([0.2, 0.9, 0.4, 0.8]), np.array([5, 5, 5, 5]))
+    info = policy_info(make_policy("optscale0"), obs, 8)
+    assert info is not None and info.get("mu") is not None

@@ -18,7 +18,7 @@ pytest.importorskip("prometheus_client")
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
-from fake_upstream import FakeUpstream  # noqa: E402
+from fake_upstream import TOKENS, FakeUpstream  # noqa: E402
 from serve_util import running  # noqa: E402
 
 from optscale.server import ServerConfig, create_app  # noqa: E402
@@ -97,6 +97,26 @@ def test_chat_completion_usage_metadata_and_headers(server):
     # the optscale fields never reach the upstream
     assert all("optscale" not in q["body"] for q in fake.requests)
     assert all(q["body"]["model"] == "fake" for q in fake.requests)
+
+
+def test_judge_scorer_usage_is_the_exact_sum_of_the_judge_requests(fake):
+    """An LLM judge's own upstream requests are reported in ``optscale.scorer_usage`` (not in ``usage``)."""
+    fake.configure(judge=True)
+    cfg = config(fake, scorer=f"judge:{fake.url},model=fake,top_k=5", method="bon")
+    with running(create_app(cfg)) as url:
+        r = client(url).chat.completions.create(model="fake", messages=MSG,
+                                                extra_body={"optscale": {"n_max": 3, "seed": 1}})
+    meta = r.model_extra["optscale"]
+    assert meta["samples"] == 3 and all(0.0 < s < 1.0 for s in meta["scores"])
+    judge = [q for q in fake.requests if q["body"].get("max_tokens") == 1]
+    assert len(judge) == 3  # one judge call per sample
+    p = sum(5 + len(q["body"]["messages"][-1]["content"]) // 8 for q in judge)
+    c = sum(TOKENS for _ in judge)
+    assert meta["scorer_usage"] == {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                                    "requests": 3}
+    # the answer's usage is the policy samples' only
+    sp, sc = upstream_usage(fake)
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (sp - p, sc - c)
 
 
 def test_seeded_requests_repeat_and_top_n(server):

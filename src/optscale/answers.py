@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import math
 import re
@@ -168,10 +169,16 @@ _LATEX_NOISE = (
 def normalize_answer(ans: str | None) -> str | None:
     """The normalized form used by :func:`exact_equiv`: cleaned as by :func:`extract_answer`, spacing
     and LaTeX spacing/sizing commands removed (``\\left``, ``\\!``, ``\\dfrac`` -> ``\\frac``, ...).
-    Case is kept. None or an empty string gives None."""
+    Case is kept. None or an empty string gives None. (A pure function of the string: the forms of
+    recent strings are cached, since clustering normalizes each answer once per comparison.)"""
     if ans is None:
         return None
-    s = _clean(str(ans))
+    return _normalize_str(ans) if type(ans) is str else _normalize_str.__wrapped__(str(ans))
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalize_str(ans: str) -> str | None:
+    s = _clean(ans)
     for a, b in _LATEX_NOISE:
         s = s.replace(a, b)
     s = re.sub(r"\s+", "", s)
@@ -485,9 +492,12 @@ def _math_compare(a: str | None, b: str | None, timeout: float | None = 5.0) -> 
     if rb is _UNSET:
         return None
     (pa, fa), (pb, fb) = ra, rb  # type: ignore[misc]
-    if pa is None or pb is None:
-        return False
-    if _surely_different(fa, fb):
+    if pa is None or pb is None or _surely_different(fa, fb):
+        # as certain as a verify result: remembered, so that clustering (which compares every new answer
+        # with each class representative) does not redo the parse lookups and fingerprints
+        if len(_VERIFY_CACHE) >= _PARSE_CACHE_MAX:
+            _VERIFY_CACHE.clear()
+        _VERIFY_CACHE[key] = (False, None)
         return False
     mv = _math_verify()
 
@@ -709,9 +719,11 @@ def cluster_answers(
 
 
 def clear_caches() -> None:
-    """Forget the cached math-verify parses and comparisons (they persist across calls otherwise)."""
+    """Forget the cached math-verify parses and comparisons and the cached normalized forms (they persist
+    across calls otherwise)."""
     _PARSE_CACHE.clear()
     _VERIFY_CACHE.clear()
+    _normalize_str.cache_clear()
 
 
 GRADE_KINDS = ("auto", "math", "number", "choice", "exact")

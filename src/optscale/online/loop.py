@@ -249,6 +249,8 @@ def policy_info(policy: Any, obs: Any, n_max: int) -> dict | None:
     fn = getattr(policy, "info", None)
     if callable(fn):
         info = fn(obs)
+    elif getattr(policy, "replay_info", True) is False:
+        return None  # its replay never reports any (fixed-N policies): skip the replay
     elif callable(getattr(policy, "replay", None)) and len(obs.answers):
         from optscale.policies import ReplayBatch
 

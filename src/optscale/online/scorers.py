@@ -573,7 +573,10 @@ class RewardEndpointScorer(Scorer):
                 f"malformed response entry: expected an object with {key!r}, got {_short(item)}",
                 self.name,
             )
-        rows = _as_rows(item[key])
+        raw = item[key]
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and self.aggregation != "product":
+            return self._parse_number(float(raw), key, index)
+        rows = _as_rows(raw)
         if rows is None:
             raise ScoringError(
                 index,
@@ -606,6 +609,29 @@ class RewardEndpointScorer(Scorer):
                 self.name,
             )
         return _check_score(aggregate(np.clip(col, 0.0, 1.0), self.aggregation), index, self.name)
+
+    def _parse_number(self, x: float, key: str, index: int) -> float:
+        """:meth:`parse_item` for a bare number (one row of one class: a reward head's usual answer) without
+        building arrays: the same score and the same errors, at a fraction of the CPU. (Not used with
+        ``aggregation="product"``, whose exp(log(p)) may differ from p in the last bit.)"""
+        if not math.isfinite(x):
+            raise ScoringError(index, f"non-finite values in {key!r}", self.name)
+        if self.activation == "sigmoid":
+            p = float(1.0 / (1.0 + np.exp(-np.float64(x))))
+        elif self.activation == "softmax":
+            p = 1.0  # a softmax over one class
+        else:
+            p = x
+        pos = self.positive_index if self.positive_index is not None else 0
+        if pos >= 1:
+            raise ScoringError(index, f"positive_index {pos} but the response has 1 class(es)", self.name)
+        if p < -1e-6 or p > 1 + 1e-6:
+            raise ScoringError(
+                index,
+                f"value {p!r} is not a probability; set activation='sigmoid' or 'softmax' for logits",
+                self.name,
+            )
+        return _check_score(min(1.0, max(0.0, p)), index, self.name)
 
     # -- HTTP ----------------------------------------------------------------------------------------------
     def _get_client(self) -> Any:

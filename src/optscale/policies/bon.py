@@ -61,6 +61,7 @@ class BoN(Policy):
     key = "bon"
     display = "BoN"
     needs_scores = True
+    replay_info = False
 
     def __init__(self, n: int | None = None):
         self.n = check_count("n", n, allow_none=True)

@@ -115,6 +115,7 @@ class SelfConsistency(Policy):
 
     key = "sc"
     display = "SC"
+    replay_info = False
 
     def __init__(self, n: int | None = None):
         self.n = check_count("n", n, allow_none=True)

@@ -25,6 +25,7 @@ class MRThinking(Policy):
 
     key = "mr-thinking"
     display = "MR-Thinking"
+    replay_info = False
 
     def params(self) -> dict[str, Any]:
         return {}

@@ -535,13 +535,16 @@ def create_app(config: ServerConfig | None = None, *, scorer: Any = None, genera
         return {"object": "list", "data": data}
 
     # ---------------------------------------------------------------- completions
-    @app.post("/v1/chat/completions")
+    # plain Starlette routes: the handler reads the raw request itself, so FastAPI's per-request dependency
+    # resolution has nothing to do (and costs CPU on the hot path)
     async def chat(request: Request):
         return await handle(request, "chat")
 
-    @app.post("/v1/completions")
     async def completions(request: Request):
         return await handle(request, "completions")
+
+    app.add_route("/v1/chat/completions", chat, methods=["POST"])
+    app.add_route("/v1/completions", completions, methods=["POST"])
 
     async def handle(request: Request, endpoint: str):
         t0 = time.perf_counter()
