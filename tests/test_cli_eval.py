@@ -168,3 +168,36 @@ def test_cli_eval_rejects_bad_numbers(tmp_path, capsys):
         assert run_cli(["eval", str(pool), "--methods", "bon", "--budgets", "8", flag, val]) == 2
         err = capsys.readouterr().err
         assert f"parameter '{name}'" in err and "Traceback" not in err
+
+
+def test_cli_eval_issue8_rules_coverage_and_gain_model(tmp_path, capsys):
+    pool = write_pool(tmp_path / "pool.jsonl", P=40, M=16, seed=3)
+    out = tmp_path / "out"
+    code = run_cli(["eval", str(pool), "--methods", "bon,optscale0,optscale-post-seq", "--budgets", "8,16",
+                    "--orderings", "1", "--tokens-per-point", "50", "--total-budget", "40000", "--out", str(out),
+                    "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    methods = {r["method"] for r in data["rows"]}
+    assert {"costaware", "budget-alloc", "optscale-post-seq"} <= methods
+    cov = data["meta"]["coverage"]
+    assert {c["method"] for c in cov} == {"optscale0", "optscale-post-seq"}
+    assert all(0 <= c["stopped"] <= 1 and c["promised"] == pytest.approx(1 - c["alpha"]) for c in cov)
+    assert data["meta"]["score_models"]["chosen"] in ("tn", "beta", "exc")
+    assert (out / "reliability.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert "achieved" in (out / "coverage.md").read_text()
+    from optscale.policies import GainModel, make_policy
+
+    gm = GainModel.load(out / "gain_model.json")  # what `run` / the server load
+    assert gm.tag == data["meta"]["gain_model"]["tag"]
+    assert make_policy(f"costaware:tokens_per_point=50,model={out / 'gain_model.json'}").model.tag == gm.tag
+    # the allocation spends at most the reported split's share of the total budget (per ordering)
+    alloc = [r for r in data["rows"] if r["method"] == "budget-alloc"]
+    assert alloc and all(r["tokens"] <= 40000 / 40 + 1e-6 for r in alloc)
+
+
+def test_cli_eval_rejects_bad_exchange_rate(tmp_path, capsys):
+    pool = write_pool(tmp_path / "pool.jsonl", P=10, M=8)
+    assert run_cli(["eval", str(pool), "--tokens-per-point", "-3", "--out", str(tmp_path / "o")]) != 0
+    assert "--tokens-per-point" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

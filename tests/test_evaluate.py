@@ -353,3 +353,35 @@ def test_real_addsub_pool_majority_and_single_sample(shared_data):
     row = rep.get(method="sc", budget=1)
     assert row.accuracy == pytest.approx(12983 / 15800)
     assert row.acc_ci_low < row.accuracy < row.acc_ci_high
+
+
+# ------------------------------------------------------------------------------------------ EvalConfig
+@pytest.mark.parametrize("field,value", [
+    ("orderings", -1), ("seed", 1.5), ("n_boot", 0), ("calib_frac", 1.0), ("tolerance", float("nan")),
+    ("token_penalty", -0.1), ("level", 0.0), ("select", "best"), ("ordering_mode", "sorted"), ("tune", "yes"),
+    ("budgets", (8, 0)), ("budgets", ()), ("budgets", "8"), ("grids", {"optscale0": [0.1]}),
+])
+def test_eval_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ParameterError, match=f"'{field}'"):
+        ev.EvalConfig(**{field: value})
+    with pytest.raises(ParameterError, match=f"'{field}'"):  # the keyword path validates the same way
+        ev.evaluate(synthetic_arrays(P=10, M=8), ["bon"], **{field: value})
+
+
+def test_eval_config_and_keyword_paths_agree():
+    a = synthetic_arrays(P=40, M=16, seed=21)
+    cfg = ev.EvalConfig(budgets=(4, 8), orderings=2, seed=4, tune=True, n_boot=100,
+                        grids={"optscale0": {"target": (0.7, 0.9), "alpha": (0.1, 0.5)}})
+    r1 = ev.evaluate(a, ["bon", "optscale0", "asc"], config=cfg)
+    r2 = ev.evaluate(a, ["bon", "optscale0", "asc"], [4, 8], orderings=2, seed=4, n_boot=100,
+                     grids={"optscale0": {"target": (0.7, 0.9), "alpha": (0.1, 0.5)}})
+    assert r1.to_json() == r2.to_json()
+    r3 = ev.evaluate(a, ["bon", "optscale0", "asc"], config=cfg.replace(seed=5))  # override one field
+    assert r3.meta["seed"] == 5 and r3.to_json() != r1.to_json()
+    with pytest.raises(ParameterError, match="'orderingz'"):
+        ev.evaluate(a, ["bon"], config=cfg, orderingz=3)
+    with pytest.raises(ParameterError, match="'config'"):
+        ev.evaluate(a, ["bon"], config={"orderings": 2})
+    s1 = ev.sweep(a, ["optscale0"], config=cfg, targets=(0.8,), alphas=(0.1,))
+    s2 = ev.sweep(a, ["optscale0"], [4, 8], targets=(0.8,), alphas=(0.1,), orderings=2, seed=4, n_boot=100)
+    assert s1.to_json() == s2.to_json()

@@ -95,6 +95,15 @@ STEP_SPECS = [
     "asc",
     "asc:threshold=0.8",
     "mr-thinking",
+    "optscale0-seq:target=0.8,alpha=0.1,k=2,wave=3,early_stop=true",
+    "optscale0:target=0.7,alpha=0.3,k=3,early_stop=true",
+    "optscale-post:target=0.8,alpha=0.1,k=2",
+    "optscale-post-seq:target=0.85,alpha=0.2,k=2,wave=2,model=beta",
+    "optscale-post-seq:target=0.7,alpha=0.1,k=1,model=exc",
+    "optscale-post:target=0.8,alpha=0.1,k=2,model=tn,prior=true",
+    "optscale-post-seq:target=0.8,alpha=0.1,k=2,model=exc,prior=true,wave=3",
+    "wvote",
+    "wvote:threshold=0.8,power=3",
 ]
 
 
@@ -122,7 +131,9 @@ def test_vectorized_replay_equals_step_loop(spec, seed):
 
 def test_every_policy_is_checked_against_the_loop():
     checked = {spec.partition(":")[0] for spec in STEP_SPECS}
-    assert checked | {"dsc"} == set(POLICIES)  # dsc: batch-only, checked against dsc_reference below
+    # dsc: batch-only, checked against dsc_reference below; costaware / budget-alloc need a fitted gain
+    # model: checked in test_rules.py
+    assert checked | {"dsc", "costaware", "budget-alloc"} == set(POLICIES)
 
 
 @pytest.mark.parametrize("spec", ["optscalet:k=2,prior=0.6/0.15", "optscalet-seq:k=1,wave=3,prior=0.6/0.15"])
@@ -624,6 +635,11 @@ def test_make_policy_names_and_round_trip():
         "asc",
         "dsc",
         "mr-thinking",
+        "optscale-post",
+        "optscale-post-seq",
+        "costaware",
+        "budget-alloc",
+        "wvote",
     }
     for name in POLICIES:
         kw = {"prior": (0.5, 0.2)} if name.startswith("optscalet") else {}

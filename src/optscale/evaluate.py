@@ -56,6 +56,7 @@ from optscale.report import (
 )
 
 __all__ = [
+    "EvalConfig",
     "EvalReport",
     "EvalRow",
     "evaluate",
@@ -93,7 +94,23 @@ DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     "optscalet": {"target": SWEEP_TARGETS, "alpha": SWEEP_ALPHAS, "k": TUNE_WARMUPS},
     "optscale0-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": TUNE_WARMUPS},
     "optscalet-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": TUNE_WARMUPS},
+    # issue #8 rules
+    "optscale-post": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": (2, 4)},
+    "optscale-post-seq": {"target": (0.7, 0.8, 0.9), "alpha": (0.05, 0.1, 0.3, 0.5), "k": (2, 4)},
+    "costaware": {"tokens_per_point": (3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 1e4, 3e4, 1e5, 3e5),
+                  "k": (1, 2)},
+    "wvote": {"threshold": (0.8, 0.9, 0.95, 0.99), "power": (0.5, 1.0, 2.0, 4.0)},
 }
+
+#: (s*, alpha) grid of the reliability check (promised 1 - alpha vs achieved coverage): s* at these
+#: quantiles of the calibration problems' scores (the pool's own scale; RELIABILITY_TARGETS if degenerate)
+RELIABILITY_QUANTILES: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95, 0.99)
+RELIABILITY_TARGETS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
+RELIABILITY_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+#: policies whose decisions need a learned gain model (fitted on the calibration split when not given)
+GAIN_METHODS = frozenset({"costaware", "budget-alloc"})
+#: policies whose score model is chosen by held-out likelihood on the calibration split when not given
+POSTERIOR_METHODS = frozenset({"optscale-post", "optscale-post-seq"})
 
 #: fixed-budget counterpart of each adaptive method (reference of the "match" selection rule)
 _COUNTERPART = {
@@ -108,7 +125,120 @@ _COUNTERPART = {
     "sc": "sc",
     "wsc": "wsc",
     "bon": "bon",
+    "optscale-post": "bon",
+    "optscale-post-seq": "bon",
+    "costaware": "bon",
+    "budget-alloc": "bon",
+    "wvote": "sc",
 }
+
+
+
+# ================================================================================================ config
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ParameterError(name, f"must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_float(name: str, value: Any, *, lo: float, hi: float | None = None, lo_open: bool = False,
+                 hi_open: bool = False, none_ok: bool = False) -> float | None:
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ParameterError(name, f"must be a number, got {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v) or v < lo or (lo_open and v == lo)
+    if hi is not None:
+        bad = bad or v > hi or (hi_open and v == hi)
+    if bad:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}" if hi is not None else (
+            f"{'>' if lo_open else '>='} {lo}")
+        raise ParameterError(name, f"must be a finite number {'in ' if hi is not None else ''}{rng}, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every setting of :func:`evaluate` / :func:`sweep` in one validated object (issue #9).
+
+    ``budgets``: the N_max values (None = :func:`default_budgets` of the pool's sample count; checked
+    against the pool when evaluating). ``orderings``/``ordering_mode``/``seed``: the replay protocol (see
+    the module docstring). ``calib_frac``/``tune``/``grids``/``select``/``tolerance``/``token_penalty``:
+    hyper-parameter tuning on the calibration split. ``oracle``: add the clairvoyant lower bound.
+    ``n_boot``/``level``: bootstrap intervals. ``include_calib``: also report tuned rows on the
+    calibration split. ``fast``: the vectorized OptScale grid path (equal to ``policy.replay``).
+    ``coverage``: also measure the guarantee of every rule that claims one over the reliability grid
+    (``meta["reliability"]``; per reported row it is always in ``meta["coverage"]``).
+    Each field is validated on construction; an invalid value raises :class:`ParameterError` naming it.
+    """
+
+    budgets: tuple[int, ...] | None = (8, 16, 32, 64)
+    orderings: int = 10
+    seed: int = 0
+    calib_frac: float = 0.3
+    tune: bool = True
+    grids: Mapping[str, Mapping[str, Iterable]] | None = None
+    select: str = "match"
+    tolerance: float = 0.005
+    token_penalty: float = 0.01
+    oracle: bool = True
+    ordering_mode: str = "random"
+    n_boot: int = 1000
+    level: float = 0.95
+    include_calib: bool = False
+    fast: bool = True
+    coverage: bool = True
+
+    def __post_init__(self) -> None:
+        if self.budgets is not None:
+            if isinstance(self.budgets, (str, bytes)) or not isinstance(self.budgets, Iterable):
+                raise ParameterError("budgets", f"must be a sequence of integers >= 1, got {self.budgets!r}")
+            b = tuple(self.budgets)
+            for x in b:
+                _check_int("budgets", x, 1)
+            if not b:
+                raise ParameterError("budgets", "no budget given")
+            object.__setattr__(self, "budgets", tuple(int(x) for x in b))
+        object.__setattr__(self, "orderings", _check_int("orderings", self.orderings, 0))
+        object.__setattr__(self, "seed", _check_int("seed", self.seed, 0))
+        object.__setattr__(self, "n_boot", _check_int("n_boot", self.n_boot, 1))
+        # 0 = no calibration split: allowed while nothing is tuned (split_problems refuses it otherwise)
+        _check_float("calib_frac", self.calib_frac, lo=0.0, hi=1.0, hi_open=True)
+        _check_float("tolerance", self.tolerance, lo=0.0)
+        _check_float("token_penalty", self.token_penalty, lo=0.0)
+        _check_float("level", self.level, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        for name in ("tune", "oracle", "include_calib", "fast", "coverage"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ParameterError(name, f"must be True or False, got {getattr(self, name)!r}")
+        if self.select not in ("match", "penalty"):
+            raise ParameterError("select", f"must be 'match' or 'penalty', got {self.select!r}")
+        if self.ordering_mode not in ("random", "cyclic"):
+            raise ParameterError("ordering_mode", f"must be 'random' or 'cyclic', got {self.ordering_mode!r}")
+        if self.grids is not None:
+            if not isinstance(self.grids, Mapping):
+                raise ParameterError("grids", f"must map method names to {{parameter: values}}, got {self.grids!r}")
+            for k, g in self.grids.items():
+                if not isinstance(g, Mapping):
+                    raise ParameterError("grids", f"grid of {k!r} must map parameter names to values, got {g!r}")
+
+    def replace(self, **changes: Any) -> EvalConfig:
+        """A copy with ``changes`` applied (validated; an unknown name raises ParameterError)."""
+        return _config(self, changes)
+
+
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EvalConfig))
+
+
+def _config(config: EvalConfig | None, changes: Mapping[str, Any]) -> EvalConfig:
+    """``config`` (default EvalConfig()) with keyword overrides (the keyword path of evaluate/sweep)."""
+    if config is not None and not isinstance(config, EvalConfig):
+        raise ParameterError("config", f"must be an EvalConfig, got {type(config).__name__}")
+    unknown = sorted(set(changes) - _CONFIG_FIELDS)
+    if unknown:
+        raise ParameterError(unknown[0], f"unknown setting; valid: {', '.join(sorted(_CONFIG_FIELDS))}")
+    base = config if config is not None else EvalConfig()
+    return dataclasses.replace(base, **changes) if changes else base
 
 
 # ================================================================================================ batches
@@ -645,49 +775,38 @@ def default_budgets(max_samples: int) -> list[int]:
 def evaluate(
     arrays,
     methods: Sequence[str],
-    budgets: Sequence[int] | None = (8, 16, 32, 64),
+    budgets: Sequence[int] | None = None,
     *,
-    orderings: int = 10,
-    seed: int = 0,
-    calib_frac: float = 0.3,
-    tune: bool = True,
+    config: EvalConfig | None = None,
     priors: np.ndarray | None = None,
     difficulty: np.ndarray | None = None,
-    grids: Mapping[str, Mapping[str, Iterable]] | None = None,
-    select: str = "match",
-    tolerance: float = 0.005,
-    token_penalty: float = 0.01,
-    oracle: bool = True,
-    ordering_mode: str = "random",
-    n_boot: int = 1000,
-    level: float = 0.95,
-    include_calib: bool = False,
-    fast: bool = True,
     progress: Callable[[str, int], None] | None = None,
+    **settings: Any,
 ) -> EvalReport:
-    """Replay ``methods`` x ``budgets`` over ``arrays`` (a :class:`~optscale.pool.PoolArrays`).
+    """Replay ``methods`` x budgets over ``arrays`` (a :class:`~optscale.pool.PoolArrays`) under ``config``.
 
+    ``config``: an :class:`EvalConfig` (default ``EvalConfig()``); keyword ``settings`` (any EvalConfig
+    field, e.g. ``orderings=3, tune=False``) and a positional ``budgets`` override it (the keyword path).
     ``methods``: policy specs for :func:`optscale.policies.make_policy` (``"optscale0"``,
-    ``"esc:window=4"``, ...). A method given without explicit parameters that has a tuning grid (``grids``,
-    default :data:`DEFAULT_GRIDS`) is tuned per budget on the calibration split when ``tune`` is true, and
-    every row is then reported on the held-out split. ``priors``: float[P, 2|4] for OptScale^t (e.g. from
-    :func:`load_priors` or ``optscale.predictor``); ``difficulty``: float[P] (higher =
-    harder) for DSC; when DSC is asked for without it, -mu0 of the priors is used, else
+    ``"esc:window=4"``, ...). A method given without explicit parameters that has a tuning grid
+    (``config.grids``, default :data:`DEFAULT_GRIDS`) is tuned per budget on the calibration split when
+    ``config.tune`` is true, and every row is then reported on the held-out split. ``priors``: float[P, 2|4]
+    for OptScale^t (e.g. from :func:`load_priors` or ``optscale.predictor``); ``difficulty``: float[P]
+    (higher = harder) for DSC; when DSC is asked for without it, -mu0 of the priors is used, else
     :func:`difficulty_proxy` (noted in ``meta["difficulty"]``).
     ``progress(method, budget)`` is called after each (method, budget). Returns an :class:`EvalReport`.
     """
+    if budgets is not None:
+        settings["budgets"] = budgets
+    cfg = _config(config, settings)
     P, M = np.asarray(arrays.answers).shape
-    if budgets is None:
-        budgets = default_budgets(M)
-    budgets = _check_budgets(budgets, M)
+    budgets = _check_budgets(default_budgets(M) if cfg.budgets is None else cfg.budgets, M)
     if not methods:
         raise ParameterError("methods", "no method given")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ParameterError("seed", f"must be an integer >= 0, got {seed!r}")
-    if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
-        raise ParameterError("tolerance", f"must be a finite number >= 0, got {tolerance!r}")
-    if not (isinstance(token_penalty, (int, float)) and np.isfinite(token_penalty) and token_penalty >= 0):
-        raise ParameterError("token_penalty", f"must be a finite number >= 0, got {token_penalty!r}")
+    orderings, seed, calib_frac, tune = cfg.orderings, cfg.seed, cfg.calib_frac, cfg.tune
+    select, tolerance, token_penalty = cfg.select, cfg.tolerance, cfg.token_penalty
+    oracle, ordering_mode, n_boot, level = cfg.oracle, cfg.ordering_mode, cfg.n_boot, cfg.level
+    include_calib, fast, grids = cfg.include_calib, cfg.fast, cfg.grids
     grids = dict(DEFAULT_GRIDS if grids is None else grids)
     arrays, cost_unit = _cost_arrays(arrays)
 
@@ -695,13 +814,12 @@ def evaluate(
     prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors,
                        difficulty=difficulty)
     specs = [_parse_spec(m) if isinstance(m, str) else (getattr(m, "name", "policy"), {}) for m in methods]
-    policies = {}
-    for m, (name, params) in zip(methods, specs, strict=True):
-        pol = _make(name, params) if isinstance(m, str) else m
-        _check_method(prep, pol, name, priors)
-        policies[m if isinstance(m, str) else id(m)] = pol
 
-    tuned_any = tune and any(not params and name in grids for name, params in specs)
+    def tunable_spec(name: str, params: Mapping[str, Any]) -> bool:
+        """Tuned: a method with a grid none of whose keys is given (other given parameters stay fixed)."""
+        return tune and name in grids and not set(params) & set(grids[name])
+
+    tuned_any = any(tunable_spec(name, params) for name, params in specs)
     if tuned_any:
         calib, test = split_problems(P, calib_frac, seed)
         report_split, report_problems = SPLIT_TEST, test
@@ -714,6 +832,35 @@ def evaluate(
     W_cal = LazyBootstrapWeights(calib.shape[0], n_boot, seed) if calib is not None else None
     n_ord = prep.n_orderings
 
+    # learned parts of the issue-#8 rules, from the calibration split (all problems when untuned: noted)
+    learn_rows = rows_cal if rows_cal is not None else prep.rows_of(None)
+    learn_note = "calibration split" if rows_cal is not None else "all problems (no calibration split: not held-out)"
+    extras_meta: dict[str, Any] = {}
+    gain_model = None
+    if prep.has_scores and any(name in GAIN_METHODS and "model" not in params for name, params in specs):
+        gain_model = _policies().GainModel.fit(_subset_batch(prep.batch, learn_rows), prep.sample_correct[learn_rows])
+        extras_meta["gain_model"] = {"tag": gain_model.tag, "fitted_on": learn_note, **gain_model.meta}
+    chosen_model = None
+    if prep.has_scores and any(name in POSTERIOR_METHODS and params.get("model", "auto") == "auto"
+                               for name, params in specs):
+        learn_p = calib if calib is not None else np.arange(P)
+        chosen_model, extras_meta["score_models"] = choose_score_model(
+            arrays, learn_p, priors=None, note=learn_note)
+
+    def with_extras(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(params)
+        if name in GAIN_METHODS and "model" not in out:
+            out["model"] = gain_model
+        if name in POSTERIOR_METHODS and out.get("model", "auto") == "auto":
+            out["model"] = chosen_model
+        return out
+
+    policies = {}
+    for m, (name, params) in zip(methods, specs, strict=True):
+        pol = _make(name, with_extras(name, params)) if isinstance(m, str) else m
+        _check_method(prep, pol, name, priors)
+        policies[m if isinstance(m, str) else id(m)] = pol
+
     report = EvalReport(meta={
         "cost": cost_unit,
         "problems": int(P), "max_samples": int(M), "orderings": int(n_ord), "ordering_mode": ordering_mode,
@@ -724,7 +871,9 @@ def evaluate(
         "selection": (f"{select} (tolerance {tolerance})" if select == "match" else
                       f"{select} (token_penalty {token_penalty})") if tuned_any else None,
         "n_boot": n_boot, "level": level, "tuned": {}, "difficulty": difficulty_source,
+        "coverage": [], **extras_meta,
     })
+    cov_claims: dict[str, tuple[str, dict[str, Any]]] = {}  # label -> (name, params) for the reliability grid
 
     sink = _RowSink()
     ref_cache: dict[tuple[str, str, int], RowMetrics] = {}
@@ -740,9 +889,10 @@ def evaluate(
         pol = policies[m if isinstance(m, str) else id(m)]
         display = getattr(pol, "display", name) + (" seq" if getattr(pol, "mode", None) == "sequential" else "")
         label = str(m) if (params or not isinstance(m, str)) else display
-        tunable = tuned_any and not params and name in grids
+        tunable = tunable_spec(name, params)
         if tunable:
-            grid = _grid(grids[name])
+            fixed = with_extras(name, params)
+            grid = [{**g, **fixed} for g in _grid(grids[name])]
             # {(gi, b): per-problem [3, Pc]}, reduced as computed (memory: grid x problems, not x rows)
             cal = _grid_metrics(prep, rows_cal, name, grid, budgets, fast=fast, reduce=n_ord)
             cp = _COUNTERPART.get(name, "bon" if prep.has_scores else "sc")
@@ -755,7 +905,7 @@ def evaluate(
                              token_penalty)
                 chosen = grid[gi]
                 report.meta["tuned"].setdefault(str(m) if isinstance(m, str) else label, {})[str(b)] = {
-                    "params": chosen, "calib_accuracy": float(acc[gi]), "calib_tokens": float(tok[gi]),
+                    "params": {k: getattr(v, "tag", v) for k, v in chosen.items()}, "calib_accuracy": float(acc[gi]), "calib_tokens": float(tok[gi]),
                     "reference": cp, "reference_calib_accuracy": float(ref[0].mean()),
                     "reference_calib_tokens": float(ref[1].mean()), "grid_size": len(grid),
                 }
@@ -766,6 +916,11 @@ def evaluate(
                 mt = _replay(prep, rows_rep, pol_b, name, b)
                 sink.add(name, f"{label} (tuned)", _policy_params(pol_b, chosen), b, report_split, KIND_ADAPTIVE,
                          _per_problem(mt, n_ord), W_rep, n_ord, level)
+                if _claims_guarantee(pol_b):
+                    report.meta["coverage"].append(_coverage(prep, rows_rep, pol_b, f"{label} (tuned)", b, mt,
+                                                             report_split))
+                    cov_claims[f"{label} (tuned)"] = (name, {k: v for k, v in chosen.items()
+                                                             if k not in ("target", "alpha")})
                 if progress:
                     progress(label, b)
             del cal, pps  # the grid x problems table is not needed past tuning
@@ -786,6 +941,10 @@ def evaluate(
                 mt = _replay(prep, rows_rep, pol, name, b)
                 sink.add(name, label, _policy_params(pol, params), b, report_split, _kind(name),
                          _per_problem(mt, n_ord), W_rep, n_ord, level)
+                if _claims_guarantee(pol):
+                    report.meta["coverage"].append(_coverage(prep, rows_rep, pol, label, b, mt, report_split))
+                    cov_claims[label] = (name, {k: v for k, v in with_extras(name, params).items()
+                                                if k not in ("target", "alpha")})
                 if progress:
                     progress(label, b)
 
@@ -797,9 +956,158 @@ def evaluate(
                      b, report_split, KIND_ORACLE, _per_problem(orc[b], n_ord), W_rep, n_ord, level)
         if progress:
             progress("oracle", budgets[-1])
+    if cfg.coverage and cov_claims and prep.has_scores:
+        # s* on the pool's own scale: quantiles of the calibration problems' scores (all problems untuned)
+        learn_scores = np.asarray(arrays.scores, dtype=np.float64)[calib if calib is not None else np.arange(P)]
+        learn_scores = learn_scores[~np.isnan(learn_scores)]
+        rel_targets = tuple(sorted({round(float(t), 4) for t in np.quantile(learn_scores, RELIABILITY_QUANTILES)
+                                    if 0.0 < round(float(t), 4) < 1.0})) or RELIABILITY_TARGETS
+        report.meta["reliability"] = {
+            lab: reliability_grid(prep, rows_rep, name, fixed, budgets[-1], targets=rel_targets, fast=fast)
+            for lab, (name, fixed) in cov_claims.items()}
+        report.meta["reliability_budget"] = budgets[-1]
+        report.meta["reliability_targets"] = list(rel_targets)
     report.rows.extend(sink.finish())
     report.mark_pareto()
+    report.gain_model = gain_model  # type: ignore[attr-defined]  # the fitted GainModel (CLI saves it)
     return report
+
+
+# ================================================================================================ coverage
+def _claims_guarantee(pol) -> bool:
+    """OptScale-family rules promise P(best of N >= s*) >= 1 - alpha."""
+    return all(hasattr(pol, a) for a in ("target", "alpha", "mode")) and str(getattr(pol, "key", "")).startswith(
+        "optscale")
+
+
+def _best_prefix(prep: Prepared) -> np.ndarray:
+    """float64[B, M + 1]: the best drawn score after each prefix length (-inf for 0 or unscored)."""
+    cached = getattr(prep, "_best_prefix", None)
+    if cached is None:
+        sc = np.where(np.isnan(prep.batch.scores), -np.inf, prep.batch.scores)
+        cached = np.full((sc.shape[0], sc.shape[1] + 1), -np.inf)
+        if sc.shape[1]:
+            cached[:, 1:] = np.maximum.accumulate(sc, axis=1)
+        prep._best_prefix = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def coverage_of(prep: Prepared, rows: np.ndarray, target: float, budget: int, samples: np.ndarray) -> dict[str, float]:
+    """Coverage of the guarantee on ``rows`` given each run's draws: among the runs that stopped before
+    their budget min(N_max, n) (the rule's own decision, not the cap), the share whose best drawn score is
+    >= s*; ``stopped`` = the share of runs that stopped before the budget (the runs the promise is about);
+    ``reached`` = the share of ALL runs whose best drawn score is >= s*."""
+    samples = np.asarray(samples, dtype=np.int64)
+    cap = np.minimum(prep.batch.n[rows], int(budget))
+    best = _best_prefix(prep)[rows, samples]
+    hit = best >= target
+    stopped = samples < cap
+    return {"achieved": float(hit[stopped].mean()) if stopped.any() else float("nan"),
+            "stopped": float(stopped.mean()), "reached": float(hit.mean()), "runs": int(rows.shape[0])}
+
+
+def _coverage(prep: Prepared, rows: np.ndarray, pol, label: str, budget: int, mt: RowMetrics,
+              split: str) -> dict[str, Any]:
+    c = coverage_of(prep, rows, float(pol.target), budget, mt.samples)
+    return {"label": label, "method": getattr(pol, "key", ""), "budget": int(budget), "split": split,
+            "target": float(pol.target), "alpha": float(pol.alpha), "promised": 1.0 - float(pol.alpha), **c}
+
+
+def reliability_grid(prep: Prepared, rows: np.ndarray, name: str, fixed: Mapping[str, Any], budget: int, *,
+                     targets: Sequence[float] = RELIABILITY_TARGETS, alphas: Sequence[float] = RELIABILITY_ALPHAS,
+                     fast: bool = True) -> list[dict[str, float]]:
+    """Promised 1 - alpha vs achieved coverage (:func:`coverage_of`) of one rule over an (s*, alpha) grid at
+    one budget on ``rows`` (other parameters ``fixed``)."""
+    grid = [{**fixed, "target": t, "alpha": a} for t in targets for a in alphas]
+    res = _grid_metrics(prep, rows, name, grid, [int(budget)], fast=fast)
+    out = []
+    for gi, g in enumerate(grid):
+        c = coverage_of(prep, rows, g["target"], budget, res[(gi, int(budget))].samples)
+        out.append({"target": float(g["target"]), "alpha": float(g["alpha"]), "promised": 1.0 - float(g["alpha"]),
+                    **c})
+    return out
+
+
+def choose_score_model(arrays, problems: np.ndarray, *, k: int = 16, targets: Sequence[float] | None = None,
+                       priors=None, note: str = "") -> tuple[str, dict[str, Any]]:
+    """The score model for ``optscale-post*`` from held-out likelihood on ``problems``
+    (:func:`optscale.theory_models.heldout_log_score`: fitted on each problem's first ``k`` scores, scored
+    on its others). The density models (tn, beta) are compared by held-out log predictive density; the
+    better one is then compared with the model-free exceedance model by the held-out log score of the
+    event score >= s* (the only thing the bound uses; averaged over ``targets``, default the 50/75/90%
+    quantiles of the problems' scores: s* on the pool's own scale). ``k`` is capped at half
+    the pool's samples: the choice is about the law family, so it uses more scores than one warm-up."""
+    from optscale import theory_models as tm
+
+    scores = np.asarray(arrays.scores, dtype=np.float64)[np.asarray(problems)]
+    k = int(min(k, max(1, int(np.asarray(arrays.n).max(initial=2)) // 2)))  # leave scores to hold out
+    if targets is None:
+        seen = scores[~np.isnan(scores)]
+        targets = [float(t) for t in np.quantile(seen, (0.5, 0.75, 0.9))] if seen.size else [0.5]
+    res = tm.heldout_log_score(scores, None, k=k, targets=targets, priors=priors)
+    dens = max((m for m in res if "density" in res[m]), key=lambda m: res[m]["density"])
+    chosen = dens if res[dens]["event"] >= res.get("exc", {"event": -np.inf})["event"] else "exc"
+    return chosen, {"heldout": res, "chosen": chosen, "k": k, "targets": list(targets), "fitted_on": note,
+                    "criterion": "tn vs beta: held-out log predictive density per score; the better vs exc: "
+                                 "held-out log P(1[score >= s*]) per score (higher is better)"}
+
+
+def coverage_markdown(report: EvalReport) -> str:
+    """Markdown tables of the coverage of every rule that claims the guarantee, the reliability grid and
+    the score-model choice (empty string when there is nothing to show)."""
+    out = []
+    cov = report.meta.get("coverage") or []
+    if cov:
+        out += ["### Coverage of P(best of N >= s*) >= 1 - alpha (runs that stopped before N_max)", "",
+                "| method | N_max | split | s* | promised | achieved | stopped early | best >= s* (all runs) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for c in cov:
+            out.append(f"| {c['label']} | {c['budget']} | {c['split']} | {c['target']:g} | {c['promised']:.3f} | "
+                       f"{c['achieved']:.3f} | {c['stopped']:.3f} | {c['reached']:.3f} |")
+        out.append("")
+    rel = report.meta.get("reliability") or {}
+    for lab, pts in rel.items():
+        ok = [p for p in pts if np.isfinite(p["achieved"])]
+        short = sum(p["achieved"] < p["promised"] - 0.02 for p in ok)
+        out.append(f"Reliability of {lab} at N_max = {report.meta.get('reliability_budget')}: "
+                   f"{len(ok)} (s*, alpha) points with early stops, {short} below promised - 0.02.")
+    if rel:
+        out.append("")
+    sm = report.meta.get("score_models")
+    if sm:
+        out += [f"### Score models (held-out, {sm['fitted_on']}; chosen: {sm['chosen']})", "",
+                "| model | event log score | density log-lik |", "|---|---|---|"]
+        for m, v in sm["heldout"].items():
+            d = v.get("density")
+            out.append(f"| {m} | {v['event']:.4f} | {'' if d is None else f'{d:.4f}'} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_reliability(report: EvalReport, path: str | Path, *, title: str | None = None) -> Path:
+    """PNG: promised 1 - alpha vs achieved coverage over the reliability grid, one marker set per rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="promised = achieved")
+    for lab, pts in (report.meta.get("reliability") or {}).items():
+        x = [p["promised"] for p in pts if np.isfinite(p["achieved"])]
+        y = [p["achieved"] for p in pts if np.isfinite(p["achieved"])]
+        ax.scatter(x, y, s=18, alpha=0.75, label=lab)
+    ax.set_xlabel("promised 1 - alpha")
+    ax.set_ylabel("achieved P(best >= s*) among early stops")
+    ax.set_xlim(0.4, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(title or f"reliability at N_max = {report.meta.get('reliability_budget')}")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 #: policies whose samples are sequential rounds: replayed in the pool's own order only
@@ -949,11 +1257,17 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     alphas = np.array([p.alpha for p in pols])
     ks = np.array([p.k for p in pols])
     u_targets, t_index = np.unique(targets, return_inverse=True)
-    fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    fits: dict[int, tuple[np.ndarray, Any]] = {}
+    posterior = hasattr(base, "posterior_state")  # PosteriorOptScale: N from a posterior state per target
 
-    def fit_at(c: int) -> tuple[np.ndarray, np.ndarray]:
+    def fit_at(c: int) -> tuple[np.ndarray, Any]:
         """(rows with a finite fit on their first c scores, log F(s*) [T, those rows]); rows with fewer
-        than c samples are never fitted at c by the policy (their budget is below c)."""
+        than c samples are never fitted at c by the policy (their budget is below c). Posterior rules:
+        (rows with c samples, the policy's per-target state on their first c scores)."""
+        if c not in fits and posterior:
+            fit_rows = np.flatnonzero(sub.n >= c)
+            fits[c] = (fit_rows, base.posterior_state(sub.scores[fit_rows, :c], None if priors is None else priors[fit_rows],
+                                             u_targets) if fit_rows.size else None)
         if c not in fits:
             fit_rows = np.flatnonzero(sub.n >= c)
             good = np.zeros(0, dtype=np.int64)
@@ -975,11 +1289,17 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     def n_star_at(c: int, gi: np.ndarray, b: int) -> np.ndarray:
         good, log_f = fit_at(c)
         ns = np.full((gi.size, R), b, dtype=np.int64)  # no finite fit: N* = N_max (as the policy)
+        if posterior:
+            if good.size:
+                for j, g in enumerate(gi):
+                    ns[j, good] = base.n_from_state(log_f[t_index[g]], float(alphas[g]), b)
+            return ns
         if good.size:
             ns[:, good] = theory.n_star_from_logcdf(log_f[t_index[gi]], alphas[gi][:, None], b).n
         return ns
 
     out: dict[tuple[int, int], Any] = {} if into is None else into
+    hits = None
     for b in budgets:
         b = int(b)
         budget = np.minimum(sub.n, b)
@@ -1007,6 +1327,10 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
                         if c >= b:
                             break
                         c = min(c + base.wave, b)
+                if getattr(base, "early_stop", False):  # target reached = stop (same truncation as the policy)
+                    if hits is None:
+                        hits = _target_hits(sub, u_targets, sub.n)
+                    nd = np.minimum(nd, np.minimum(hits[t_index[gi]] + 1, budget[None, :]))
                 sel = picks[ar[None, :], nd]  # [G', R]
                 ok_sel = sel >= 0
                 corr = np.zeros(nd.shape, dtype=bool)
@@ -1028,29 +1352,39 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     return out
 
 
+def _target_hits(batch, targets: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """int64[T, B]: first draw position with score >= each target within ``budget`` (large if none)."""
+    from optscale.policies.optscale import target_hit
+
+    return target_hit(batch, np.asarray(targets, dtype=np.float64)[:, None], budget)
+
+
 def sweep(
     arrays,
     methods: Sequence[str] = ("optscale0", "optscalet"),
-    budgets: Sequence[int] = (8, 16, 32, 64),
+    budgets: Sequence[int] | None = None,
     *,
+    config: EvalConfig | None = None,
     targets: Sequence[float] = SWEEP_TARGETS,
     alphas: Sequence[float] = SWEEP_ALPHAS,
     extra: Mapping[str, Iterable] | None = None,
-    orderings: int = 10,
-    seed: int = 0,
     priors: np.ndarray | None = None,
-    ordering_mode: str = "random",
-    n_boot: int = 1000,
-    level: float = 0.95,
-    fast: bool = True,
     baselines: Sequence[str] = ("bon",),
     progress: Callable[[str, int], None] | None = None,
+    **settings: Any,
 ) -> EvalReport:
     """Every (target s*, alpha) pair (x ``extra`` grid) x budget of each method over ALL problems, like
     the paper's grid. Rows have split ``"all (not held-out)"`` and kind ``"sweep"``: for plots only, as no
-    point is held-out. ``baselines`` (fixed-budget methods) are added as split-``"all"`` rows."""
+    point is held-out. ``baselines`` (fixed-budget methods) are added as split-``"all"`` rows.
+    ``config`` / keyword ``settings``: as :func:`evaluate` (budgets, orderings, seed, ordering_mode,
+    n_boot, level, fast are used; tuning settings do not apply)."""
+    if budgets is not None:
+        settings["budgets"] = budgets
+    cfg = _config(config, settings)
+    orderings, seed, ordering_mode, n_boot, level, fast = (
+        cfg.orderings, cfg.seed, cfg.ordering_mode, cfg.n_boot, cfg.level, cfg.fast)
     P, M = np.asarray(arrays.answers).shape
-    budgets = _check_budgets(budgets, M)
+    budgets = _check_budgets(default_budgets(M) if cfg.budgets is None else cfg.budgets, M)
     arrays, cost_unit = _cost_arrays(arrays)
     prep = build_batch(arrays, orderings=orderings, seed=seed, ordering_mode=ordering_mode, priors=priors)
     rows = prep.rows_of(None)

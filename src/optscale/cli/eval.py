@@ -1,6 +1,8 @@
 """``optscale eval POOL``: replay policies x budgets offline over a sample pool and report accuracy vs tokens.
 
-Writes results.csv, results.json, results.md and accuracy_vs_tokens.png to ``--out`` (when given) and
+Writes results.csv, results.json, results.md and accuracy_vs_tokens.png to ``--out`` (when given; plus
+coverage.md and reliability.png for rules that claim the OptScale guarantee, and gain_model.json -- loadable
+by ``costaware:model=PATH`` -- when a cost-aware rule learned one) and
 prints the markdown table (or the JSON report with ``--json``) on stdout; a progress bar over
 (method, budget) goes to stderr.
 """
@@ -65,6 +67,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true",
                    help="also add a full (s*, alpha) grid sweep of the OptScale methods over all problems "
                         "(labelled not held-out; for the plot)")
+    p.add_argument("--tokens-per-point", type=float, default=None, metavar="TOKENS",
+                   help="add the cost-aware rule at this exchange rate: stop when one more sample's expected "
+                        "accuracy gain (learned on the calibration split) is worth fewer than TOKENS per "
+                        "accuracy point; list 'costaware' in --methods to have the rate tuned instead")
+    p.add_argument("--total-budget", type=float, default=None, metavar="TOKENS",
+                   help="add the set-level allocation rule: spread TOKENS over the whole problem set (the "
+                        "reported split gets its share, TOKENS x its problems / all problems) by expected "
+                        "marginal gain")
+    p.add_argument("--no-coverage", dest="coverage", action="store_false",
+                   help="skip the reliability grid of the rules that claim P(best >= s*) >= 1 - alpha")
     p.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the oracle lower bound")
     p.add_argument("--out", default=None,
                    help="directory for results.{csv,json,md} and accuracy_vs_tokens.png (created with its parents; "
@@ -204,6 +216,13 @@ def run(args) -> int:
         if has_scores and priors is not None:
             methods.append("optscalet")
     budgets = _int_list(args.budgets, "budgets") if args.budgets else ev.default_budgets(M)
+    for flag, value in (("--tokens-per-point", args.tokens_per_point), ("--total-budget", args.total_budget)):
+        if value is not None and not (value > 0 and np.isfinite(value)):
+            raise ParameterError(flag, f"must be a positive number of tokens, got {value!r}")
+    if args.tokens_per_point is not None:
+        methods.append(f"costaware:tokens_per_point={args.tokens_per_point!r}")
+    if args.total_budget is not None:
+        methods.append(f"budget-alloc:per_problem={args.total_budget / P!r}")
 
     total = len(methods) * len(budgets) + (1 if args.oracle else 0)
     bar = progress(total=total, desc="eval", unit="run")
@@ -212,17 +231,16 @@ def run(args) -> int:
             bar.set_postfix_str(f"{method} N={budget}", refresh=False)
             bar.update(1)
 
-        report = ev.evaluate(
-            arrays, methods, budgets, orderings=args.orderings, seed=args.seed, calib_frac=args.calib_frac,
-            tune=args.tune, priors=priors, difficulty=difficulty, select=args.select, tolerance=args.tolerance,
-            token_penalty=args.token_penalty, oracle=args.oracle, ordering_mode=args.ordering_mode,
-            progress=tick,
+        config = ev.EvalConfig(
+            budgets=tuple(budgets), orderings=args.orderings, seed=args.seed, calib_frac=args.calib_frac,
+            tune=args.tune, select=args.select, tolerance=args.tolerance, token_penalty=args.token_penalty,
+            oracle=args.oracle, ordering_mode=args.ordering_mode, coverage=args.coverage,
         )
+        report = ev.evaluate(arrays, methods, config=config, priors=priors, difficulty=difficulty, progress=tick)
         if args.sweep:
             opt = [m for m in methods if m.split(":")[0].startswith("optscale")]
             if opt:
-                sw = ev.sweep(arrays, opt, budgets, orderings=args.orderings, seed=args.seed, priors=priors,
-                              ordering_mode=args.ordering_mode, baselines=())
+                sw = ev.sweep(arrays, opt, config=config, priors=priors, baselines=())
                 report.extend(sw)
                 report.mark_pareto()
     finally:
@@ -237,10 +255,20 @@ def run(args) -> int:
         report.to_json(out / "results.json")
         report.to_markdown(out / "results.md")
         ev.plot_accuracy_vs_tokens(report, out / "accuracy_vs_tokens.png", title=Path(args.pool).name)
+        if report.meta.get("coverage"):
+            (out / "coverage.md").write_text(ev.coverage_markdown(report) + "\n", encoding="utf-8")
+        if report.meta.get("reliability"):
+            ev.plot_reliability(report, out / "reliability.png", title=f"{Path(args.pool).name}: reliability")
+        gm = getattr(report, "gain_model", None)
+        if gm is not None:
+            gm.save(out / "gain_model.json")
     if args.json:
         emit_json(report.to_dict())
     else:
         sys.stdout.write(report.to_markdown())
+        extra = ev.coverage_markdown(report)
+        if extra:
+            sys.stdout.write("\n" + extra + "\n")
         if args.out:
             sys.stdout.write(f"\nwrote results.csv, results.json, results.md, accuracy_vs_tokens.png to {args.out}\n")
     return 0

@@ -17,14 +17,22 @@ from optscale.policies.base import (
     effective_budget,
     replay_loop,
 )
+from optscale.policies.bayes import PosteriorOptScale
 from optscale.policies.bon import BoN
 from optscale.policies.consistency import ASC, ESC, SelfConsistency, WeightedSC, asc_confidence
+from optscale.policies.costaware import BudgetAllocation, CostAware, GainModel
 from optscale.policies.dsc import DSC
 from optscale.policies.optscale import OptScale0, OptScaleT
 from optscale.policies.refine import MRThinking
 from optscale.policies.registry import POLICIES, make_policy, parse_spec
+from optscale.policies.wvote import WeightedASC
 
 __all__ = [
+    "PosteriorOptScale",
+    "CostAware",
+    "BudgetAllocation",
+    "GainModel",
+    "WeightedASC",
     "ASC",
     "BatchOnlyError",
     "BoN",

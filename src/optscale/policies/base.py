@@ -189,11 +189,14 @@ def effective_budget(batch: ReplayBatch, n_max: int) -> np.ndarray:
 
 def replay_loop(policy: Policy, batch: ReplayBatch, n_max: int) -> ReplayResult:
     """Reference replay: run ``next_wave``/``select`` row by row, exactly as the online runner would,
-    clipping each wave to the samples the row has (``n[b]``)."""
+    clipping each wave to the samples the row has (``n[b]``). A policy with a ``stop_early(obs)`` hook
+    (e.g. "a drawn score reached s*") is asked after each sample of a wave; True ends the row there
+    (the online loop cancels the rest of the wave)."""
     n_max = check_n_max(n_max)
     B = batch.size
     n_drawn = np.zeros(B, dtype=np.int64)
     selected = np.full(B, -1, dtype=np.int64)
+    stop_early = getattr(policy, "stop_early", None)
     for b in range(B):
         avail = min(n_max, int(batch.n[b]))
         drawn = 0
@@ -204,6 +207,12 @@ def replay_loop(policy: Policy, batch: ReplayBatch, n_max: int) -> ReplayResult:
             wave = min(wave, avail - drawn)
             if wave <= 0:
                 break
+            if stop_early is not None:  # the online loop checks each completed prefix inside a wave
+                hit = next((d for d in range(drawn + 1, drawn + wave + 1) if stop_early(batch.observation(b, d))),
+                           None)
+                if hit is not None:
+                    drawn = hit
+                    break
             drawn += wave
         n_drawn[b] = drawn
         if drawn > 0:
@@ -269,6 +278,9 @@ class Policy(ABC):
     @abstractmethod
     def select(self, obs: Observation) -> int:
         """Index (in draw order) of the chosen sample; -1 if ``obs`` is empty."""
+
+    # Optional hook (see docs/DESIGN.md): ``stop_early(obs) -> bool``, asked after every drawn sample,
+    # also inside a wave; True stops the problem there. Policies without it never stop inside a wave.
 
     def replay(self, batch: ReplayBatch, n_max: int) -> ReplayResult:
         """Decisions for B rows at once; the default loops ``next_wave``/``select`` per row."""

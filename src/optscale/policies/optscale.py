@@ -70,7 +70,7 @@ class _OptScale(Policy):
     default_k = 4
     min_k = 1
 
-    def __init__(self, target: float, alpha: float, k: int, mode: str, wave: int):
+    def __init__(self, target: float, alpha: float, k: int, mode: str, wave: int, early_stop: bool = False):
         self.target = _check_prob("target", target)
         self.alpha = _check_prob("alpha", alpha)
         self.k = check_count("k", k, minimum=self.min_k)
@@ -78,6 +78,9 @@ class _OptScale(Policy):
             raise ParameterError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.wave = check_count("wave", wave)
+        if not isinstance(early_stop, (bool, np.bool_)):
+            raise ParameterError("early_stop", f"must be true or false, got {early_stop!r}")
+        self.early_stop = bool(early_stop)
 
     # --- naming -------------------------------------------------------------------------------------
     @property
@@ -88,12 +91,15 @@ class _OptScale(Policy):
         p: dict[str, Any] = {"target": self.target, "alpha": self.alpha, "k": self.k}
         if self.mode == "sequential":
             p["wave"] = self.wave
+        if self.early_stop:
+            p["early_stop"] = True
         return p
 
     @property
     def label(self) -> str:
         seq = ", seq" + (f" w={self.wave}" if self.wave != 1 else "") if self.mode == "sequential" else ""
-        return f"{self.display}(s*={self.target!r}, α={self.alpha!r}, k={self.k}{seq})"
+        stop = ", stop at s*" if self.early_stop else ""
+        return f"{self.display}(s*={self.target!r}, α={self.alpha!r}, k={self.k}{seq}{stop})"
 
     # --- estimation (subclasses) --------------------------------------------------------------------
     def fit_scores(
@@ -120,8 +126,21 @@ class _OptScale(Policy):
         return {"n_star": ns, "mu": mu, "sigma": sigma}
 
     # --- step-by-step -------------------------------------------------------------------------------
+    @property
+    def stop_early(self):
+        """The ``stop_early(obs)`` hook when ``early_stop`` is on (else None, so that loops skip it): target
+        reached = stop (issue #8 item 2): a drawn score >= s* already meets the goal the bound is about,
+        whatever N* says; the online loop asks it after every sample, also inside a wave."""
+        return self.target_reached if self.early_stop else None
+
+    def target_reached(self, obs: Observation) -> bool:
+        """A drawn score is >= s*."""
+        return bool(np.any(obs.scores >= self.target))
+
     def next_wave(self, obs: Observation, n_max: int) -> int:
         n_max = check_n_max(n_max)
+        if self.early_stop and self.target_reached(obs):
+            return 0
         d = len(obs)
         k = min(self.k, n_max)
         if d < k:
@@ -181,8 +200,20 @@ class _OptScale(Policy):
                 if c >= n_max:
                     break
                 c = min(c + self.wave, n_max)
+        if self.early_stop:
+            n_drawn = np.minimum(n_drawn, target_hit(batch, self.target, budget) + 1)
         selected = best_score(batch.answers, batch.scores, n_drawn)
         return ReplayResult(n_drawn.astype(np.int64), selected, info)
+
+
+def target_hit(batch: ReplayBatch, target, budget: np.ndarray) -> np.ndarray:
+    """int64[..., B]: first draw position whose score is >= ``target`` (scalar or [T, 1]) within the row's
+    ``budget``, else a large number (no hit)."""
+    cols = np.arange(batch.scores.shape[1])
+    with np.errstate(invalid="ignore"):
+        hit = (batch.scores >= np.asarray(target, dtype=np.float64)[..., None]) & (cols < budget[:, None])
+    big = np.iinfo(np.int64).max // 4
+    return np.where(hit.any(axis=-1), hit.argmax(axis=-1), big).astype(np.int64)
 
 
 class OptScale0(_OptScale):
@@ -194,9 +225,10 @@ class OptScale0(_OptScale):
     display = "OptScale0"
 
     def __init__(
-        self, target: float = 0.95, alpha: float = 0.05, k: int = 4, mode: str = "one-shot", wave: int = 1
+        self, target: float = 0.95, alpha: float = 0.05, k: int = 4, mode: str = "one-shot", wave: int = 1,
+        early_stop: bool = False,
     ):
-        super().__init__(target, alpha, k, mode, wave)
+        super().__init__(target, alpha, k, mode, wave, early_stop)
 
     def fit_scores(self, scores, mask, priors):
         from optscale import theory
@@ -234,8 +266,9 @@ class OptScaleT(_OptScale):
         prior: tuple[float, float] | None = None,
         sd_mu: float = 0.1,
         sd_sigma: float = 0.1,
+        early_stop: bool = False,
     ):
-        super().__init__(target, alpha, k, mode, wave)
+        super().__init__(target, alpha, k, mode, wave, early_stop)
         self.sd_mu = _check_positive("sd_mu", sd_mu)
         self.sd_sigma = _check_positive("sd_sigma", sd_sigma)
         if prior is not None:
@@ -296,3 +329,8 @@ class OptScaleT(_OptScale):
             )
             mu[rows], sigma[rows] = fit.mu, fit.sigma
         return mu, sigma
+
+
+#: public names of the shared OptScale machinery, for rules built on it (policies.bayes)
+OptScaleRule = _OptScale
+check_positive = _check_positive

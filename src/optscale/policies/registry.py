@@ -9,11 +9,14 @@ from typing import Any
 
 from optscale.errors import ParameterError
 from optscale.policies.base import Policy
+from optscale.policies.bayes import PosteriorOptScale
 from optscale.policies.bon import BoN
 from optscale.policies.consistency import ASC, ESC, SelfConsistency, WeightedSC
+from optscale.policies.costaware import BudgetAllocation, CostAware
 from optscale.policies.dsc import DSC
 from optscale.policies.optscale import OptScale0, OptScaleT
 from optscale.policies.refine import MRThinking
+from optscale.policies.wvote import WeightedASC
 
 __all__ = ["POLICIES", "make_policy", "parse_spec"]
 
@@ -24,12 +27,17 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "optscale0-seq": partial(OptScale0, mode="sequential"),
     "optscalet": partial(OptScaleT, mode="one-shot"),
     "optscalet-seq": partial(OptScaleT, mode="sequential"),
+    "optscale-post": partial(PosteriorOptScale, mode="one-shot"),
+    "optscale-post-seq": partial(PosteriorOptScale, mode="sequential"),
     "sc": SelfConsistency,
     "wsc": WeightedSC,
     "esc": ESC,
     "asc": ASC,
     "dsc": DSC,
     "mr-thinking": MRThinking,
+    "costaware": CostAware,
+    "budget-alloc": BudgetAllocation,
+    "wvote": WeightedASC,
 }
 
 
@@ -76,7 +84,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 def make_policy(spec: str, **kw: Any) -> Policy:
     """Build a policy from ``"name"`` or ``"name:key=val,key=val"``; keyword arguments override the spec.
 
-    Names: bon, optscale0, optscale0-seq, optscalet, optscalet-seq, sc, wsc, esc, asc, dsc, mr-thinking.
+    Names: bon, optscale0, optscale0-seq, optscalet, optscalet-seq, sc, wsc, esc, asc, dsc, mr-thinking,
+    optscale-post, optscale-post-seq, costaware, budget-alloc, wvote.
     ``make_policy(p.name)`` rebuilds a policy equal to ``p``.
     """
     name, kwargs = parse_spec(spec)

@@ -1,0 +1,271 @@
+"""Issue #8 rules: score models (theory_models), target-reached stop, posterior N, cost-aware stopping,
+set-level allocation, weighted vote; replay == step loop; evaluate's fast path and coverage."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_evaluate import synthetic_arrays
+from test_policies import assert_same, random_batch
+
+from optscale import theory
+from optscale import theory_models as tm
+from optscale.errors import InputError, ParameterError
+from optscale.policies import BatchOnlyError, GainModel, Observation, make_policy, replay_loop
+
+ev = importlib.import_module("optscale.evaluate")
+
+
+# ------------------------------------------------------------------------------------------ theory_models
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 6), st.integers(0, 12), st.floats(0.3, 5), st.floats(0.3, 5), st.floats(0.01, 0.9))
+def test_exceedance_closed_form_matches_monte_carlo_and_is_monotone(j, extra, a0, b0, alpha):
+    k = j + extra
+    model = tm.ExceedanceModel(a0, b0)
+    scores = np.array([[0.9] * j + [0.1] * extra])
+    p_fail = np.exp(model.log_p_fail(0.5, np.arange(1, 30), scores))
+    assert np.all(np.diff(p_fail) <= 1e-12)  # P(best of N >= s*) grows with N
+    rng = np.random.default_rng(j * 100 + extra)
+    p = rng.beta(a0 + j, b0 + k - j, 200_000)
+    mc = np.mean((1 - p) ** 5)
+    assert p_fail[4] == pytest.approx(mc, abs=4 * np.sqrt(mc * (1 - mc) / 200_000) + 1e-4)
+    n = model.n_needed(0.5, alpha, 64, scores)[0]
+    lp = model.log_p_fail(0.5, np.array([n, max(n - 1, 0)]), scores)  # one row: [N values]
+    if n < 64:
+        assert lp[0] <= np.log(alpha) + 1e-9
+    if n > 1:
+        assert lp[1] > np.log(alpha)  # the smallest such N
+
+
+@pytest.mark.parametrize("model", ["tn", "beta"])
+@settings(max_examples=15, deadline=None)
+@given(st.floats(0.3, 0.8), st.floats(0.05, 0.25), st.integers(1, 12), st.integers(0, 10_000))
+def test_posterior_predictive_is_monotone_in_n_and_alpha(model, mu, sigma, n, seed):
+    x = theory.sample(mu, sigma, (3, n), np.random.default_rng(seed))
+    m = tm.get_model(model)
+    p = m.p_reach(0.85, np.arange(1, 40)[:, None], x)  # [N, rows]
+    assert np.all(np.isfinite(p)) and np.all(np.diff(p, axis=0) >= -1e-12)
+    n1 = m.n_needed(0.85, 0.05, 200, x)
+    n2 = m.n_needed(0.85, 0.3, 200, x)
+    assert np.all(n1 >= n2) and np.all((n2 >= 1) & (n1 <= 200))
+
+
+def test_tn_posterior_equals_plug_in_as_it_concentrates():
+    rng = np.random.default_rng(0)
+    x = theory.sample(0.6, 0.1, (4, 4000), rng)
+    fit = theory.fit_mle(x)
+    plug = theory.n_star(fit.mu, fit.sigma, 0.8, 0.1, 10_000).n
+    post = tm.TruncNormalModel().n_needed(0.8, 0.1, 10_000, x)
+    assert np.all(np.abs(post - plug) <= np.maximum(1, 0.02 * plug))
+    # from 3 scores the posterior predictive differs from the plug-in (the point of item 3)
+    x3 = theory.sample(0.6, 0.1, (200, 3), rng)
+    f3 = theory.fit_mle(x3)
+    few = tm.TruncNormalModel().n_needed(0.8, 0.1, 10_000, x3)
+    assert np.mean(few != theory.n_star(f3.mu, f3.sigma, 0.8, 0.1, 10_000).n) > 0.5
+
+
+@pytest.mark.parametrize("model", ["tn", "beta", "exc"])
+def test_models_are_stable_on_degenerate_scores(model):
+    x = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.5, np.nan, np.nan], [np.nan] * 3, [0.3, 0.3, 0.3]])
+    m = tm.get_model(model)
+    with np.errstate(all="raise"):
+        ns = m.n_needed(0.8, 0.1, 64, x)
+    assert ns.dtype == np.int64 and np.all((ns >= 1) & (ns <= 64))
+    # every score reached s*: the law puts (almost) all its mass above s* (tn, beta) / p | 3 of 3 hits
+    # ~ Beta(4, 1), whose predictive P(no hit in 1) = 1/5 > alpha needs a second draw (exc)
+    assert ns[0] == (2 if model == "exc" else 1)
+    if model != "exc":
+        assert ns[3] == 64  # nothing observed, no prior: the budget
+    with pytest.raises(ParameterError, match="scores"):
+        m.n_needed(0.8, 0.1, 64, np.array([[1.5]]))
+
+
+def test_heldout_score_prefers_the_generating_law():
+    """With 16 fitting scores per problem the held-out predictive density ranks the generating law first
+    (with 4 the priors of the two models dominate, which is why evaluate reports both)."""
+    rng = np.random.default_rng(1)
+    beta_scores = rng.beta(8.0, 1.2, (150, 64))  # heavy left tail
+    res = tm.heldout_log_score(beta_scores, k=16)
+    assert res["beta"]["density"] > res["tn"]["density"]
+    for mu, sigma in ((0.1, 0.05), (0.0, 0.1)):  # shapes a Beta law cannot take (a TN(0.5, 0.1) it can)
+        res = tm.heldout_log_score(theory.sample(mu, sigma, (150, 64), rng), k=16)
+        assert res["tn"]["density"] > res["beta"]["density"]
+    assert set(res) == {"tn", "beta", "exc"} and "density" not in res["exc"]
+    assert all(np.isfinite(v["event"]) and v["event"] < 0 for v in res.values())
+
+
+# ------------------------------------------------------------------------------------------ policies
+def test_early_stop_never_draws_past_the_first_score_reaching_the_target():
+    batch = random_batch(np.random.default_rng(3))
+    for spec in ("optscale0-seq:target=0.7,alpha=0.01,k=2,wave=5,early_stop=true",
+                 "optscale-post-seq:target=0.7,alpha=0.01,k=2,wave=5"):
+        pol = make_policy(spec)
+        res = pol.replay(batch, 24)
+        hits = batch.scores >= 0.7
+        first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 10**6)
+        assert np.all(res.n_drawn <= first)
+        budget = np.minimum(batch.n, 24)
+        stopped_at_hit = res.n_drawn == first
+        assert stopped_at_hit.any() and np.all(res.n_drawn[stopped_at_hit] <= budget[stopped_at_hit])
+        assert_same(res, replay_loop(pol, batch, 24), spec)  # the loop truncates inside a wave the same way
+
+
+def _gain_model(seed=0):
+    a = synthetic_arrays(P=80, M=16, seed=seed)
+    prep = ev.build_batch(a, orderings=1, seed=seed)
+    return GainModel.fit(prep.batch, prep.sample_correct)
+
+
+@pytest.mark.parametrize("tpp", [0.5, 20.0, 1e4])
+@pytest.mark.parametrize("k", [1, 3])
+def test_costaware_replay_equals_step_loop(tpp, k):
+    gm = _gain_model()
+    batch = random_batch(np.random.default_rng(int(tpp) + k))
+    pol = make_policy(f"costaware:tokens_per_point={tpp},k={k}", model=gm)
+    for n_max in (1, 4, 16, 30):
+        assert_same(pol.replay(batch, n_max), replay_loop(pol, batch, n_max), f"tpp={tpp} n_max={n_max}")
+
+
+def test_costaware_spends_more_at_a_higher_exchange_rate():
+    gm = _gain_model()
+    batch = random_batch(np.random.default_rng(9))
+    # (n_max 16 = the calibration pool's sample count: the table has no evidence beyond it, gain 0 there)
+    spent = [make_policy(f"costaware:tokens_per_point={t}", model=gm).replay(batch, 16).n_drawn.sum()
+             for t in (0.1, 10.0, 1e3, 1e7)]
+    assert spent == sorted(spent) and spent[0] < spent[-1] == np.minimum(batch.n, 16).sum()  # huge rate: budget
+    assert make_policy("costaware:tokens_per_point=1e9", model=gm).replay(batch, 24).n_drawn.max() <= gm.n_max + gm.wave
+
+
+def test_gain_model_file_roundtrip_and_errors(tmp_path):
+    gm = _gain_model(1)
+    f = gm.save(tmp_path / "g.json")
+    back = GainModel.load(f)
+    assert back.tag == gm.tag and np.allclose(back.gain, gm.gain, atol=1e-6)
+    d = json.loads(f.read_text())
+    del d["gain"]
+    f.write_text(json.dumps(d))
+    with pytest.raises(InputError, match="'gain'"):
+        GainModel.load(f)
+    f.write_text("{")
+    with pytest.raises(InputError, match="line 1"):
+        GainModel.load(f)
+    with pytest.raises(ParameterError, match="'model'"):
+        make_policy("costaware").replay(random_batch(np.random.default_rng(0)), 8)
+
+
+def test_budget_allocation_respects_the_budget_per_group():
+    gm = _gain_model(2)
+    batch = random_batch(np.random.default_rng(5))
+    pol = make_policy("budget-alloc:per_problem=800", model=gm)
+    res = pol.replay(batch, 24)
+    spent = res.token_cost(batch.tokens)
+    for g in np.unique(batch.group):
+        rows = batch.group == g
+        assert spent[rows].sum() <= 800 * rows.sum() + 1e-6
+        # the same draws as costaware at the exchange rate the allocation found for that group
+        rate = float(res.info["tokens_per_point"][rows][0])
+        ca = make_policy(f"costaware:tokens_per_point={rate!r}", model=gm).replay(batch, 24)
+        assert np.array_equal(ca.n_drawn[rows], res.n_drawn[rows])
+    with pytest.raises(BatchOnlyError):
+        pol.next_wave(batch.observation(0, 1), 8)
+
+
+def test_weighted_vote_with_power_zero_is_asc():
+    batch = random_batch(np.random.default_rng(11))
+    batch.scores = np.where(np.isnan(batch.scores), 0.3, batch.scores)  # a NaN score weighs 0 (not 1)
+    for n_max in (4, 24):
+        assert_same(make_policy("wvote:power=0").replay(batch, n_max), make_policy("asc").replay(batch, n_max))
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+def test_fast_path_equals_replay_for_the_new_rules():
+    a = synthetic_arrays(P=30, M=16, seed=12)
+    pri = np.column_stack([np.random.default_rng(0).uniform(0.3, 0.8, 30), np.full(30, 0.15)])
+    prep = ev.build_batch(a, orderings=1, seed=1, priors=pri)
+    rows = prep.rows_of(None)
+    cases = [("optscale0-seq", {"target": (0.7, 0.9), "alpha": (0.1, 0.5), "k": (2,), "early_stop": (True,)}),
+             ("optscale0", {"target": (0.7, 0.9), "alpha": (0.1, 0.5), "early_stop": (True,)}),
+             ("optscale-post-seq", {"target": (0.7, 0.9), "alpha": (0.1, 0.5), "k": (2, 4), "model": ("beta",)}),
+             ("optscale-post", {"target": (0.8,), "alpha": (0.1, 0.5), "model": ("exc",), "prior": (True,)}),
+             ("optscale-post-seq", {"target": (0.8,), "alpha": (0.2,), "model": ("tn",), "wave": (3,)})]
+    for name, g in cases:
+        grid = ev._grid(g)
+        fast = ev._fast_optscale(prep, rows, name, grid, [3, 8, 16])
+        assert fast is not None, name
+        slow = ev._grid_metrics(prep, rows, name, grid, [3, 8, 16], fast=False)
+        for key, m in slow.items():
+            assert np.array_equal(fast[key].samples, m.samples), (name, key)
+            assert np.array_equal(fast[key].correct, m.correct), (name, key)
+
+
+def test_coverage_counts_only_runs_that_stopped_before_the_budget():
+    a = synthetic_arrays(P=40, M=16, seed=5, short=False)
+    prep = ev.build_batch(a, orderings=0)
+    rows = prep.rows_of(None)
+    samples = np.full(40, 16)
+    samples[:10] = 1
+    c = ev.coverage_of(prep, rows, 0.5, 16, samples)
+    first = prep.batch.scores[:10, 0]
+    assert c["stopped"] == pytest.approx(10 / 40)
+    assert c["achieved"] == pytest.approx(np.mean(first >= 0.5))
+    rep = ev.evaluate(a, ["optscale0-seq:early_stop=true", "optscale-post-seq"], [8, 16], orderings=1, n_boot=50)
+    assert {c["method"] for c in rep.meta["coverage"]} == {"optscale0-seq", "optscale-post-seq"}
+    for pts in rep.meta["reliability"].values():
+        assert len(pts) == len(rep.meta["reliability_targets"]) * len(ev.RELIABILITY_ALPHAS)
+    # a reliability point equals a direct replay of the rule with those (s*, alpha) on the reported rows
+    lab = next(k for k in rep.meta["reliability"] if k.startswith("optscale0-seq"))
+    pt = rep.meta["reliability"][lab][len(ev.RELIABILITY_ALPHAS) + 2]
+    k = rep.meta["tuned"]["optscale0-seq:early_stop=true"]["16"]["params"]["k"]
+    pol = make_policy("optscale0-seq", target=pt["target"], alpha=pt["alpha"], k=k, early_stop=True)
+    prep = ev.build_batch(a, orderings=1, seed=0)
+    rows = prep.rows_of(np.asarray(rep.meta["test_problems"]))
+    res = pol.replay(ev._subset_batch(prep.batch, rows), 16)
+    direct = ev.coverage_of(prep, rows, pt["target"], 16, res.n_drawn)
+    assert direct["stopped"] == pytest.approx(pt["stopped"]) and direct["reached"] == pytest.approx(pt["reached"])
+    assert (np.isnan(direct["achieved"]) and np.isnan(pt["achieved"])) or direct["achieved"] == pytest.approx(
+        pt["achieved"])
+    assert rep.meta["score_models"]["chosen"] in ("tn", "beta", "exc")
+
+
+def test_costaware_looks_ahead_over_horizons():
+    """One more sample is worth 0.1 point, eight more are worth 5 points: at 100 tokens per point and 50
+    tokens per sample a myopic rule would stop (10 < 50 tokens), the look-ahead continues (500 > 400)."""
+    edges = np.array([-np.inf, 0.5, np.inf])
+    gain = np.zeros((2, 2, 10))
+    gain[0] = 0.001
+    gain[1] = 0.05
+    gm = GainModel(edges, np.full((2, 10), 0.5), gain, horizons=(1, 8))
+    pol = make_policy("costaware:tokens_per_point=100", model=gm)
+    obs = Observation(np.array([0, 1]), np.array([0.3, 0.6]), np.array([50.0, 50.0]))
+    assert pol.next_wave(obs, 16) == 1
+    assert pol.next_wave(obs, 9) == 0  # only 7 samples left: horizon 8 is out of reach, horizon 1 not worth it
+    assert make_policy("costaware:tokens_per_point=70", model=gm).next_wave(obs, 16) == 0  # 350 < 400
+    with pytest.raises(ParameterError, match="horizons"):
+        GainModel(edges, np.full((2, 10), 0.5), gain, horizons=(8, 1))
+
+
+# ------------------------------------------------------------------------------------------ online == offline
+@pytest.mark.parametrize("spec", ["optscale0-seq:target=0.9,alpha=0.05,k=2,wave=3,early_stop=true",
+                                  "optscale-post-seq:target=0.9,alpha=0.05,k=2,wave=3",
+                                  "optscale0:target=0.9,alpha=0.05,k=2,early_stop=true"])
+def test_online_loop_stops_at_the_target_like_replay(spec):
+    """The real AdaptiveLoop with a scripted generator draws exactly what replay says: the wave holding
+    the first score >= s* is cut right after it (stop_reason 'target')."""
+    from test_loop import Scripted, TextScorer, solve
+
+    from optscale.policies import ReplayBatch
+
+    scores = [0.3, 0.5, 0.4, 0.6, 0.95, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2, 0.3]
+    answers = list(range(1, 13))
+    pol = make_policy(spec)
+    res = solve(Scripted(answers, scores), TextScorer(), pol, n_max=12)
+    batch = ReplayBatch(np.array([answers]) - 1, np.array([scores]), np.ones((1, 12)), np.array([12]))
+    expect = pol.replay(batch, 12)
+    assert len(res.samples) == int(expect.n_drawn[0]) == 5
+    assert res.stop_reason == "target" and res.selected == 4
+    assert make_policy("optscale0-seq:target=0.9,alpha=0.05,k=2").stop_early is None  # no hook: loops skip it
