@@ -252,18 +252,26 @@ def _policies():
 class Prepared:
     """A replay batch over all problems x orderings plus what scoring needs.
 
-    Rows are ordering-major: row ``o * P + p`` is problem ``p`` in ordering ``o``.
+    Rows are ordering-major: row ``o * P + p`` is problem ``p`` in ordering ``o``. Only the per-problem
+    arrays and the draw order of every row (``perm``, one byte per draw) are kept; a row block's
+    :class:`~optscale.policies.ReplayBatch` is gathered on demand (:meth:`sub`), so that memory grows with
+    the pool plus one block, not with problems x orderings x float64 (issue #9). ``batch`` and ``cumtok``
+    build the whole thing (for tests and small pools; the engine never calls them).
     """
 
-    batch: Any  # ReplayBatch
     problem: np.ndarray  # int64[B], problem index of each row
     ordering: np.ndarray  # int64[B], ordering id of each row (0 = pool order)
-    perm: np.ndarray  # int64[B, M], pool sample index of each draw position
+    perm: np.ndarray  # uint[B, M], pool sample index of each draw position
     sample_correct: np.ndarray  # bool[B, M], correctness of each sample (by answer class) in draw order
-    cumtok: np.ndarray  # float64[B, M + 1], cumulative tokens in draw order (cumtok[:, 0] = 0)
     n_problems: int
     n_orderings: int
     has_scores: bool
+    answers_p: np.ndarray  # int64[P, M] pool order
+    scores_p: np.ndarray  # float64[P, M]
+    tokens_p: np.ndarray  # float64[P, M] (NaN -> 0)
+    n_p: np.ndarray  # int64[P]
+    priors_p: np.ndarray | None = None  # float64[P, 4]
+    difficulty_p: np.ndarray | None = None  # float64[P]
 
     def rows_of(self, problems: np.ndarray | None) -> np.ndarray:
         """Row indices (ordering-major, problems in the given order) of a subset of problems."""
@@ -271,6 +279,72 @@ class Prepared:
             return np.arange(self.problem.shape[0])
         problems = np.asarray(problems, dtype=np.int64)
         return (np.arange(self.n_orderings)[:, None] * self.n_problems + problems[None, :]).ravel()
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.problem.shape[0])
+
+    @property
+    def max_samples(self) -> int:
+        return int(self.answers_p.shape[1])
+
+    @property
+    def has_priors(self) -> bool:
+        return self.priors_p is not None
+
+    def n_of(self, rows: np.ndarray) -> np.ndarray:
+        """int64[R]: samples available in each row."""
+        return self.n_p[self.problem[rows]]
+
+    def _take(self, a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return a[self.problem[rows][:, None], self.perm[rows]]
+
+    def scores_of(self, rows: np.ndarray) -> np.ndarray:
+        """float64[R, M]: scores of ``rows`` in draw order."""
+        return self._take(self.scores_p, rows)
+
+    def tokens_of(self, rows: np.ndarray) -> np.ndarray:
+        """float64[R, M]: tokens of ``rows`` in draw order (0 past n and where missing)."""
+        tok = self._take(self.tokens_p, rows)
+        valid = np.arange(self.max_samples)[None, :] < self.n_of(rows)[:, None]
+        return np.where(valid, tok, 0.0)
+
+    def cumtok_of(self, rows: np.ndarray) -> np.ndarray:
+        """float64[R, M + 1]: cumulative tokens of ``rows`` in draw order (column 0 = 0)."""
+        out = np.zeros((rows.shape[0], self.max_samples + 1), dtype=np.float64)
+        np.cumsum(self.tokens_of(rows), axis=1, out=out[:, 1:])
+        return out
+
+    def tokens_at(self, rows: np.ndarray, n_drawn: np.ndarray) -> np.ndarray:
+        """float64[R]: tokens of the first ``n_drawn`` draws of each row (cumulative, as ``cumtok``)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n_drawn = np.asarray(n_drawn)
+        out = np.empty(rows.shape[0], dtype=np.float64)
+        for s in range(0, rows.shape[0], _ROW_CHUNK):
+            r = rows[s:s + _ROW_CHUNK]
+            out[s:s + _ROW_CHUNK] = self.cumtok_of(r)[np.arange(r.shape[0]), n_drawn[s:s + _ROW_CHUNK]]
+        return out
+
+    def sub(self, rows: np.ndarray):
+        """The ReplayBatch of ``rows`` (draw order), gathered from the per-problem arrays."""
+        rows = np.asarray(rows, dtype=np.int64)
+        pr = self.problem[rows]
+        return _policies().ReplayBatch(
+            answers=self._take(self.answers_p, rows), scores=self.scores_of(rows), tokens=self.tokens_of(rows),
+            n=self.n_p[pr], priors=None if self.priors_p is None else self.priors_p[pr],
+            difficulty=None if self.difficulty_p is None else self.difficulty_p[pr],
+            group=self.ordering[rows].copy(),
+        )
+
+    @property
+    def batch(self):
+        """The whole ReplayBatch (every row; built on each access, not kept)."""
+        return self.sub(np.arange(self.n_rows))
+
+    @property
+    def cumtok(self) -> np.ndarray:
+        """float64[B, M + 1]: cumulative tokens of every row (built on each access, not kept)."""
+        return self.cumtok_of(np.arange(self.n_rows))
 
 
 def _class_correct_matrix(arrays) -> np.ndarray | None:
@@ -342,15 +416,8 @@ def build_batch(
     problem = np.tile(np.arange(P, dtype=np.int64), n_ord)
     ordering = np.repeat(np.arange(n_ord, dtype=np.int64), P)
 
-    def take(a):
-        return a[problem[:, None], perm]
-
-    ans_b = take(answers)
-    sc_b = take(scores)
-    tok_b = np.nan_to_num(take(tokens), nan=0.0)
     valid = np.arange(M)[None, :] < n[problem][:, None]
-    tok_b = np.where(valid, tok_b, 0.0)
-
+    ans_b = answers[problem[:, None], perm]
     cc = _class_correct_matrix(arrays)
     if cc is not None and cc.shape[1] > 0:
         cls = np.clip(ans_b, 0, cc.shape[1] - 1)
@@ -359,32 +426,26 @@ def build_batch(
         corr = getattr(arrays, "correct", None)
         if corr is None:
             raise ParameterError("pool", "has no correctness information (gold answers or per-sample 'correct')")
-        sample_correct = take(np.asarray(corr, dtype=bool)) & valid & (ans_b >= 0)
+        sample_correct = np.asarray(corr, dtype=bool)[problem[:, None], perm] & valid & (ans_b >= 0)
+    del ans_b, valid
 
-    cumtok = np.zeros((n_ord * P, M + 1), dtype=np.float64)
-    np.cumsum(tok_b, axis=1, out=cumtok[:, 1:])
-
-    pri_b = None
+    pri_p = None
     if priors is not None:
-        pri_b = expand_priors(priors, P)[problem]
-    diff_b = None
+        pri_p = expand_priors(priors, P)
+    diff_p = None
     if difficulty is not None:
-        d = np.asarray(difficulty, dtype=np.float64).reshape(-1)
-        if d.shape[0] != P:
-            raise ParameterError("difficulty", f"has {d.shape[0]} values for {P} problems")
-        diff_b = d[problem]
+        diff_p = np.asarray(difficulty, dtype=np.float64).reshape(-1)
+        if diff_p.shape[0] != P:
+            raise ParameterError("difficulty", f"has {diff_p.shape[0]} values for {P} problems")
+        diff_p = diff_p.copy()
 
-    valid_scores = np.where(valid[:P], ~np.isnan(scores), True)
+    valid_scores = np.where(np.arange(M)[None, :] < n[:, None], ~np.isnan(scores), True)
     has_scores = bool(valid_scores.all()) and bool((n > 0).any())
 
-    pol = _policies()
-    batch = pol.ReplayBatch(
-        answers=ans_b, scores=sc_b, tokens=tok_b, n=n[problem].copy(), priors=pri_b, difficulty=diff_b,
-        group=ordering.copy(),
-    )
     perm = perm.astype(np.min_scalar_type(M))  # sample indices < M: the smallest integer type holds them
-    return Prepared(batch=batch, problem=problem, ordering=ordering, perm=perm, sample_correct=sample_correct,
-                    cumtok=cumtok, n_problems=P, n_orderings=n_ord, has_scores=has_scores)
+    return Prepared(problem=problem, ordering=ordering, perm=perm, sample_correct=sample_correct,
+                    n_problems=P, n_orderings=n_ord, has_scores=has_scores, answers_p=answers, scores_p=scores,
+                    tokens_p=np.nan_to_num(tokens, nan=0.0), n_p=n, priors_p=pri_p, difficulty_p=diff_p)
 
 
 def _subset_batch(batch, rows: np.ndarray):
@@ -515,7 +576,7 @@ def _metrics(prep: Prepared, rows: np.ndarray, n_drawn: np.ndarray, selected: np
     ok = selected >= 0
     corr = np.zeros(rows.shape[0], dtype=bool)
     corr[ok] = sc[np.flatnonzero(ok), selected[ok]]
-    tok = prep.cumtok[rows, n_drawn]
+    tok = prep.tokens_at(rows, n_drawn)
     return RowMetrics(correct=corr, tokens=tok, samples=n_drawn)
 
 
@@ -681,7 +742,7 @@ def _concat_metrics(parts: list[RowMetrics]) -> RowMetrics:
 def _replay(prep: Prepared, rows: np.ndarray, policy, name: str, n_max: int, _cache: dict | None = None):
     parts = []
     for blk in _row_blocks(prep, rows):
-        sub = _subset_batch(prep.batch, blk)
+        sub = prep.sub(blk)
         res = policy.replay(sub, int(n_max))
         nd, sel = _check_result(name, res, sub)
         parts.append(_metrics(prep, blk, nd, sel))
@@ -705,7 +766,7 @@ def oracle_costs(prep: Prepared, rows: np.ndarray, budgets: Sequence[int], refer
         target = corr[b - 1]
         first = np.argmax(corr[:b] == target[None, :], axis=0)  # always found: prefix b matches itself
         nd = drawn[first, np.arange(rows.shape[0])]
-        out[b] = RowMetrics(correct=target.copy(), tokens=prep.cumtok[rows, nd], samples=nd)
+        out[b] = RowMetrics(correct=target.copy(), tokens=prep.tokens_at(rows, nd), samples=nd)
     return out
 
 
@@ -838,7 +899,7 @@ def evaluate(
     extras_meta: dict[str, Any] = {}
     gain_model = None
     if prep.has_scores and any(name in GAIN_METHODS and "model" not in params for name, params in specs):
-        gain_model = _policies().GainModel.fit(_subset_batch(prep.batch, learn_rows), prep.sample_correct[learn_rows])
+        gain_model = _policies().GainModel.fit(prep.sub(learn_rows), prep.sample_correct[learn_rows])
         extras_meta["gain_model"] = {"tag": gain_model.tag, "fitted_on": learn_note, **gain_model.meta}
     chosen_model = None
     if prep.has_scores and any(name in POSTERIOR_METHODS and params.get("model", "auto") == "auto"
@@ -980,16 +1041,21 @@ def _claims_guarantee(pol) -> bool:
         "optscale")
 
 
-def _best_prefix(prep: Prepared) -> np.ndarray:
-    """float64[B, M + 1]: the best drawn score after each prefix length (-inf for 0 or unscored)."""
-    cached = getattr(prep, "_best_prefix", None)
-    if cached is None:
-        sc = np.where(np.isnan(prep.batch.scores), -np.inf, prep.batch.scores)
-        cached = np.full((sc.shape[0], sc.shape[1] + 1), -np.inf)
-        if sc.shape[1]:
-            cached[:, 1:] = np.maximum.accumulate(sc, axis=1)
-        prep._best_prefix = cached  # type: ignore[attr-defined]
-    return cached
+def _best_drawn(prep: Prepared, rows: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """float64[R]: the best score among the first ``samples[i]`` draws of row ``rows[i]`` (-inf for none
+    drawn or all unscored), in chunks of rows (no [B, M + 1] prefix table is kept)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    samples = np.asarray(samples, dtype=np.int64)
+    out = np.full(rows.shape[0], -np.inf)
+    M = prep.max_samples
+    if M == 0:
+        return out
+    ar = np.arange(M)
+    for s in range(0, rows.shape[0], _ROW_CHUNK):
+        sc = prep.scores_of(rows[s:s + _ROW_CHUNK])
+        drawn = (ar[None, :] < samples[s:s + _ROW_CHUNK, None]) & ~np.isnan(sc)
+        out[s:s + _ROW_CHUNK] = np.where(drawn, sc, -np.inf).max(axis=1)
+    return out
 
 
 def coverage_of(prep: Prepared, rows: np.ndarray, target: float, budget: int, samples: np.ndarray) -> dict[str, float]:
@@ -998,8 +1064,8 @@ def coverage_of(prep: Prepared, rows: np.ndarray, target: float, budget: int, sa
     >= s*; ``stopped`` = the share of runs that stopped before the budget (the runs the promise is about);
     ``reached`` = the share of ALL runs whose best drawn score is >= s*."""
     samples = np.asarray(samples, dtype=np.int64)
-    cap = np.minimum(prep.batch.n[rows], int(budget))
-    best = _best_prefix(prep)[rows, samples]
+    cap = np.minimum(prep.n_of(rows), int(budget))
+    best = _best_drawn(prep, rows, samples)
     hit = best >= target
     stopped = samples < cap
     return {"achieved": float(hit[stopped].mean()) if stopped.any() else float("nan"),
@@ -1019,10 +1085,24 @@ def reliability_grid(prep: Prepared, rows: np.ndarray, name: str, fixed: Mapping
     """Promised 1 - alpha vs achieved coverage (:func:`coverage_of`) of one rule over an (s*, alpha) grid at
     one budget on ``rows`` (other parameters ``fixed``)."""
     grid = [{**fixed, "target": t, "alpha": a} for t in targets for a in alphas]
-    res = _grid_metrics(prep, rows, name, grid, [int(budget)], fast=fast)
+    # block by block (whole orderings, as one replay): only the counts behind each share are kept, so memory
+    # grows with one block x grid, not all rows x grid (the shares equal coverage_of's on all rows at once)
+    counts = np.zeros((len(grid), 3), dtype=np.int64)  # (hit and stopped, stopped, hit)
+    for blk in _row_blocks(prep, rows):
+        res = _grid_metrics(prep, blk, name, grid, [int(budget)], fast=fast)
+        for gi, g in enumerate(grid):
+            samples = np.asarray(res.pop((gi, int(budget))).samples, dtype=np.int64)
+            cap = np.minimum(prep.n_of(blk), int(budget))
+            hit = _best_drawn(prep, blk, samples) >= g["target"]
+            stopped = samples < cap
+            counts[gi] += (int(np.count_nonzero(hit & stopped)), int(np.count_nonzero(stopped)),
+                           int(np.count_nonzero(hit)))
+        del res
+    runs = int(rows.shape[0])
     out = []
     for gi, g in enumerate(grid):
-        c = coverage_of(prep, rows, g["target"], budget, res[(gi, int(budget))].samples)
+        hs, st, ht = (int(x) for x in counts[gi])
+        c = {"achieved": hs / st if st else float("nan"), "stopped": st / runs, "reached": ht / runs, "runs": runs}
         out.append({"target": float(g["target"]), "alpha": float(g["alpha"]), "promised": 1.0 - float(g["alpha"]),
                     **c})
     return out
@@ -1147,7 +1227,7 @@ def _check_method(prep: Prepared, pol, name: str, priors) -> None:
     if getattr(pol, "needs_scores", False) and not prep.has_scores:
         raise ParameterError("methods", f"method {name!r} needs verifier scores, but the pool has samples "
                                         "without a score")
-    if _needs_prior(pol, name) and prep.batch.priors is None and getattr(pol, "prior", None) is None:
+    if _needs_prior(pol, name) and not prep.has_priors and getattr(pol, "prior", None) is None:
         raise ParameterError("methods", f"method {name!r} needs priors (mu0, sigma0) per problem: pass "
                                         "--priors FILE, put meta.prior in the pool, or use a predictor")
 
@@ -1203,11 +1283,13 @@ def best_picks(prep: Prepared) -> np.ndarray:
         return cached
     from optscale.policies import best_score
 
-    b = prep.batch
-    B, M = b.answers.shape
+    B, M = prep.n_rows, prep.max_samples
     picks = np.full((B, M + 1), -1, dtype=np.int8 if M < 128 else np.int16 if M < 32768 else np.int64)  # -1..M-1
-    for n in range(1, M + 1):  # one vectorized call per prefix length (not per sample or row)
-        picks[:, n] = best_score(b.answers, b.scores, np.full(B, n, dtype=np.int64))
+    for s in range(0, B, _ROW_CHUNK):  # row chunks of the batch, gathered on demand
+        r = np.arange(s, min(s + _ROW_CHUNK, B))
+        ans, sc = prep._take(prep.answers_p, r), prep.scores_of(r)
+        for n in range(1, M + 1):  # one vectorized call per prefix length (not per sample or row)
+            picks[r, n] = best_score(ans, sc, np.full(r.shape[0], n, dtype=np.int64))
     prep._best_picks = picks  # type: ignore[attr-defined]
     return picks
 
@@ -1245,11 +1327,11 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
         type(p) is not type(base) or p.mode != mode or p.wave != base.wave for p in pols
     ):
         return None
-    sub = _subset_batch(prep.batch, rows)
+    sub = prep.sub(rows)
     priors = base.batch_priors(sub)
     picks = best_picks(prep)[rows]
     sc_rows = prep.sample_correct[rows]
-    cum = prep.cumtok[rows]
+    cum = prep.cumtok_of(rows)
     R = rows.shape[0]
     ar = np.arange(R)
     k_ord = int(np.unique(prep.ordering[rows]).size) if reduce == -1 else 0
