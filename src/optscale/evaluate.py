@@ -958,7 +958,7 @@ def evaluate(
             cal = _grid_metrics(prep, rows_cal, name, grid, budgets, fast=fast, reduce=n_ord)
             cp = _COUNTERPART.get(name, "bon" if prep.has_scores else "sc")
             for b in budgets:
-                pps = [cal[(gi, b)] for gi in range(len(grid))]  # G x [3, Pc]
+                pps = [cal[(gi, b)] for gi in range(len(grid))]  # G x [3, Pc] (or compact _ProblemSums)
                 acc = np.array([pp[0].mean() for pp in pps])
                 tok = np.array([pp[1].mean() for pp in pps])
                 ref = _per_problem(reference(cp, rows_cal, "calib", b), n_ord)
@@ -971,7 +971,7 @@ def evaluate(
                     "reference_calib_tokens": float(ref[1].mean()), "grid_size": len(grid),
                 }
                 if include_calib:
-                    sink.add(name, f"{label} (tuned)", chosen, b, SPLIT_CALIB, KIND_ADAPTIVE, pps[gi], W_cal,
+                    sink.add(name, f"{label} (tuned)", chosen, b, SPLIT_CALIB, KIND_ADAPTIVE, np.asarray(pps[gi]), W_cal,
                              n_ord, level)
                 pol_b = _make(name, chosen)
                 mt = _replay(prep, rows_rep, pol_b, name, b)
@@ -1246,7 +1246,7 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
             res, acc = None, None
             for blk in blocks:
                 part = _fast_optscale(prep, blk, name, grid, budgets, reduce=-1 if reduce else None,
-                                      into=acc if reduce else None)  # sums added in place
+                                      into=acc if reduce else None, n_ord_total=reduce)  # sums added in place
                 if part is None:
                     break
                 if reduce:
@@ -1261,7 +1261,7 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
                     res = {k: _concat_metrics(v) for k, v in acc.items()}
                 else:
                     for v in acc.values():
-                        v /= reduce  # in place: one grid x problems table
+                        v.divisor = reduce  # read as means: one compact grid x problems table
                     res = acc
         if res is not None:
             return res
@@ -1272,6 +1272,39 @@ def _grid_metrics(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[s
             m = _replay(prep, rows, pol, name, b)
             out[(gi, b)] = m if reduce is None else _per_problem(m, reduce)
     return out
+
+
+class _ProblemSums:
+    """Per-problem sums over orderings of (correct, tokens, samples) for one grid point, compactly: the
+    counts of correct runs and of samples are integers (exact in the smallest unsigned type holding
+    ``n_orderings x max``), the tokens float64 (11 bytes per problem instead of 24). Read as the float64
+    [3, P'] means (``np.asarray``, ``[i]``): the sums divided by ``divisor``, the same numbers as dividing
+    float64 sums."""
+
+    def __init__(self, n: int, n_orderings: int, n_max: int) -> None:
+        self.correct = np.zeros(n, dtype=np.min_scalar_type(max(int(n_orderings), 1)))
+        self.tokens = np.zeros(n, dtype=np.float64)
+        self.samples = np.zeros(n, dtype=np.min_scalar_type(max(int(n_orderings) * int(n_max), 1)))
+        self.divisor = 1
+        self._started = False
+
+    def add(self, sums: np.ndarray) -> None:
+        """Add float64 [3, P'] sums (integer-valued correct and sample counts)."""
+        if self._started:
+            self.tokens += sums[1]
+        else:
+            self.tokens[:] = sums[1]
+            self._started = True
+        self.correct += sums[0].astype(self.correct.dtype)
+        self.samples += sums[2].astype(self.samples.dtype)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        v = (self.correct, self.tokens, self.samples)[i]
+        return v.astype(np.float64) / self.divisor
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.stack([self[i] for i in range(3)])
+        return out if dtype is None else out.astype(dtype)
 
 
 def best_picks(prep: Prepared) -> np.ndarray:
@@ -1300,7 +1333,8 @@ _GRID_CHUNK = 1 << 19
 
 
 def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[str, Any]],
-                   budgets: Sequence[int], *, reduce: int | None = None, into: dict | None = None) -> dict | None:
+                   budgets: Sequence[int], *, reduce: int | None = None, into: dict | None = None,
+                   n_ord_total: int | None = None) -> dict | None:
     """Grid x budgets of an OptScale policy (one-shot or sequential) in one pass, or None if the grid is
     not such a policy with only (target, alpha, k) varying.
 
@@ -1425,10 +1459,9 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
                     elif reduce == -1:  # per-problem sums over the block's orderings (rows are ordering-major)
                         sums = np.stack([m.correct.astype(np.float64), m.tokens,
                                          m.samples.astype(np.float64)]).reshape(3, k_ord, -1).sum(axis=1)
-                        if (int(g), b) in out:
-                            out[(int(g), b)] += sums
-                        else:
-                            out[(int(g), b)] = sums
+                        if (int(g), b) not in out:
+                            out[(int(g), b)] = _ProblemSums(sums.shape[1], n_ord_total or k_ord, int(b))
+                        out[(int(g), b)].add(sums)
                     else:
                         out[(int(g), b)] = _per_problem(m, reduce)
     return out
