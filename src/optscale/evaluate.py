@@ -259,8 +259,6 @@ class Prepared:
     build the whole thing (for tests and small pools; the engine never calls them).
     """
 
-    problem: np.ndarray  # int64[B], problem index of each row
-    ordering: np.ndarray  # int64[B], ordering id of each row (0 = pool order)
     perm: np.ndarray  # uint[B, M], pool sample index of each draw position
     sample_correct: np.ndarray  # bool[B, M], correctness of each sample (by answer class) in draw order
     n_problems: int
@@ -276,13 +274,31 @@ class Prepared:
     def rows_of(self, problems: np.ndarray | None) -> np.ndarray:
         """Row indices (ordering-major, problems in the given order) of a subset of problems."""
         if problems is None:
-            return np.arange(self.problem.shape[0])
+            return np.arange(self.n_rows)
         problems = np.asarray(problems, dtype=np.int64)
         return (np.arange(self.n_orderings)[:, None] * self.n_problems + problems[None, :]).ravel()
 
     @property
     def n_rows(self) -> int:
-        return int(self.problem.shape[0])
+        return int(self.perm.shape[0])
+
+    def problem_of(self, rows: np.ndarray) -> np.ndarray:
+        """int64[R]: problem index of each row (rows are ordering-major: ``row % P``)."""
+        return np.asarray(rows, dtype=np.int64) % self.n_problems
+
+    def ordering_of(self, rows: np.ndarray) -> np.ndarray:
+        """int64[R]: ordering id of each row (0 = pool order; ``row // P``)."""
+        return np.asarray(rows, dtype=np.int64) // self.n_problems
+
+    @property
+    def problem(self) -> np.ndarray:
+        """int64[B]: problem index of every row (built on access)."""
+        return self.problem_of(np.arange(self.n_rows))
+
+    @property
+    def ordering(self) -> np.ndarray:
+        """int64[B]: ordering id of every row (built on access)."""
+        return self.ordering_of(np.arange(self.n_rows))
 
     @property
     def max_samples(self) -> int:
@@ -294,10 +310,10 @@ class Prepared:
 
     def n_of(self, rows: np.ndarray) -> np.ndarray:
         """int64[R]: samples available in each row."""
-        return self.n_p[self.problem[rows]]
+        return self.n_p[self.problem_of(rows)]
 
     def _take(self, a: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return a[self.problem[rows][:, None], self.perm[rows]]
+        return a[self.problem_of(rows)[:, None], self.perm[rows]]
 
     def scores_of(self, rows: np.ndarray) -> np.ndarray:
         """float64[R, M]: scores of ``rows`` in draw order."""
@@ -328,12 +344,12 @@ class Prepared:
     def sub(self, rows: np.ndarray):
         """The ReplayBatch of ``rows`` (draw order), gathered from the per-problem arrays."""
         rows = np.asarray(rows, dtype=np.int64)
-        pr = self.problem[rows]
+        pr = self.problem_of(rows)
         return _policies().ReplayBatch(
             answers=self._take(self.answers_p, rows), scores=self.scores_of(rows), tokens=self.tokens_of(rows),
             n=self.n_p[pr], priors=None if self.priors_p is None else self.priors_p[pr],
             difficulty=None if self.difficulty_p is None else self.difficulty_p[pr],
-            group=self.ordering[rows].copy(),
+            group=self.ordering_of(rows),
         )
 
     @property
@@ -412,7 +428,8 @@ def build_batch(
         raise ParameterError("pool", "has no problems")
     n_ord = 1 + int(orderings)
     perm3 = _permutations(n, M, int(orderings), seed, ordering_mode)  # [n_ord, P, M]
-    perm = perm3.reshape(n_ord * P, M)
+    perm = perm3.reshape(n_ord * P, M).astype(np.min_scalar_type(M))  # indices < M: the smallest type
+    del perm3
     problem = np.tile(np.arange(P, dtype=np.int64), n_ord)
     ordering = np.repeat(np.arange(n_ord, dtype=np.int64), P)
 
@@ -442,8 +459,8 @@ def build_batch(
     valid_scores = np.where(np.arange(M)[None, :] < n[:, None], ~np.isnan(scores), True)
     has_scores = bool(valid_scores.all()) and bool((n > 0).any())
 
-    perm = perm.astype(np.min_scalar_type(M))  # sample indices < M: the smallest integer type holds them
-    return Prepared(problem=problem, ordering=ordering, perm=perm, sample_correct=sample_correct,
+    del problem, ordering
+    return Prepared(perm=perm, sample_correct=sample_correct,
                     n_problems=P, n_orderings=n_ord, has_scores=has_scores, answers_p=answers, scores_p=scores,
                     tokens_p=np.nan_to_num(tokens, nan=0.0), n_p=n, priors_p=pri_p, difficulty_p=diff_p)
 
@@ -720,7 +737,7 @@ def _row_blocks(prep: Prepared, rows: np.ndarray) -> list[np.ndarray]:
     DSC, which works per ordering group); one block when the rows are few or an ordering is not one run."""
     if rows.shape[0] <= _ROW_CHUNK:
         return [rows]
-    g = prep.ordering[rows]
+    g = prep.ordering_of(rows)
     cuts = np.flatnonzero(g[1:] != g[:-1]) + 1
     if np.unique(g).size != cuts.size + 1:
         return [rows]
@@ -1368,7 +1385,7 @@ def _fast_optscale(prep: Prepared, rows: np.ndarray, name: str, grid: list[dict[
     cum = prep.cumtok_of(rows)
     R = rows.shape[0]
     ar = np.arange(R)
-    k_ord = int(np.unique(prep.ordering[rows]).size) if reduce == -1 else 0
+    k_ord = int(np.unique(prep.ordering_of(rows)).size) if reduce == -1 else 0
     targets = np.array([p.target for p in pols])
     alphas = np.array([p.alpha for p in pols])
     ks = np.array([p.k for p in pols])
