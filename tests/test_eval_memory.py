@@ -76,3 +76,51 @@ def test_blocked_evaluation_equals_one_shot(tmp_path, monkeypatch, tune):
     assert len(ev._row_blocks(ev.build_batch(arrays, orderings=7), np.arange(8 * 240))) > 1
     blocked = ev.evaluate(arrays, methods, [2, 4, 6], **kw)
     assert json.dumps(one.to_dict(), sort_keys=True) == json.dumps(blocked.to_dict(), sort_keys=True)
+
+
+def test_row_blocks_gathered_on_demand_equal_the_whole_batch(tmp_path):
+    """Prepared keeps only per-problem arrays and the draw order: a block's ReplayBatch, tokens and
+    cumulative tokens gathered on demand equal the rows of the whole batch."""
+    arrays, _ = load_arrays(_write_pool(tmp_path / "p.jsonl"))
+    prep = ev.build_batch(arrays, orderings=3, seed=5, difficulty=np.linspace(0, 1, 240))
+    whole, cum = prep.batch, prep.cumtok
+    rows = np.random.default_rng(0).permutation(prep.n_rows)[:300]
+    sub = prep.sub(rows)
+    for f in ("answers", "scores", "tokens", "n", "difficulty", "group"):
+        assert np.array_equal(getattr(sub, f), getattr(whole, f)[rows], equal_nan=True), f
+    assert np.array_equal(prep.problem[rows], rows % 240) and np.array_equal(prep.ordering[rows], rows // 240)
+    nd = np.random.default_rng(1).integers(0, sub.n + 1)
+    assert np.array_equal(prep.tokens_at(rows, nd), cum[rows, nd])
+    assert np.array_equal(prep.cumtok_of(rows), cum[rows])
+
+
+def test_compact_tuning_sums_read_as_float64_means():
+    rng = np.random.default_rng(2)
+    n_ord, P, M = 7, 50, 6
+    parts = [np.stack([rng.integers(0, 2, (k, P)).sum(0).astype(np.float64), rng.random((k, P)).sum(0) * 300,
+                       rng.integers(0, M + 1, (k, P)).sum(0).astype(np.float64)]) for k in (3, 2, 2)]
+    ref = parts[0].copy()
+    for p in parts[1:]:
+        ref += p
+    ref /= n_ord
+    ps = ev._ProblemSums(P, n_ord, M)
+    for p in parts:
+        ps.add(p)
+    ps.divisor = n_ord
+    assert ps.correct.dtype == np.uint8 and ps.samples.dtype == np.uint8
+    assert np.array_equal(np.asarray(ps), ref)
+    assert all(ps[i].mean() == ref[i].mean() for i in range(3))
+
+
+def test_reliability_grid_in_blocks_equals_coverage_on_all_rows(tmp_path, monkeypatch):
+    arrays, _ = load_arrays(_write_pool(tmp_path / "p.jsonl"))
+    prep = ev.build_batch(arrays, orderings=7, seed=1)
+    rows = prep.rows_of(np.arange(240))
+    monkeypatch.setattr(ev, "_ROW_CHUNK", 300)  # blocks of 2 orderings
+    assert len(ev._row_blocks(prep, rows)) > 1
+    got = ev.reliability_grid(prep, rows, "optscale0", {}, 4, targets=(0.5, 0.8), alphas=(0.1, 0.3))
+    for g in got:
+        m = ev._replay(prep, rows, ev._make("optscale0", {"target": g["target"], "alpha": g["alpha"]}),
+                       "optscale0", 4)
+        want = ev.coverage_of(prep, rows, g["target"], 4, m.samples)
+        assert {k: g[k] for k in want} == pytest.approx(want, nan_ok=True, rel=0, abs=0)
