@@ -13,7 +13,13 @@ size (``ru_maxrss``) and its ratio to the file size:
   tuning on a 30 % calibration split, bootstrap intervals, oracle).
 
 Run: ``python benchmarks/bench_eval_memory.py [--problems 100000] [--samples 4]`` (about 2-3 minutes on
-two cores for the default size).
+two cores for the default size). Measured (2026-12-01, 2 shared cores)::
+
+    pool: 100,000 problems x 4 samples, 33.2 MiB
+    step           peak RSS MiB  peak / file  target  seconds
+    load-objects            191         5.8x    <10x     16.5  ok
+    load-stream             107         3.2x    <10x     22.7  ok
+    eval                    304         9.2x    <10x    129.4  ok
 """
 
 from __future__ import annotations
