@@ -86,10 +86,21 @@ class FakeUpstream:
 
     def __enter__(self) -> FakeUpstream:
         def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.start())
-            self._ready.set()
-            self._loop.run_forever()
+            loop = self._loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self.start())
+                self._ready.set()
+                loop.run_forever()
+            finally:  # close the loop and its sockets here, not in a later test's garbage collection
+                pending = asyncio.all_tasks(loop)
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                if self._server is not None:
+                    self._server.close()
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
 
         self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
         self._thread.start()

@@ -211,6 +211,19 @@ def problem_to_dict(p: Problem) -> dict:
     return out
 
 
+
+def _unique_problems(path, on_error: str, notes: list[str]):
+    """Validated problems of a pool file in file order; a repeated id raises :class:`PoolError` naming both
+    lines (the one loop behind :func:`load_pool` and :func:`load_arrays`)."""
+    file = str(path)
+    seen: dict[str, int] = {}
+    for line, obj in iter_jsonl(path, on_error=on_error, notes=notes):
+        p = problem_from_dict(obj, file, line)
+        if p.id in seen:
+            raise PoolError(file, line, "id", f"duplicate problem id {p.id!r} (first on line {seen[p.id]})")
+        seen[p.id] = line
+        yield p
+
 def load_pool(path: str | os.PathLike, on_error: str = "raise") -> Pool:
     """Read and validate a pool file (JSON Lines, one problem per line; ``.gz`` accepted).
 
@@ -222,12 +235,7 @@ def load_pool(path: str | os.PathLike, on_error: str = "raise") -> Pool:
     file = str(path)
     notes: list[str] = []
     problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    for line, obj in iter_jsonl(path, on_error=on_error, notes=notes):
-        p = problem_from_dict(obj, file, line)
-        if p.id in seen:
-            raise PoolError(file, line, "id", f"duplicate problem id {p.id!r} (first on line {seen[p.id]})")
-        seen[p.id] = line
+    for p in _unique_problems(path, on_error, notes):
         problems.append(p)
     if not problems:
         raise PoolError(file, None, None, "no problems: the file is empty")
@@ -437,12 +445,7 @@ def load_arrays(path: str | os.PathLike, equiv: str = "exact", *, timeout: float
     b = _ArrayBuilder(equiv, timeout, file)
     notes: list[str] = []
     heads: list[Problem] = []
-    seen: dict[str, int] = {}
-    for line, obj in iter_jsonl(path, on_error=on_error, notes=notes):
-        p = problem_from_dict(obj, file, line)
-        if p.id in seen:
-            raise PoolError(file, line, "id", f"duplicate problem id {p.id!r} (first on line {seen[p.id]})")
-        seen[p.id] = line
+    for p in _unique_problems(path, on_error, notes):
         b.add(p)
         heads.append(Problem(id=p.id, question=p.question, gold=p.gold, samples=[], meta=p.meta))
     if not heads:
