@@ -48,6 +48,7 @@ from optscale.policies.base import (
     effective_budget,
 )
 from optscale.policies.bon import best_of, check_count
+from optscale.policies.optscale import check_positive
 
 __all__ = ["GainModel", "CostAware", "BudgetAllocation", "GAIN_FLOOR"]
 
@@ -244,13 +245,7 @@ class CostAware(Policy):
     needs_scores = True
 
     def __init__(self, tokens_per_point: float = 100.0, k: int = 1, model: Any = None):
-        try:
-            tpp = float(tokens_per_point)
-        except (TypeError, ValueError):
-            raise ParameterError("tokens_per_point", f"must be a positive number, got {tokens_per_point!r}") from None
-        if not (tpp > 0 and math.isfinite(tpp)):
-            raise ParameterError("tokens_per_point", f"must be a positive finite number, got {tokens_per_point!r}")
-        self.tokens_per_point = tpp
+        self.tokens_per_point = check_positive("tokens_per_point", tokens_per_point)
         self.k = check_count("k", k)
         self._model_arg = model
         self.model = None if model is None else _resolve_model(model)
@@ -308,13 +303,7 @@ class BudgetAllocation(CostAware):
 
     def __init__(self, per_problem: float = 1000.0, k: int = 1, model: Any = None):
         super().__init__(1.0, k, model)
-        try:
-            v = float(per_problem)
-        except (TypeError, ValueError):
-            raise ParameterError("per_problem", f"must be a positive number, got {per_problem!r}") from None
-        if not (v > 0 and math.isfinite(v)):
-            raise ParameterError("per_problem", f"must be a positive finite number, got {per_problem!r}")
-        self.per_problem = v
+        self.per_problem = check_positive("per_problem", per_problem)
 
     def params(self) -> dict[str, Any]:
         p = super().params()
