@@ -75,18 +75,23 @@ def start_serve(fake_port: int, scorer: str, method: str, *, max_conc: int, max_
             "--max-concurrent-requests", str(max_conc), "--max-queue", str(max_queue)]
     code = f"import sys; from optscale.cli import main; sys.exit(main({args!r}))"
     p = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    return p, wait_ready(p, port, "optscale serve")
+
+
+def wait_ready(p: subprocess.Popen, port: int, what: str, timeout: float = 120.0) -> str:
+    """Poll ``/health/ready`` of the server process ``p`` on ``port``; its root URL, or kill it and raise."""
     import httpx
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return p, f"http://127.0.0.1:{port}"
+                return f"http://127.0.0.1:{port}"
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     p.kill()
-    raise RuntimeError("optscale serve did not start")
+    raise RuntimeError(f"{what} did not start")
 
 
 def metric(text: str, name: str) -> float:

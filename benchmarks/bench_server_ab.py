@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,22 +41,12 @@ uvicorn.run(create_app(cfg), host="127.0.0.1", port=int(sys.argv[4]), log_level=
 
 
 def start(src: str, fake_port: int, scorer: str, method: str, loop: str, http: str):
-    import httpx
 
     port = B.free_port()
     env = {**os.environ, "PYTHONPATH": src}
     p = subprocess.Popen([sys.executable, "-c", LAUNCH, f"http://127.0.0.1:{fake_port}/v1", scorer, method,
                           str(port), loop, http], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return p, f"http://127.0.0.1:{port}"
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    p.kill()
-    raise RuntimeError(f"the server from {src} did not start")
+    return p, B.wait_ready(p, port, f"the server from {src}")
 
 
 async def one_slice(c, url: str, pid: int, n: int, clients: int, nreq: int, method: str, seed0: int) -> float:
