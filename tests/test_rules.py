@@ -171,12 +171,28 @@ def test_prefix_features_match_the_direct_statistics(M, seed, law):
             assert got["z"] == (0.0 if got["sd"] == 0 else pytest.approx((x.max() - x.mean()) / x.std(), rel=1e-6))
 
 
+def test_gain_model_averages_over_orderings():
+    """With permuted copies the table averages over draw orders: after one draw (one bin, no shrinkage)
+    p_now is the mean correctness of a random first sample -> each row's fraction of correct samples;
+    with the one given order it is the correctness of the given first samples."""
+    a = synthetic_arrays(P=60, M=16, seed=7, short=False)
+    prep = ev.build_batch(a, orderings=1, seed=7)
+    sc = prep.sample_correct
+    frac = np.mean([sc[b, : prep.batch.n[b]].mean() for b in range(sc.shape[0])])
+    kw = dict(features="best", bins=1, shrink=0.0, smooth=0.0)
+    one = GainModel.fit(prep.batch, sc, orderings=1, **kw)
+    assert one.p_now[0, 0] == pytest.approx(sc[:, 0].mean())
+    many = GainModel.fit(prep.batch, sc, orderings=100, **kw)
+    assert many.meta["orderings"] == 100 and many.p_now[0, 0] == pytest.approx(frac, abs=0.012)
+    assert abs(sc[:, 0].mean() - frac) > 0.02  # (the given first samples alone are not that average)
+
+
 def test_gain_model_shrinks_finer_cells_to_the_coarser_table():
     """Hierarchical shrinkage: with an overwhelming prior every (best, gap) cell equals its parent best
     cell, so the two-feature rule decides like the one-feature rule; with little shrinkage it differs."""
     a = synthetic_arrays(P=80, M=16, seed=4)
     prep = ev.build_batch(a, orderings=1, seed=4)
-    one = GainModel.fit(prep.batch, prep.sample_correct, shrink=1e9)
+    one = GainModel.fit(prep.batch, prep.sample_correct, shrink=1e9, features="best")
     two = GainModel.fit(prep.batch, prep.sample_correct, shrink=1e9, features="best,gap")
     parent = np.repeat(np.arange(one.dims[0]), two.dims[1])
     assert np.allclose(two.gain, one.gain[:, parent]) and np.allclose(two.p_now, one.p_now[parent])
@@ -186,7 +202,8 @@ def test_gain_model_shrinks_finer_cells_to_the_coarser_table():
         a2 = make_policy(f"costaware:tokens_per_point={tpp}", model=two).replay(batch, 16)
         assert np.array_equal(a1.n_drawn, a2.n_drawn)
     loose = GainModel.fit(prep.batch, prep.sample_correct, shrink=0.1, features="best,gap")
-    assert not np.allclose(loose.gain, GainModel.fit(prep.batch, prep.sample_correct, shrink=0.1).gain[:, parent])
+    assert not np.allclose(loose.gain, GainModel.fit(prep.batch, prep.sample_correct, shrink=0.1,
+                                                     features="best").gain[:, parent])
     with pytest.raises(ParameterError, match="features"):
         GainModel.fit(prep.batch, prep.sample_correct, features="best,rank")
     with pytest.raises(ParameterError, match="features"):

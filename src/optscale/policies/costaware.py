@@ -59,7 +59,8 @@ GAIN_FLOOR = 1e-6  #: smallest expected gain of a wave inside the table (accurac
 #: standing above the others); margin = best - second best; sd = the scores' standard deviation;
 #: z = gap / sd (the best's standard score under the drawn scores' moments; 0 when sd = 0)
 FEATURES = ("best", "mean", "gap", "margin", "sd", "z")
-DEFAULT_FEATURES = ("best",)  #: the state of GainModel.fit unless told otherwise
+DEFAULT_FEATURES = ("best", "mean")  #: the state of GainModel.fit unless told otherwise (v2 models: ("best",))
+AUGMENT_CELLS = 500_000  #: GainModel.fit: permuted copies only while rows x samples stay below this
 GAIN_MODEL_VERSION = 3  #: JSON version written (version 2 files, one feature "best", load unchanged)
 
 
@@ -189,7 +190,7 @@ class GainModel:
     @classmethod
     def fit(cls, batch: ReplayBatch, sample_correct: np.ndarray, *, wave: int = 1, bins: int = 16,
             shrink: float = 10.0, horizons: tuple[int, ...] | None = None, features=None,
-            bins2: int = 4, orderings: int = 1, seed: int = 0, prior: str = "bin", smooth: float = 0.0) -> GainModel:
+            bins2: int = 4, orderings: int = 8, seed: int = 0, smooth: float = 0.5) -> GainModel:
         """Learn the table from replay rows (samples in draw order) and per-sample correctness
         (bool[B, M], the correctness of each sample's answer). ``horizons``: default 1, 2, 4, ... below M
         and M - 1 (the gain of h more samples is measured with h capped at the row's samples).
@@ -198,12 +199,23 @@ class GainModel:
         bins, every further one ``bins2``. Shrinkage is hierarchical: a primary cell (b, n) is shrunk
         towards its bin's value pooled over n, and a cell of the first j + 1 features towards its parent
         cell of the first j features at the same n, each with ``shrink`` pseudo-rows -- where a finer
-        cell has few calibration rows it falls back to the coarser table."""
+        cell has few calibration rows it falls back to the coarser table.
+
+        ``orderings``: the rows are used in this many random draw orders (the given one and ``orderings - 1``
+        permutations of each row's samples, seeded by ``seed``; a row's samples are exchangeable), each
+        weighing 1 / orderings -- the tables average over orderings instead of following one (at most
+        AUGMENT_CELLS rows x samples in all). ``smooth``: each decision n's sums and counts are averaged over
+        the decisions n' within n +- smooth * n before shrinkage (gains change slowly with n; one noisy
+        column with a non-positive gain would stop every row there). The version-2 fit (one feature, one
+        ordering, no smoothing): ``features="best", orderings=1, smooth=0``."""
         wave = check_count("wave", wave)
         feats = _check_features(DEFAULT_FEATURES if features is None else features)
         bins, bins2 = check_count("bins", bins), check_count("bins2", bins2)
         orderings = check_count("orderings", orderings)
+        if not (math.isfinite(smooth) and smooth >= 0):
+            raise ParameterError("smooth", f"must be a finite number >= 0, got {smooth!r}")
         B, M = batch.answers.shape
+        orderings = max(1, min(orderings, AUGMENT_CELLS // max(B * M, 1)))  # memory: rows x samples
         if B == 0 or M < 2:
             raise ParameterError("calibration", "needs rows with at least 2 samples to learn a gain model")
         if horizons is None:
@@ -268,15 +280,9 @@ class GainModel:
         # enough exchange rate always continues (up to the budget) instead of stopping on a noisy cell
         cnt = counts[0]
         tot = np.maximum(cnt.sum(axis=1, keepdims=True), 1)
-        if prior == "global":  # the cell's prior: the gain over all states at the same n (never 0 by design)
-            glob_p = sums_p[0].sum(axis=0, keepdims=True) / np.maximum(cnt.sum(axis=0, keepdims=True), 1e-12)
-            glob_g = sums_g[0].sum(axis=1, keepdims=True) / np.maximum(cnt.sum(axis=0, keepdims=True), 1e-12)[None]
-            p_now = (sums_p[0] + shrink * glob_p) / (cnt + shrink)
-            gain = np.maximum((sums_g[0] + shrink * np.maximum(glob_g, 0.0)) / (cnt[None] + shrink), GAIN_FLOOR)
-        else:
-            p_now = (sums_p[0] + shrink * sums_p[0].sum(axis=1, keepdims=True) / tot) / (cnt + shrink)
-            pool_g = np.maximum(sums_g[0].sum(axis=2, keepdims=True) / tot[None], 0.0)
-            gain = np.maximum((sums_g[0] + shrink * pool_g) / (cnt[None] + shrink), GAIN_FLOOR)
+        p_now = (sums_p[0] + shrink * sums_p[0].sum(axis=1, keepdims=True) / tot) / (cnt + shrink)
+        pool_g = np.maximum(sums_g[0].sum(axis=2, keepdims=True) / tot[None], 0.0)
+        gain = np.maximum((sums_g[0] + shrink * pool_g) / (cnt[None] + shrink), GAIN_FLOOR)
         for j in range(1, len(feats)):  # finer levels: shrunk towards the parent cell at the same n
             parent = np.repeat(np.arange(p_now.shape[0]), dims[j])
             cnt = counts[j]
