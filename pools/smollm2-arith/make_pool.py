@@ -1,21 +1,34 @@
-"""Regenerate the SmolLM2 arithmetic sample pools (``selfcert.jsonl`` and ``judge.jsonl``) end to end.
+"""Regenerate the SmolLM2 arithmetic sample pools (``selfcert.jsonl`` and ``judge.jsonl``), pool v2, end to end.
 
-Stages (each resumable; run them in order, or ``all``):
+Pool v2 keeps v1's generator, prompt and sampling settings but chooses its problems by a pilot measurement
+of their solve rate, then draws fresh samples for them. Stages (each resumable; run them in order, or
+``all``):
 
-``problems``  write the seeded problem set (arithmetic word problems with known integer answers) to
-              ``<work>/problems.jsonl``;
-``measure``   pilot: a few problems per level x a few samples, per-level solve rate and seconds per sample
-              (used once to choose the level mix; the numbers are in README.md);
-``generate``  ``optscale generate`` (same code path: ``optscale.online.runner.generate``) with the embedded
-              SmolLM2-135M-Instruct and the self-certainty scorer, texts kept, to ``<work>/selfcert_texts.jsonl``;
-``judge``     re-score the very same samples with the LLM-judge P(yes) scorer (``JudgeScorer`` over the
-              embedded model) to ``<work>/judge_texts.jsonl`` (checkpointed per problem);
-``finalize``  write the committed pools without texts (``selfcert.jsonl``, ``judge.jsonl``) next to this
-              script and print the sanity numbers reported in README.md.
+``measure``     v1's task search pilot: a few problems per level x a few samples, per-level solve rate and
+                seconds per sample (used once to choose the level mix; the numbers are in README.md);
+``candidates``  new problems from the same generator (levels ``mul_s``/``mul``, the v1 streams continued, no
+                v1 question) to ``<work>/candidates.jsonl``;
+``pilot``       ``PILOT_K`` samples per candidate at run seed ``PILOT_SEED`` (same prompt, temperature,
+                max_tokens and code path as the final samples), in candidate order, ``MAX_PILOT`` at most,
+                to ``<work>/pilot_texts.jsonl``; re-selects after every chunk and stops when the selection is
+                complete. The v1 problems' pilot is the v1 pool (32 samples, run seed ``V1_SEED``), read from
+                ``--v1-pool`` (not regenerated);
+``select``      (also run by ``pilot``) the rule of :func:`select` -> ``<work>/selection.json`` (ids and
+                pilot counts, no texts; committed beside this script) and ``<work>/problems.jsonl``;
+``generate``    ``K`` fresh samples per selected problem at run seed ``SEED`` (never a pilot's seed) with the
+                self-certainty scorer (``optscale.online.runner.generate``, the code path of
+                ``optscale generate``), texts kept, to ``<work>/selfcert_texts.jsonl`` (a second worker,
+                ``--reverse``, to ``selfcert_texts_b.jsonl``); follows the selection while the pilot runs;
+``judge``       re-score the very same samples with the LLM-judge P(yes) scorer (``JudgeScorer`` over the
+                embedded model) to ``<work>/judge_texts.jsonl`` (checkpointed per problem; ``--follow``
+                follows the generation);
+``finalize``    write the committed pools without texts (``selfcert.jsonl``, ``judge.jsonl``, one seeded
+                order) and ``selection.json`` next to this script and print the sanity numbers of README.md.
 
-Usage (from the repository root)::
+Usage (from the repository root; the v1 pool is in git history, see README)::
 
-    PYTHONPATH=$PWD/src python3 pools/smollm2-arith/make_pool.py all --work /work/scratch/pool8
+    git show b9fc818~1:pools/smollm2-arith/selfcert.jsonl > /work/scratch/pool9/v1_selfcert.jsonl
+    PYTHONPATH=$PWD/src python3 pools/smollm2-arith/make_pool.py all --work /work/scratch/pool9
 
 The work directory holds the texts (not committed); the committed pools are written beside this file.
 """
@@ -47,7 +60,7 @@ PILOT_K = 8
 V1_BAND = (7, 25)  # correct of the v1 pool's 32 samples: solve rate in [0.22, 0.78]
 NEW_BAND = (3, 6)  # correct of 8 pilot samples: solve rate in [0.375, 0.75] (first choice)
 NEW_BAND2 = (2, 2)  # correct of 8 pilot samples: second choice, filling up when NEW_BAND is short
-MAX_PILOT = 240  # candidates piloted at most (set by the CPU time available, see README)
+MAX_PILOT = 96  # candidates piloted at most (set by the CPU time available, see README)
 CAND_PER_LEVEL = 300  # new candidates per level (continuing the v1 streams)
 SHUFFLE_SEED = 20261202  # order of the final pool
 TEMPERATURE = 0.4
@@ -614,15 +627,61 @@ def merge_parts(work: Path) -> tuple[list[dict], list[dict], dict]:
     return sc, jd, stats
 
 
+def _check_seeds(work: Path) -> None:
+    """Every generation file was drawn at the final run seed ``SEED`` with the documented settings (the
+    checkpoint header records the run's configuration): the pool's samples are fresh, not the pilot's."""
+    for x in ("", "_b"):
+        ck = work / f"selfcert_texts{x}.jsonl.samples.jsonl"
+        if not ck.exists():
+            continue
+        cfg = json.loads(ck.open(encoding="utf-8").readline())["config"]
+        want = {"seed": SEED, "n_max": K, "temperature": TEMPERATURE, "top_p": TOP_P, "max_tokens": MAX_TOKENS,
+                "prompt_template": PROMPT_TEMPLATE}
+        bad = {k: cfg.get(k) for k, v in want.items() if cfg.get(k) != v}
+        if bad:
+            raise SystemExit(f"{ck}: generated with {bad}, not the final settings")
+
+
+def breakdown(path: Path, selection: dict) -> dict:
+    """Fraction of problems with a solve rate (over the pool's fresh samples) in [0.2, 0.8], per selection
+    group: v1 problems, new candidates of the first band, of the second band."""
+    import numpy as np
+
+    from optscale.pool import load_pool, to_arrays
+
+    arr = to_arrays(load_pool(path), equiv="number")
+    rate = dict(zip(arr.ids, arr.correct.mean(axis=1), strict=True))
+    out = {}
+    for name, pred in (("v1", lambda e: e["source"] == "v1"),
+                       ("new_band", lambda e: e["source"] == "new" and e["correct"] >= NEW_BAND[0]),
+                       ("new_band2", lambda e: e["source"] == "new" and e["correct"] < NEW_BAND[0])):
+        r = np.array([rate[e["id"]] for e in selection["pilot"] if e["selected"] and pred(e)])
+        out[name] = {"problems": int(r.size),
+                     "frac_in_0.2_0.8": float(np.mean((r >= 0.2) & (r <= 0.8))) if r.size else None}
+    return out
+
+
 def stage_finalize(work: Path) -> None:
+    _check_seeds(work)
+    sel = json.loads((work / "selection.json").read_text(encoding="utf-8"))
+    if not sel["complete"]:
+        raise SystemExit("the selection is not complete (pilot still running)")
     sc, jd, stats = merge_parts(work)
+    want = sorted(e["id"] for e in sel["pilot"] if e["selected"])
+    if sorted(d["id"] for d in sc) != want:
+        raise SystemExit("the generated problems are not the selection's")
+    order = list(range(len(sc)))  # one seeded order mixing v1 and new problems
+    random.Random(SHUFFLE_SEED).shuffle(order)
+    sc, jd = [sc[i] for i in order], [jd[i] for i in order]
     print(json.dumps(stats))
     write_jsonl(work / "selfcert_merged.jsonl", sc)
     write_jsonl(work / "judge_merged.jsonl", jd)
     strip_texts(work / "selfcert_merged.jsonl", HERE / "selfcert.jsonl")
     strip_texts(work / "judge_merged.jsonl", HERE / "judge.jsonl")
+    (HERE / "selection.json").write_text(json.dumps(sel, indent=0) + "\n", encoding="utf-8")
     for name in ("selfcert.jsonl", "judge.jsonl"):
         print(name, json.dumps(sanity(HERE / name)))
+    print("breakdown", json.dumps(breakdown(HERE / "selfcert.jsonl", sel)))
 
 
 def main(argv=None) -> int:
