@@ -111,28 +111,33 @@ def test_problems_regenerate_from_the_script(pools):
 def test_selection_rule():
     """selection.json (ids and pilot solve counts, no texts) follows the documented rule, and the pool holds
     exactly its selected problems: v1 problems with their v1-pool count of 32 in V1_BAND, then new candidates in
-    candidate order with their pilot count of PILOT_K in NEW_BAND, until TARGET; counts as in README."""
+    candidate order with their pilot count of PILOT_K in NEW_BAND, until TARGET or MAX_PILOT candidates
+    piloted; the counts as in README."""
     mp = _make_pool_module()
     sel = json.loads((POOL_DIR / "selection.json").read_text(encoding="utf-8"))
     doc = _readme_block("selection")
     for k, v in doc.items():
         assert sel[k] == v, k
     assert sel["v1_band"] == list(mp.V1_BAND) and sel["new_band"] == list(mp.NEW_BAND)
-    assert sel["pilot_k"] == mp.PILOT_K and sel["target"] == mp.TARGET == sel["selected"]
+    assert sel["pilot_k"] == mp.PILOT_K and sel["target"] == mp.TARGET and sel["max_pilot"] == mp.MAX_PILOT
+    assert sel["complete"]
     assert len({mp.V1_SEED, mp.PILOT_SEED, mp.SEED}) == 3  # the final samples are fresh draws
     v1 = [e for e in sel["pilot"] if e["source"] == "v1"]
     new = [e for e in sel["pilot"] if e["source"] == "new"]
     assert [e["id"] for e in v1] == [r["id"] for r in mp.make_problems(mp.MIX)]
     for e in v1:
         assert e["samples"] == 32 and e["selected"] == (mp.V1_BAND[0] <= e["correct"] <= mp.V1_BAND[1]), e
+    assert sum(e["selected"] for e in v1) == sel["v1_selected"]
     cand_ids = [r["id"] for r in mp.make_candidates()]
     assert [e["id"] for e in new] == cand_ids[: len(new)] and len(new) == sel["candidates_piloted"]
-    passed = [e for e in new if e["samples"] == mp.PILOT_K and mp.NEW_BAND[0] <= e["correct"] <= mp.NEW_BAND[1]]
+    passed = [e["id"] for e in new if e["samples"] == mp.PILOT_K and mp.NEW_BAND[0] <= e["correct"] <= mp.NEW_BAND[1]]
     assert len(passed) == sel["candidates_passed"]
-    assert [e["id"] for e in new if e["selected"]] == [e["id"] for e in passed][: mp.TARGET - len(v1)]
-    assert sum(e["selected"] for e in v1) == sel["v1_selected"]
+    room = mp.TARGET - sel["v1_selected"]
+    assert [e["id"] for e in new if e["selected"]] == passed[:room]
+    # complete: the target is reached, or every candidate the pilot was allowed is piloted
+    assert sel["selected"] == mp.TARGET or sel["candidates_piloted"] == mp.MAX_PILOT
     chosen = {e["id"] for e in sel["pilot"] if e["selected"]}
-    assert len(chosen) == mp.TARGET
+    assert len(chosen) == sel["selected"] == sel["v1_selected"] + sel["new_selected"]
     pool_ids = [json.loads(ln)["id"] for ln in (POOL_DIR / "selfcert.jsonl").read_text().splitlines()]
     assert sorted(pool_ids) == sorted(chosen)
 

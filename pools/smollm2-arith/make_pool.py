@@ -58,9 +58,8 @@ SEED = 2
 TARGET = 200
 PILOT_K = 8
 V1_BAND = (7, 25)  # correct of the v1 pool's 32 samples: solve rate in [0.22, 0.78]
-NEW_BAND = (3, 6)  # correct of 8 pilot samples: solve rate in [0.375, 0.75] (first choice)
-NEW_BAND2 = (2, 2)  # correct of 8 pilot samples: second choice, filling up when NEW_BAND is short
-MAX_PILOT = 136  # candidates piloted at most (set by the CPU time available, see README)
+NEW_BAND = (2, 6)  # correct of 8 pilot samples: solve rate in [0.25, 0.75]
+MAX_PILOT = 240  # candidates piloted at most (set by the CPU time available, see README)
 CAND_PER_LEVEL = 300  # new candidates per level (continuing the v1 streams)
 SHUFFLE_SEED = 20261202  # order of the final pool
 TEMPERATURE = 0.4
@@ -259,11 +258,10 @@ def select(work: Path, v1_pool: Path) -> dict:
 
     Rule: first every v1 problem whose v1-pool solve count (of 32, run seed 0) is in ``V1_BAND``, in v1 order
     (their pilot is the more precise one); then the new candidates whose pilot count (of ``PILOT_K``, run seed
-    ``PILOT_SEED``) is in ``NEW_BAND``, in candidate order, until ``TARGET`` problems; when the first
-    ``MAX_PILOT`` candidates are piloted and the set is still short, those of them with a count in
-    ``NEW_BAND2``, in candidate order. Candidates are piloted in candidate order, so a selection made while
-    the pilot still runs is a prefix of the final one (the generation can start on it). ``complete`` once
-    ``TARGET`` is reached or ``MAX_PILOT`` candidates are piloted."""
+    ``PILOT_SEED``) is in ``NEW_BAND``, in candidate order, until ``TARGET`` problems. Candidates are piloted
+    in candidate order (the first ``MAX_PILOT`` at most), so a selection made while the pilot still runs is a
+    prefix of the final one (the generation can start on it). ``complete`` once ``TARGET`` is reached or
+    ``MAX_PILOT`` candidates are piloted."""
     v1 = [json.loads(ln) for ln in (v1_pool).read_text(encoding="utf-8").splitlines() if ln.strip()]
     v1_rows = {r["id"]: r for r in make_problems(MIX)}
     cands = [json.loads(ln) for ln in (work / "candidates.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -280,41 +278,31 @@ def select(work: Path, v1_pool: Path) -> dict:
         if ok:
             chosen.append(r)
     n_v1 = len(chosen)
-    piloted = passed = passed2 = 0
-    second = []
+    piloted = passed = 0
     for r in cands:
         if r["id"] not in pilot:
             break
         piloted += 1
         c, n = pilot[r["id"]]
         ok = NEW_BAND[0] <= c <= NEW_BAND[1] and n == PILOT_K
-        ok2 = NEW_BAND2[0] <= c <= NEW_BAND2[1] and n == PILOT_K
         passed += ok
-        passed2 += ok2
         take = ok and len(chosen) < TARGET
         e = {"id": r["id"], "source": "new", "correct": c, "samples": n, "selected": take}
         entries.append(e)
         if take:
             chosen.append(r)
-        elif ok2:
-            second.append((e, r))
         if len(chosen) >= TARGET:
             break
     complete = len(chosen) >= TARGET or piloted == len(cands)
-    n_first = len(chosen) - n_v1
-    if complete:
-        for e, r in second[: TARGET - len(chosen)]:
-            e["selected"] = True
-            chosen.append(r)
     sel = {
         "rule": "v1 problems with v1-pool correct count (of 32) in v1_band, in v1 order; then new candidates "
-                "with pilot correct count (of pilot_k) in new_band, in candidate order, until target; then, "
-                "if short after max_pilot candidates, those with a count in new_band2, in candidate order",
+                "with pilot correct count (of pilot_k) in new_band, in candidate order (max_pilot at most), until "
+                "target",
         "target": TARGET, "v1_seed": V1_SEED, "v1_band": list(V1_BAND), "v1_problems": len(v1),
         "v1_selected": n_v1, "pilot_seed": PILOT_SEED, "pilot_k": PILOT_K, "new_band": list(NEW_BAND),
-        "new_band2": list(NEW_BAND2), "max_pilot": MAX_PILOT,
+        "max_pilot": MAX_PILOT,
         "candidates": len(make_candidates()), "candidates_piloted": piloted, "candidates_passed": passed,
-        "candidates_passed2": passed2, "new_selected": n_first, "new_selected2": len(chosen) - n_v1 - n_first,
+        "new_selected": len(chosen) - n_v1,
         "selected": len(chosen), "complete": complete,
         "pilot": entries,
     }
@@ -475,11 +463,12 @@ def _read_finished(path: Path) -> list:
     return out
 
 
-def stage_judge(work: Path, srcs: list[Path], out: Path, total: int | None = None, poll: float = 30.0,
+def stage_judge(work: Path, srcs: list[Path], out: Path, follow: bool = False, poll: float = 30.0,
                 reverse: bool = False, others: tuple[Path, ...] = ()) -> float:
     """Score every sample of the pools ``srcs`` (with texts) with the repo's JudgeScorer over the embedded model
     and append one pool line per problem to ``out``; resumes (problems already in ``out`` are skipped) and,
-    with ``total``, follows ``srcs`` that are still being generated until it holds ``total`` problems.
+    with ``follow``, follows ``srcs`` that are still being generated until the selection is complete and
+    every problem of it is judged.
     Identical texts of one problem are judged once (the judge is deterministic: greedy, fixed prompt).
     A second worker (``reverse``) takes the problems from the end and skips those in ``others`` (the other
     worker's output), so two processes can share the work; finalize merges the files."""
@@ -501,10 +490,10 @@ def stage_judge(work: Path, srcs: list[Path], out: Path, total: int | None = Non
         with out.open("a", encoding="utf-8") as fh:
             while True:
                 skip = done | {p.id for o in others for p in _read_finished(o)}
-                if total is not None and len(skip) >= total:
-                    break
                 # re-read: the problem set may still be growing (pool v2: the selection follows the pilot)
                 order = [json.loads(ln)["id"] for ln in (work / "problems.jsonl").read_text().splitlines()]
+                if follow and _selection_done(work) and set(order) <= skip:
+                    break
                 ready = {p.id: p for src in srcs for p in _read_finished(src)}
                 todo = [ready[i] for i in (order[::-1] if reverse else order) if i in ready and i not in skip]
                 for p in todo[:1]:
@@ -523,7 +512,7 @@ def stage_judge(work: Path, srcs: list[Path], out: Path, total: int | None = Non
                     print(f"judge: {len(done)} problems, {judged} samples ({unique} distinct texts), "
                           f"{time.time() - t0:.0f} s, decoded {gen.decoded}/{gen.prompt_tokens} prompt tokens",
                           flush=True)
-                if total is None and not todo:
+                if not follow and not todo:
                     break
                 if not todo:
                     await asyncio.sleep(poll)
@@ -644,7 +633,7 @@ def _check_seeds(work: Path) -> None:
 
 def breakdown(path: Path, selection: dict) -> dict:
     """Fraction of problems with a solve rate (over the pool's fresh samples) in [0.2, 0.8], per selection
-    group: v1 problems, new candidates of the first band, of the second band."""
+    group: v1 problems, new candidates by pilot count (of ``PILOT_K``)."""
     import numpy as np
 
     from optscale.pool import load_pool, to_arrays
@@ -652,10 +641,10 @@ def breakdown(path: Path, selection: dict) -> dict:
     arr = to_arrays(load_pool(path), equiv="number")
     rate = dict(zip(arr.ids, arr.correct.mean(axis=1), strict=True))
     out = {}
-    for name, pred in (("v1", lambda e: e["source"] == "v1"),
-                       ("new_band", lambda e: e["source"] == "new" and e["correct"] >= NEW_BAND[0]),
-                       ("new_band2", lambda e: e["source"] == "new" and e["correct"] < NEW_BAND[0])):
-        r = np.array([rate[e["id"]] for e in selection["pilot"] if e["selected"] and pred(e)])
+    groups = [("v1", "v1", None)] + [(f"new_pilot_{c}", "new", c) for c in range(NEW_BAND[0], NEW_BAND[1] + 1)]
+    for name, src, c in groups:
+        r = np.array([rate[e["id"]] for e in selection["pilot"]
+                      if e["selected"] and e["source"] == src and (c is None or e["correct"] == c)])
         out[name] = {"problems": int(r.size),
                      "frac_in_0.2_0.8": float(np.mean((r >= 0.2) & (r <= 0.8))) if r.size else None}
     return out
@@ -719,12 +708,11 @@ def main(argv=None) -> int:
                         reverse=a.reverse, others=outs[1:], follow=lambda: not _selection_done(work))
         print(f"generate: worker done in {dt:.0f} s")
     if a.stage in ("judge", "all"):
-        total = TARGET if a.follow else None
         srcs = [work / "selfcert_texts.jsonl", work / "selfcert_texts_b.jsonl"]
         outs = (work / "judge_texts.jsonl", work / "judge_texts_b.jsonl")
         if a.reverse:
             outs = outs[::-1]
-        stage_judge(work, [p for p in srcs if p.exists() or a.follow], outs[0], total=total, reverse=a.reverse,
+        stage_judge(work, [p for p in srcs if p.exists() or a.follow], outs[0], follow=a.follow, reverse=a.reverse,
                     others=outs[1:])
     if a.stage in ("finalize", "all"):
         stage_finalize(work)
