@@ -27,7 +27,7 @@ of their solve rate, then draws fresh samples for them. Stages (each resumable; 
 
 Usage (from the repository root; the v1 pool is in git history, see README)::
 
-    git show b9fc818~1:pools/smollm2-arith/selfcert.jsonl > /work/scratch/pool9/v1_selfcert.jsonl
+    git show e6092ac:pools/smollm2-arith/selfcert.jsonl > /work/scratch/pool9/v1_selfcert.jsonl
     PYTHONPATH=$PWD/src python3 pools/smollm2-arith/make_pool.py all --work /work/scratch/pool9
 
 The work directory holds the texts (not committed); the committed pools are written beside this file.
