@@ -839,10 +839,11 @@ def _grid(grid: Mapping[str, Iterable]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*vals)]
 
 
-def paired_lower(correct: Sequence[Any], ref_correct: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+def paired_lower(correct: Iterable[Any], ref_correct: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
     """(mean, lower) of the paired per-problem difference to the reference, one value per grid point.
 
-    ``correct``: per grid point, the per-problem correctness ([P] floats, each averaged over the orderings);
+    ``correct``: per grid point, the per-problem correctness ([P] floats, each averaged over the orderings;
+    any iterable, consumed one point at a time, e.g. a generator over the compact tuning table);
     ``ref_correct``: the reference's ([P], the same problems and orderings). With d_p = correct_p -
     ref_correct_p, ``mean`` = mean(d) and ``lower`` = mean(d) - z * SE(d), SE(d) = sd(d) / sqrt(P) (sd with
     ddof = 1; 0 for P = 1). Pairing removes the problems' shared difficulty from the error: SE(d) is the
@@ -850,13 +851,12 @@ def paired_lower(correct: Sequence[Any], ref_correct: np.ndarray, z: float) -> t
     point at a time (no grid x problems float64 table besides the tuning table itself)."""
     r = np.asarray(ref_correct, dtype=np.float64)
     P = r.shape[0]
-    mean = np.empty(len(correct))
-    sd = np.zeros(len(correct))
-    for g, c in enumerate(correct):
+    means, sds = [], []
+    for c in correct:
         d = np.asarray(c, dtype=np.float64) - r
-        mean[g] = d.mean() if P else 0.0
-        if P > 1:
-            sd[g] = d.std(ddof=1)
+        means.append(d.mean() if P else 0.0)
+        sds.append(d.std(ddof=1) if P > 1 else 0.0)
+    mean, sd = np.asarray(means, dtype=np.float64), np.asarray(sds, dtype=np.float64)
     return mean, mean - float(z) * sd / math.sqrt(max(P, 1))
 
 
@@ -1011,7 +1011,7 @@ def evaluate(
                 acc = np.array([pp[0].mean() for pp in pps])
                 tok = np.array([pp[1].mean() for pp in pps])
                 ref = _per_problem(reference(cp, rows_cal, "calib", b), n_ord)
-                _, lower = paired_lower([pp[0] for pp in pps], ref[0], margin_z)
+                _, lower = paired_lower((pp[0] for pp in pps), ref[0], margin_z)  # one point at a time
                 gi = _choose(acc, tok, float(ref[0].mean()), float(ref[1].mean()), select, tolerance,
                              token_penalty, lower=lower)
                 chosen = grid[gi]
