@@ -362,9 +362,12 @@ def test_evaluate_reports_the_kind_and_verdict_of_each_claiming_rule(tmp_path):
 
 
 def test_posterior_rules_keep_their_promise_on_the_smollm2_pool():
-    """Real scores (SmolLM2 arithmetic, self-certainty): the posterior rules keep achieved >= 1 - alpha - 0.02
-    at every checked point (tuned rows and the reliability grid), whatever the pool's numbers are; the
-    plug-in rules are measured (their verdict is whatever the pool says, with the misses counted)."""
+    """Real scores (SmolLM2 arithmetic, self-certainty): the posterior rule, with its score model chosen by
+    held-out likelihood on the calibration split (what ``evaluate`` and the CLI do by default), keeps
+    achieved >= 1 - alpha - 0.02 at every checked point (tuned rows and the reliability grid), whatever the
+    pool's numbers are; the plug-in rule is measured (its verdict is what the pool says, misses counted).
+    (A posterior over a misspecified density family -- model=tn or beta forced on this pool -- is not
+    covered by this claim: measured to miss, see README.)"""
     from pathlib import Path
 
     from optscale.pool import load_pool, to_arrays
@@ -374,11 +377,11 @@ def test_posterior_rules_keep_their_promise_on_the_smollm2_pool():
         pytest.skip(f"{path} is not in this checkout")
     arrays = to_arrays(load_pool(path), equiv="math")
     M = int(np.asarray(arrays.n).max())
-    rep = ev.evaluate(arrays, ["optscale-post-seq", "optscale-post-seq:model=tn,k=4", "optscale0"], [M],
-                      orderings=3, n_boot=20, oracle=False)
+    rep = ev.evaluate(arrays, ["optscale-post-seq", "optscale0"], [M], orderings=3, n_boot=20, oracle=False)
+    assert rep.meta["tuned"]["optscale-post-seq"][str(M)]["params"]["model"] == rep.meta["score_models"]["chosen"]
     g = rep.meta["guarantees"]
     post = [lab for lab in g if g[lab]["guarantee"] == "posterior"]
-    assert len(post) == 2 and g["OptScale0 (tuned)"]["guarantee"] == "plug-in"
+    assert len(post) == 1 and g["OptScale0 (tuned)"]["guarantee"] == "plug-in"
     for lab in post:
         assert g[lab]["checked"] > 0, lab
         assert g[lab]["verdict"] == "kept", (lab, g[lab]["worst"])
