@@ -318,6 +318,7 @@ def test_guarantee_verdict_counts_the_points_missed():
     assert v["min_margin"] == pytest.approx(-0.4)
     assert ev.guarantee_verdict(pts[:1] + pts[3:])["verdict"] == "kept"
     assert ev.guarantee_verdict(pts[3:])["verdict"] == "unchecked"
+    assert ev.guarantee_verdict(json.loads(json.dumps(pts).replace("NaN", "null"))) == v  # a report read back
     assert ev.guarantee_verdict(pts, slack=0.5)["missed"] == 0
 
 

@@ -1133,7 +1133,7 @@ def guarantee_verdict(points: Iterable[Mapping[str, Any]], slack: float = GUARAN
     missed; "missed"; "unchecked": no point checked), ``checked``, ``missed``, ``points``, ``min_margin``
     (smallest achieved - promised) and ``worst`` (that point), ``slack``."""
     pts = list(points)
-    checked = [p for p in pts if math.isfinite(float(p["achieved"]))]
+    checked = [p for p in pts if p["achieved"] is not None and math.isfinite(float(p["achieved"]))]  # None: NaN in JSON
     margins = np.array([float(p["achieved"]) - float(p["promised"]) for p in checked])
     missed = int(np.count_nonzero(margins < -slack - 1e-12))
     worst = None
