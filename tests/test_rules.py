@@ -389,3 +389,12 @@ def test_posterior_rules_keep_their_promise_on_the_smollm2_pool():
     for lab, v in g.items():  # every verdict is the count over the rule's own points
         pts = [c for c in rep.meta["coverage"] if c["label"] == lab] + rep.meta["reliability"][lab]
         assert v["missed"] == sum(np.isfinite(p["achieved"]) and p["achieved"] < p["promised"] - 0.02 for p in pts)
+
+
+def test_costaware_spec_with_a_path_whose_parts_look_numeric(tmp_path):
+    # the spec parser once turned model=<dir>/01/1e5.json into a tuple of numbers ('01' -> 1): a wrong path
+    gm = _gain_model(2)
+    (tmp_path / "01").mkdir()
+    f = gm.save(tmp_path / "01" / "1e5.json")
+    pol = make_policy(f"costaware:model={f},tokens_per_point=5")
+    assert pol.model.tag == gm.tag and pol.params()["model"] == str(f)
