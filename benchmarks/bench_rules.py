@@ -6,8 +6,8 @@ number reported on the held-out problems):
 * ``pools/*/*.jsonl`` of this repository (the real SmolLM2 arithmetic pools, one per scorer, when present)
   and any ``--pool FILE``;
 * the real PRM best-of-N fragments of ``../shared/data/pools/prm-bon-fragments`` (tiny: 10 x 4);
-* SEMI-SYNTHETIC pools (clearly labelled): one law per MATH-500 problem whose mean and standard deviation
-  are the paper's labels (``../shared/data/optscale-paper/predictor/val_mu_sigma.json``: moments of 64
+* SEMI-SYNTHETIC pools (clearly labelled; all 500 label problems by default, ``--semi-problems``): one law
+  per MATH-500 problem whose mean and standard deviation are the paper's labels (``../shared/data/optscale-paper/predictor/val_mu_sigma.json``: moments of 64
   Qwen2.5-Math-PRM-7B scores per problem) -- ``semi-synthetic beta`` (Beta laws with those moments: the
   heavier left tail the real laws have) and ``semi-synthetic tn`` (truncated normals with those moments);
   per problem a solve rate q = Phi(1 + 1.5 z) (z: normal score of the problem's rank by label mean; ~5% of
@@ -19,10 +19,33 @@ number reported on the held-out problems):
 Methods: BoN, SC, ASC (fixed / adaptive baselines), the paper's OptScale^0 and OptScale^t (one-shot),
 our sequential OptScale^0 with target-reached stop, and the new rules: posterior-predictive N (score model
 chosen by held-out likelihood), the exceedance model, cost-aware stopping (learned gain), the score-weighted
-vote. Per pool: one table at the largest budget (accuracy, tokens, tokens at BoN@N_max accuracy within
-0.5 point, coverage of the guarantee, the oracle's tokens) and one PNG (accuracy vs tokens, all budgets).
+vote. Per pool: one table at the largest budget N_max and one PNG (accuracy vs tokens, all budgets).
+
+Table columns (every number on the held-out problems, mean over pool order + ``--orderings`` random
+orderings, then over problems): ``accuracy %``; ``tokens/problem`` (cost: every drawn sample's tokens, or
+samples for a pool without token counts); ``tokens at BoN@N_max acc.`` = the tokens when the accuracy is
+within 0.5 point of BoN@N_max's, else ``miss``; ``vs paper OptScale0`` / ``vs oracle`` = that column over
+the paper's tuned OptScale^0's / the oracle's; ``coverage`` = for a rule claiming P(best of N >= s*) >= 1 -
+alpha: the achieved fraction of early-stopped runs with a drawn score >= s*, the promised 1 - alpha, and the
+fraction of runs that stopped early. Two reference rows, neither a usable rule:
+
+* ``oracle (clairvoyant)``: per (problem, ordering) the first prefix whose BoN pick is as correct as
+  BoN@N_max's (it sees the draws; optscale.evaluate.oracle_costs). It matches BoN's correctness row by
+  row, so where more samples make BoN worse (a weak verifier) it can cost more than the known-law row.
+* ``known-law allocation (fixed N per problem, knows acc_p(n))`` (benchmarks/known_law.py): knows each
+  problem's exact accuracy curve acc_p(n) (expectation over random orderings of its samples) and
+  expected tokens, not the draws; one n_p per problem reaching E[BoN@N_max accuracy] - 0.5 point at the
+  fewest expected tokens. Its accuracy and tokens are exact expectations; the same n_p replayed on the
+  report's rows is printed below the table. It is the best any fixed-N-per-problem rule can do even with
+  perfect difficulty knowledge: a rule beating it must stop on what it draws.
+
+Lines below each table: the known-law allocation (with its LP lower bound), then the best new rule at
+BoN@N_max accuracy held-out tuned and at its best test-split grid point (every rule tuned on the test
+problems: equally optimistic for all), as ratios to the paper's OptScale0, the oracle and the known-law
+allocation, each with a 95% paired bootstrap interval over the held-out problems.
 
     python benchmarks/bench_rules.py [--data ../shared/data] [--out bench_rules_out] [--orderings 3]
+        [--semi-problems 500] [--only NAME]
 """
 
 from __future__ import annotations

@@ -31,11 +31,13 @@ lambda) selects vertices of each problem's upper concave hull of (tok, acc); equ
 start every problem at its cheapest point and take hull segments in decreasing order of slope
 d acc / d tok until the goal is met: the rate of the segment that crosses the goal is lambda*. Taking that
 segment with a fraction gives the LP optimum (``lp_tokens``): a lower bound on every allocation, and the
-exact optimum of allocations that may randomise n on one problem. Fix-up to one integer n per problem: of
-(a) taking the crossing segment whole and (b) for each single problem, its cheapest point (hull or not)
-that reaches the goal with the others where the greedy left them before the crossing, the cheapest. The
-result is feasible and at most one crossing segment above ``lp_tokens`` (``tokens - lp_tokens`` is printed:
-the integer gap).
+exact optimum of allocations that may randomise n on one problem. Fix-up to one integer n per problem:
+from the greedy state before the crossing, the cheapest single-problem move (to any point, hull or not)
+that reaches the goal -- taking the crossing segment whole is one such move -- then a local search (the
+most token-saving feasible move of one problem to any point, or of two problems between hull vertices
+near their current cost, until none saves). The result is feasible and at most one crossing segment
+above ``lp_tokens`` (both are printed: the integer gap); on random 3-problem x 4-point instances it equals
+the brute-force optimum in 189 of 200 (tests/test_bench_rules_known_law.py).
 """
 
 from __future__ import annotations
