@@ -183,3 +183,49 @@ def test_upper_hull_drops_dominated_and_concave_points():
     tok = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     acc = np.array([0.1, 0.15, 0.6, 0.55, 0.7])  # 2 is below the chord 1->3, 4 is dominated by 3
     assert list(kl.upper_hull(tok, acc)) == [0, 2, 4]
+
+
+def _load_bench_rules():
+    spec = importlib.util.spec_from_file_location("bench_rules", REPO / "benchmarks" / "bench_rules.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_exact_curve_matches_replay_over_many_orderings_on_a_pool():
+    """On a pool with padding, unparsable answers and tied scores (0 and 1), through the engine's batch:
+    the exact curve equals BoN replayed over 400 random orderings (within sampling error), and the
+    benchmark's known-law row replays its own n_p to the same accuracy and tokens."""
+    from test_evaluate import synthetic_arrays
+
+    import optscale.evaluate as ev
+
+    br = _load_bench_rules()
+    arrays = synthetic_arrays(P=40, M=12, seed=3)
+    prep = ev.build_batch(arrays, orderings=400, seed=1)
+    P, M = arrays.answers.shape
+    rows = np.arange(P, prep.n_rows)  # random orderings only (ordering 0 is the pool's order)
+    sub = prep.sub(rows)
+    exact = kl.bon_accuracy_curve(prep.scores_p, prep.answers_p, prep.sample_correct[:P], prep.n_p, M)
+    for n in (1, 3, 7, 12):
+        nd = np.minimum(n, sub.n)
+        sel = best_score(sub.answers, sub.scores, nd)
+        got = ev._metrics(prep, rows, nd, sel).correct.reshape(-1, P).mean(axis=0)
+        se = np.sqrt(exact[:, n - 1] * (1 - exact[:, n - 1]) / 400) + 1e-9
+        assert np.all(np.abs(got - exact[:, n - 1]) <= 5 * se + 1e-12), n
+    ref = br.known_law_reference(prep, np.arange(P), M)
+    assert ref["accuracy"] >= ref["bon_exact"] - 0.005 - 1e-12
+    assert ref["lp_tokens"] <= ref["tokens"] + 1e-9 < ref["bon_exact_tokens"]
+    assert abs(ref["rows_accuracy"] - ref["accuracy"]) < 0.02
+    assert abs(ref["rows_tokens"] / ref["tokens"] - 1) < 0.02
+
+
+def test_paired_ratio_interval_covers_and_pairs():
+    br = _load_bench_rules()
+    rng = np.random.default_rng(0)
+    den = rng.uniform(100, 1000, 300)
+    r, lo, hi = br.paired_ratio(0.5 * den, den)  # a constant ratio: paired resamples give no spread
+    assert r == pytest.approx(0.5) and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
+    num = den * rng.uniform(0.2, 0.8, 300)
+    r, lo, hi = br.paired_ratio(num, den)
+    assert lo < r < hi and hi - lo < 0.1
