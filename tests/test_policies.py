@@ -655,6 +655,10 @@ def test_make_policy_names_and_round_trip():
     assert make_policy("optscalet:prior=0.6/0.2").prior == (0.6, 0.2)
     assert make_policy("bon:n=none").n is None
     assert parse_spec("asc:threshold=0.9") == ("asc", {"threshold": 0.9})
+    # path values keep their text (numeric parts such as 01 or 1e5 are not parsed into a tuple of numbers)
+    assert parse_spec("costaware:model=/tmp/01/gain.json") == ("costaware", {"model": "/tmp/01/gain.json"})
+    assert parse_spec("costaware:model=runs/1e5") == ("costaware", {"model": "runs/1e5"})
+    assert parse_spec("optscalet:prior=0.6/1e-1") == ("optscalet", {"prior": (0.6, 0.1)})
     assert make_policy("esc:window=5").label == "ESC(window=5)"
     assert "seq" in make_policy("optscale0-seq").label
 

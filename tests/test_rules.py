@@ -269,3 +269,12 @@ def test_online_loop_stops_at_the_target_like_replay(spec):
     assert len(res.samples) == int(expect.n_drawn[0]) == 5
     assert res.stop_reason == "target" and res.selected == 4
     assert make_policy("optscale0-seq:target=0.9,alpha=0.05,k=2").stop_early is None  # no hook: loops skip it
+
+
+def test_costaware_spec_with_a_path_whose_parts_look_numeric(tmp_path):
+    # the spec parser once turned model=<dir>/01/1e5.json into a tuple of numbers ('01' -> 1): a wrong path
+    gm = _gain_model(2)
+    (tmp_path / "01").mkdir()
+    f = gm.save(tmp_path / "01" / "1e5.json")
+    pol = make_policy(f"costaware:model={f},tokens_per_point=5")
+    assert pol.model.tag == gm.tag and pol.params()["model"] == str(f)

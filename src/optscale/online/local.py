@@ -11,12 +11,17 @@ of every call advances by one token per ``llama_decode``. A decoded prompt's KV 
 are kept (LRU, ``prompt_cache_mb``), so the next wave for the same problem skips the prompt.
 
 Sampling (temperature, top-p) is done in numpy from the model's logits with one
-``numpy.random.Generator`` per sample, seeded ``seed + i``. The samples are reproducible and do not
-depend on what else is being decoded: llama.cpp's numbers depend slightly on batch shapes and on where
-tokens sit in the cache, so prompts are decoded in a second context that is always empty before (their
-KV state is then copied over), and KV cells are only freed when nothing is live (the cache is then
-cleared), never reused out of order.
-Hence sample ``i`` of ``generate(n, seed=s)`` equals ``generate(1, seed=s+i)`` (``seed_per_sample``).
+``numpy.random.Generator`` per sample, seeded ``seed + i``, so sample ``i`` of ``generate(n, seed=s)``
+is drawn like ``generate(1, seed=s+i)`` (``seed_per_sample``). llama.cpp's numbers depend slightly on
+batch shapes and on where tokens sit in the cache; prompts are therefore decoded in a second context
+that is always empty before (their KV state is then copied over), and KV cells are only freed when
+nothing is live (the cache is then cleared), never reused out of order. What remains is the composition
+of each decode batch (which other samples advance in the same ``llama_decode``): it changes logits in
+the last digits, so the same seed run next to different concurrent work is reproducible statistically,
+not bit for bit -- measured on the SmolLM2 arithmetic pool (``pools/smollm2-arith/README.md``): two
+processes gave self-certainty scores differing in the third decimal and, now and then, a different
+sampled token (hence text and answer) for the same seed. Run the same calls in the same order for
+identical samples.
 Reported logprobs are those of the model's distribution (log-softmax of the raw logits, i.e. at
 temperature 1), like OpenAI-compatible servers report them.
 """
@@ -158,7 +163,7 @@ class LlamaCppGenerator(Generator):
     """
 
     name = "llama-cpp"
-    seed_per_sample = True  # one RNG per sample seeded seed + i; batched logits equal single-sequence ones
+    seed_per_sample = True  # one RNG per sample seeded seed + i (logits: see the module docstring)
 
     def __init__(
         self,

@@ -53,8 +53,10 @@ def _value(text: str) -> Any:
         return None
     if low in ("true", "false"):
         return low == "true"
-    if "/" in t:  # tuples such as prior=0.6/0.2
-        return tuple(_value(part) for part in t.split("/"))
+    if "/" in t:  # numeric pairs such as prior=0.6/0.2; anything else (a path such as runs/01/gain.json) stays text
+        parts = tuple(_value(part) for part in t.split("/"))
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in parts)
+        return parts if numeric else t
     try:
         return int(t)
     except ValueError:
@@ -66,8 +68,8 @@ def _value(text: str) -> Any:
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split ``"name:key=val,key=val"`` into the name and typed values (int, float, bool, None, a/b tuple,
-    else str)."""
+    """Split ``"name:key=val,key=val"`` into the name and typed values (int, float, bool, None, a numeric
+    a/b tuple, else the text unchanged -- so a path value such as ``model=runs/01/gain.json`` is kept)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ParameterError("policy", f"expected a policy spec such as 'esc:window=5', got {spec!r}")
     name, _, rest = spec.strip().partition(":")
