@@ -229,3 +229,25 @@ def test_paired_ratio_interval_covers_and_pairs():
     num = den * rng.uniform(0.2, 0.8, 300)
     r, lo, hi = br.paired_ratio(num, den)
     assert lo < r < hi and hi - lo < 0.1
+
+
+def test_reselected_ratio_chooses_again_per_resample():
+    br = _load_bench_rules()
+    P = 200
+    rng = np.random.default_rng(1)
+    bon = (rng.random(P) < 0.9).astype(float)
+    tok = rng.uniform(100, 1000, P)
+    # paper: one grid point as accurate as BoN at 2x the tokens; the new rule: the same accuracy at 1x
+    pp = {"bon": bon, ("grid", br.PAPER): (bon[None, :], 2 * tok[None, :]), ("grid", "new"): (bon[None, :], tok[None, :])}
+    mid, lo, hi, miss = br.reselected_ratio(pp, ["new"], None)
+    assert mid == pytest.approx(0.5) and lo == pytest.approx(0.5) and hi == pytest.approx(0.5) and miss == 0
+    # a cheaper new point 0.5 point below BoN on these problems: chosen in some resamples only -> a wide interval
+    worse = bon.copy()
+    worse[np.flatnonzero(bon)[0]] = 0.0  # one problem (1/200 = 0.5 point) lost
+    pp[("grid", "new")] = (np.stack([bon, worse]), np.stack([tok, 0.1 * tok]))
+    mid, lo, hi, miss = br.reselected_ratio(pp, ["new"], None)
+    assert lo == pytest.approx(0.05) and hi == pytest.approx(0.5) and miss == 0
+    # against a per-problem reference
+    mid, lo, hi, miss = br.reselected_ratio({"bon": bon, ("grid", "new"): (bon[None, :], tok[None, :])}, ["new"],
+                                            4 * tok)
+    assert mid == pytest.approx(0.25) and hi == pytest.approx(0.25)
