@@ -145,6 +145,7 @@ def summarize(rep, budgets) -> list[dict]:
     bon = next(r for r in rows if r.method == "bon")
     oracle = next((r for r in rows if r.method == "oracle"), None)
     cov = {c["label"]: c for c in rep.meta.get("coverage", []) if c["budget"] == top}
+    verdicts = rep.meta.get("guarantees") or {}
     out = []
     for r in rows:
         if r.method == "oracle":
@@ -153,7 +154,8 @@ def summarize(rep, budgets) -> list[dict]:
         c = cov.get(r.label)
         out.append({"method": r.label, "params": r.params, "accuracy": r.accuracy, "tokens": r.tokens,
                     "tokens_at_bon": r.tokens if matched else None, "samples": r.samples,
-                    "coverage": None if c is None else (c["achieved"], c["promised"], c["stopped"])})
+                    "coverage": None if c is None else (c["achieved"], c["promised"], c["stopped"]),
+                    "guarantee": verdicts.get(r.label)})
     out.append({"method": "oracle (clairvoyant)", "accuracy": oracle.accuracy if oracle else None,
                 "tokens": oracle.tokens if oracle else None, "tokens_at_bon": oracle.tokens if oracle else None,
                 "samples": oracle.samples if oracle else None, "coverage": None, "params": {}})
@@ -399,7 +401,8 @@ def table(name: str, summary: list[dict], meta: dict, budget: int, unit: str) ->
     lines = [f"### {name} (N_max = {budget}, {meta['problems']} problems, held-out: "
              f"{len(meta.get('test_problems') or [])}, cost in {unit})", "",
              f"| rule | accuracy % | {unit}/problem | {unit} at BoN@N_max acc. | vs paper OptScale0 | vs oracle "
-             "| coverage (achieved / promised, stopped early) |", "|---|---|---|---|---|---|---|"]
+             "| coverage (achieved / promised, stopped early; guarantee kind: verdict over the rule's checked points) |",
+             "|---|---|---|---|---|---|---|"]
     for s in summary:
         tb = s["tokens_at_bon"]
         vs_p = (f"{tb / paper['tokens_at_bon']:.2f}x" if tb is not None and paper and paper["tokens_at_bon"] else "")
@@ -407,6 +410,11 @@ def table(name: str, summary: list[dict], meta: dict, budget: int, unit: str) ->
         cov = s["coverage"]
         cov_s = "" if cov is None else (f"{cov[0]:.3f} / {cov[1]:.3f}, {cov[2]:.2f}" if np.isfinite(cov[0])
                                          else f"n/a / {cov[1]:.3f}, 0.00")
+        g = s.get("guarantee")
+        if g:  # plug-in = the paper's claim (exact fitted law); posterior = optscale's (posterior predictive)
+            cov_s += f"; {g['guarantee']}: " + ("kept" if g["verdict"] == "kept" else
+                                                f"missed {g['missed']}/{g['checked']}" if g["verdict"] == "missed"
+                                                else "unchecked")
         acc = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f}"
         tok = "" if s["tokens"] is None else f"{s['tokens']:,.0f}"
         lines.append(f"| {s['method']} | {acc} | {tok} | {'miss' if tb is None else f'{tb:,.0f}'} | {vs_p} | "

@@ -164,7 +164,7 @@ def test_cli_eval_mr_thinking_keeps_the_pool_order(tmp_path, capsys):
 def test_cli_eval_rejects_bad_numbers(tmp_path, capsys):
     pool = write_pool(tmp_path / "pool.jsonl", P=6)
     for flag, val, name in (("--seed", "-1", "seed"), ("--tolerance", "-1", "tolerance"),
-                            ("--token-penalty", "nan", "token_penalty")):
+                            ("--token-penalty", "nan", "token_penalty"), ("--margin-z", "-1", "margin_z")):
         assert run_cli(["eval", str(pool), "--methods", "bon", "--budgets", "8", flag, val]) == 2
         err = capsys.readouterr().err
         assert f"parameter '{name}'" in err and "Traceback" not in err
@@ -183,6 +183,12 @@ def test_cli_eval_issue8_rules_coverage_and_gain_model(tmp_path, capsys):
     cov = data["meta"]["coverage"]
     assert {c["method"] for c in cov} == {"optscale0", "optscale-post-seq"}
     assert all(0 <= c["stopped"] <= 1 and c["promised"] == pytest.approx(1 - c["alpha"]) for c in cov)
+    kinds = {c["method"]: c["guarantee"] for c in cov}
+    assert kinds == {"optscale0": "plug-in", "optscale-post-seq": "posterior"}
+    g = data["meta"]["guarantees"]
+    assert set(g) == {c["label"] for c in cov}
+    assert all(v["verdict"] in ("kept", "missed", "unchecked") and v["checked"] >= v["missed"] for v in g.values())
+    assert "margin_z 1.0" in data["meta"]["selection"]
     assert data["meta"]["score_models"]["chosen"] in ("tn", "beta", "exc")
     assert (out / "reliability.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "achieved" in (out / "coverage.md").read_text()
@@ -201,3 +207,16 @@ def test_cli_eval_rejects_bad_exchange_rate(tmp_path, capsys):
     assert run_cli(["eval", str(pool), "--tokens-per-point", "-3", "--out", str(tmp_path / "o")]) != 0
     assert "--tokens-per-point" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_eval_says_per_claiming_rule_whether_it_kept_its_promise(tmp_path, capsys):
+    pool = write_pool(tmp_path / "pool.jsonl", P=30, M=16, seed=4)
+    assert run_cli(["eval", str(pool), "--methods", "bon,optscale0,optscale-post-seq,asc", "--budgets", "8,16",
+                    "--orderings", "1", "--no-oracle", "--margin-z", "0.5"]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if " guarantee (" in ln]
+    assert len(lines) == 2, out  # one line per rule that claims the guarantee (not BoN, not ASC)
+    assert lines[0].startswith("- OptScale0 (tuned): plug-in guarantee (the paper's claim")
+    assert lines[1].startswith("- OptScalePost seq (tuned): posterior guarantee (optscale's guarantee")
+    assert all(("KEPT at all" in ln) or ("MISSED at" in ln) or ("unchecked" in ln) for ln in lines)
+    assert "selection: match (tolerance 0.005, margin_z 0.5)" in out

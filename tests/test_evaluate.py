@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optscale.errors import InputError, OptScaleError, ParameterError
 from optscale.policies import ReplayResult, make_policy
@@ -174,6 +176,67 @@ def test_tuning_never_sees_the_reported_split():
         getattr(a, f)[t] = getattr(b, f)[t]
     rep2 = ev.evaluate(a, ["bon", "optscale0"], [8, 16], **kw)
     assert rep2.meta["tuned"] == rep.meta["tuned"]
+
+
+# ------------------------------------------------------------------------------------------ safety margin
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 40), st.floats(0.0, 3.0), st.integers(0, 2**31 - 1))
+def test_paired_lower_is_the_paired_mean_minus_z_standard_errors(P, z, seed):
+    rng = np.random.default_rng(seed)
+    ref = rng.integers(0, 4, P) / 3.0  # per-problem means over 3 orderings
+    pts = [rng.integers(0, 4, P) / 3.0, ref + 0.0, np.clip(ref + 1 / 3, 0, 1)]
+    mean, lower = ev.paired_lower(pts, ref, z)
+    for g, c in enumerate(pts):
+        d = c - ref
+        assert mean[g] == pytest.approx(c.mean() - ref.mean(), abs=1e-12)  # = accuracy difference
+        assert lower[g] == pytest.approx(d.mean() - z * d.std(ddof=1) / np.sqrt(P), abs=1e-12)
+        assert lower[g] <= mean[g] + 1e-15
+    assert mean[1] == lower[1] == 0.0  # the reference itself: no noise in the paired difference
+    assert np.array_equal(ev.paired_lower(pts, ref, 0.0)[1], mean)
+
+
+def test_margin_rejects_a_cheap_point_that_matches_only_by_luck():
+    """Two grid points on 50 problems: a cheap one whose accuracy equals the reference's but differs from it
+    on 20 problems (+10 / -10: SE(d) = 0.09), and an expensive one equal to the reference on every problem.
+    The plain tolerance match takes the cheap one; with a one-SE margin only the expensive one is accepted."""
+    ref = np.r_[np.ones(30), np.zeros(20)]
+    cheap = np.r_[np.ones(20), np.zeros(10), np.ones(10), np.zeros(10)]
+    same = ref.copy()
+    acc, tok = np.array([cheap.mean(), same.mean()]), np.array([100.0, 900.0])
+    for z, expect in ((0.0, 0), (1.0, 1)):
+        _, lower = ev.paired_lower([cheap, same], ref, z)
+        assert ev._choose(acc, tok, ref.mean(), 1000.0, "match", 0.005, 0.01, lower=lower) == expect
+    assert ev._choose(acc, tok, ref.mean(), 1000.0, "match", 0.005, 0.01) == 0  # no lower: the old rule
+
+
+def test_tuning_with_a_margin_accepts_only_points_within_tolerance_by_more_than_their_noise():
+    a = synthetic_arrays(P=90, M=16, seed=31)
+    kw = dict(orderings=2, seed=2, oracle=False, n_boot=50, coverage=False,
+              grids={"optscale0-seq": {"target": (0.6, 0.7, 0.8, 0.9), "alpha": (0.05, 0.2, 0.5), "k": (2, 4)},
+                     "asc": {"threshold": (0.6, 0.8, 0.95, 0.99)}})
+    r0 = ev.evaluate(a, ["bon", "optscale0-seq", "asc"], [8, 16], margin_z=0.0, **kw)
+    r1 = ev.evaluate(a, ["bon", "optscale0-seq", "asc"], [8, 16], **kw)  # the default margin
+    assert ev.EvalConfig().margin_z == 1.0 and "margin_z 1.0" in r1.meta["selection"]
+    assert r0.meta["calib_problems"] == r1.meta["calib_problems"]
+    for m in ("optscale0-seq", "asc"):
+        for b in ("8", "16"):
+            t0, t1 = r0.meta["tuned"][m][b], r1.meta["tuned"][m][b]
+            # the accepted set only shrinks as the margin grows: never a cheaper point
+            assert t1["calib_tokens"] >= t0["calib_tokens"] - 1e-9
+            # margin 0 is the plain match: the chosen point's accuracy is within tolerance (when any is)
+            if t0["calib_lower"] >= -0.005 - 1e-12:
+                assert t0["calib_accuracy"] >= t0["reference_calib_accuracy"] - 0.005 - 1e-12
+                assert t0["calib_lower"] == pytest.approx(t0["calib_accuracy"] - t0["reference_calib_accuracy"])
+            assert t1["calib_lower"] <= t1["calib_accuracy"] - t1["reference_calib_accuracy"] + 1e-12
+    # the recorded lower bound of the chosen point is the paired one, recomputed from a direct replay
+    prep = ev.build_batch(a, orderings=2, seed=2)
+    rows = prep.rows_of(np.asarray(r1.meta["calib_problems"]))
+    t = r1.meta["tuned"]["optscale0-seq"]["16"]
+    pol = make_policy("optscale0-seq", **t["params"])
+    mine = ev._per_problem(ev._replay(prep, rows, pol, "optscale0-seq", 16), prep.n_orderings)[0]
+    ref = ev._per_problem(ev._replay(prep, rows, make_policy("bon"), "bon", 16), prep.n_orderings)[0]
+    d = mine - ref
+    assert t["calib_lower"] == pytest.approx(d.mean() - d.std(ddof=1) / np.sqrt(d.size), abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ oracle / pareto
@@ -359,6 +422,7 @@ def test_real_addsub_pool_majority_and_single_sample(shared_data):
 @pytest.mark.parametrize("field,value", [
     ("orderings", -1), ("seed", 1.5), ("n_boot", 0), ("calib_frac", 1.0), ("tolerance", float("nan")),
     ("token_penalty", -0.1), ("level", 0.0), ("select", "best"), ("ordering_mode", "sorted"), ("tune", "yes"),
+    ("margin_z", -0.5), ("margin_z", float("inf")), ("margin_z", "1"),
     ("budgets", (8, 0)), ("budgets", ()), ("budgets", "8"), ("grids", {"optscale0": [0.1]}),
 ])
 def test_eval_config_rejects_bad_values_naming_the_field(field, value):

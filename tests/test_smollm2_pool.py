@@ -94,11 +94,52 @@ def test_correct_flags_match_gold(pools):
 
 
 def test_problems_regenerate_from_the_script(pools):
-    """make_pool.py's seeded generator yields exactly the committed problems (ids, questions, gold)."""
+    """make_pool.py's seeded generators yield exactly the committed problems (ids, questions, gold): each is a
+    v1 problem or a new candidate, and the new candidates repeat no v1 question."""
     mp = _make_pool_module()
-    want = mp.make_problems(mp.MIX)
-    got = pools["selfcert.jsonl"].problems
-    assert [(r["id"], r["question"], r["answer"]) for r in want] == [(p.id, p.question, p.gold) for p in got]
+    v1 = {r["id"]: r for r in mp.make_problems(mp.MIX)}
+    cands = mp.make_candidates()
+    assert not {r["question"] for r in cands} & {r["question"] for r in v1.values()}
+    assert len({r["question"] for r in cands}) == len(cands) == sum(mp.MIX.values()) * mp.CAND_PER_LEVEL // 100
+    known = {**v1, **{r["id"]: r for r in cands}}
+    assert len(known) == len(v1) + len(cands)
+    for p in pools["selfcert.jsonl"].problems:
+        r = known[p.id]
+        assert (r["question"], r["answer"], r["level"]) == (p.question, p.gold, p.meta["level"]), p.id
+
+
+def test_selection_rule():
+    """selection.json (ids and pilot solve counts, no texts) follows the documented rule, and the pool holds
+    exactly its selected problems: v1 problems with their v1-pool count of 32 in V1_BAND, then new candidates in
+    candidate order with their pilot count of PILOT_K in NEW_BAND, until TARGET or MAX_PILOT candidates
+    piloted; the counts as in README."""
+    mp = _make_pool_module()
+    sel = json.loads((POOL_DIR / "selection.json").read_text(encoding="utf-8"))
+    doc = _readme_block("selection")
+    for k, v in doc.items():
+        assert sel[k] == v, k
+    assert sel["v1_band"] == list(mp.V1_BAND) and sel["new_band"] == list(mp.NEW_BAND)
+    assert sel["pilot_k"] == mp.PILOT_K and sel["target"] == mp.TARGET and sel["max_pilot"] == mp.MAX_PILOT
+    assert sel["complete"]
+    assert len({mp.V1_SEED, mp.PILOT_SEED, mp.SEED}) == 3  # the final samples are fresh draws
+    v1 = [e for e in sel["pilot"] if e["source"] == "v1"]
+    new = [e for e in sel["pilot"] if e["source"] == "new"]
+    assert [e["id"] for e in v1] == [r["id"] for r in mp.make_problems(mp.MIX)]
+    for e in v1:
+        assert e["samples"] == 32 and e["selected"] == (mp.V1_BAND[0] <= e["correct"] <= mp.V1_BAND[1]), e
+    assert sum(e["selected"] for e in v1) == sel["v1_selected"]
+    cand_ids = [r["id"] for r in mp.make_candidates()]
+    assert [e["id"] for e in new] == cand_ids[: len(new)] and len(new) == sel["candidates_piloted"]
+    passed = [e["id"] for e in new if e["samples"] == mp.PILOT_K and mp.NEW_BAND[0] <= e["correct"] <= mp.NEW_BAND[1]]
+    assert len(passed) == sel["candidates_passed"]
+    room = mp.TARGET - sel["v1_selected"]
+    assert [e["id"] for e in new if e["selected"]] == passed[:room]
+    # complete: the target is reached, or every candidate the pilot was allowed is piloted
+    assert sel["selected"] == mp.TARGET or sel["candidates_piloted"] == mp.MAX_PILOT
+    chosen = {e["id"] for e in sel["pilot"] if e["selected"]}
+    assert len(chosen) == sel["selected"] == sel["v1_selected"] + sel["new_selected"]
+    pool_ids = [json.loads(ln)["id"] for ln in (POOL_DIR / "selfcert.jsonl").read_text().splitlines()]
+    assert sorted(pool_ids) == sorted(chosen)
 
 
 @pytest.mark.parametrize("name", FILES)

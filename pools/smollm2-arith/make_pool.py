@@ -1,21 +1,34 @@
-"""Regenerate the SmolLM2 arithmetic sample pools (``selfcert.jsonl`` and ``judge.jsonl``) end to end.
+"""Regenerate the SmolLM2 arithmetic sample pools (``selfcert.jsonl`` and ``judge.jsonl``), pool v2, end to end.
 
-Stages (each resumable; run them in order, or ``all``):
+Pool v2 keeps v1's generator, prompt and sampling settings but chooses its problems by a pilot measurement
+of their solve rate, then draws fresh samples for them. Stages (each resumable; run them in order, or
+``all``):
 
-``problems``  write the seeded problem set (arithmetic word problems with known integer answers) to
-              ``<work>/problems.jsonl``;
-``measure``   pilot: a few problems per level x a few samples, per-level solve rate and seconds per sample
-              (used once to choose the level mix; the numbers are in README.md);
-``generate``  ``optscale generate`` (same code path: ``optscale.online.runner.generate``) with the embedded
-              SmolLM2-135M-Instruct and the self-certainty scorer, texts kept, to ``<work>/selfcert_texts.jsonl``;
-``judge``     re-score the very same samples with the LLM-judge P(yes) scorer (``JudgeScorer`` over the
-              embedded model) to ``<work>/judge_texts.jsonl`` (checkpointed per problem);
-``finalize``  write the committed pools without texts (``selfcert.jsonl``, ``judge.jsonl``) next to this
-              script and print the sanity numbers reported in README.md.
+``measure``     v1's task search pilot: a few problems per level x a few samples, per-level solve rate and
+                seconds per sample (used once to choose the level mix; the numbers are in README.md);
+``candidates``  new problems from the same generator (levels ``mul_s``/``mul``, the v1 streams continued, no
+                v1 question) to ``<work>/candidates.jsonl``;
+``pilot``       ``PILOT_K`` samples per candidate at run seed ``PILOT_SEED`` (same prompt, temperature,
+                max_tokens and code path as the final samples), in candidate order, ``MAX_PILOT`` at most,
+                to ``<work>/pilot_texts.jsonl``; re-selects after every chunk and stops when the selection is
+                complete. The v1 problems' pilot is the v1 pool (32 samples, run seed ``V1_SEED``), read from
+                ``--v1-pool`` (not regenerated);
+``select``      (also run by ``pilot``) the rule of :func:`select` -> ``<work>/selection.json`` (ids and
+                pilot counts, no texts; committed beside this script) and ``<work>/problems.jsonl``;
+``generate``    ``K`` fresh samples per selected problem at run seed ``SEED`` (never a pilot's seed) with the
+                self-certainty scorer (``optscale.online.runner.generate``, the code path of
+                ``optscale generate``), texts kept, to ``<work>/selfcert_texts.jsonl`` (a second worker,
+                ``--reverse``, to ``selfcert_texts_b.jsonl``); follows the selection while the pilot runs;
+``judge``       re-score the very same samples with the LLM-judge P(yes) scorer (``JudgeScorer`` over the
+                embedded model) to ``<work>/judge_texts.jsonl`` (checkpointed per problem; ``--follow``
+                follows the generation);
+``finalize``    write the committed pools without texts (``selfcert.jsonl``, ``judge.jsonl``, one seeded
+                order) and ``selection.json`` next to this script and print the sanity numbers of README.md.
 
-Usage (from the repository root)::
+Usage (from the repository root; the v1 pool is in git history, see README)::
 
-    PYTHONPATH=$PWD/src python3 pools/smollm2-arith/make_pool.py all --work /work/scratch/pool8
+    git show e6092ac:pools/smollm2-arith/selfcert.jsonl > /work/scratch/pool9/v1_selfcert.jsonl
+    PYTHONPATH=$PWD/src python3 pools/smollm2-arith/make_pool.py all --work /work/scratch/pool9
 
 The work directory holds the texts (not committed); the committed pools are written beside this file.
 """
@@ -36,7 +49,19 @@ HERE = Path(__file__).resolve().parent
 PROBLEM_SEED = 20261201
 #: generation settings (also written to README.md)
 K = 32
-SEED = 0
+#: run seeds: v1 pool (its 32 samples are the pilot of the v1 problems), the pilot of the new candidates, and
+#: the final v2 samples (never a pilot's seed: the final samples are fresh draws)
+V1_SEED = 0
+PILOT_SEED = 1
+SEED = 2
+#: pool v2: problems chosen by a pilot measurement of their solve rate
+TARGET = 200
+PILOT_K = 8
+V1_BAND = (7, 25)  # correct of the v1 pool's 32 samples: solve rate in [0.22, 0.78]
+NEW_BAND = (2, 6)  # correct of 8 pilot samples: solve rate in [0.25, 0.75]
+MAX_PILOT = 240  # candidates piloted at most (set by the CPU time available, see README)
+CAND_PER_LEVEL = 300  # new candidates per level (continuing the v1 streams)
+SHUFFLE_SEED = 20261202  # order of the final pool
 TEMPERATURE = 0.4
 TOP_P = 1.0
 MAX_TOKENS = 24
@@ -134,13 +159,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 MIX = {"mul_s": 100, "mul": 100}  # chosen from the pilots (README)
 
 
-def stage_problems(work: Path, mix: dict[str, int] = MIX) -> Path:
-    path = work / "problems.jsonl"
-    write_jsonl(path, make_problems(mix))
-    print(f"problems: {sum(mix.values())} -> {path}")
-    return path
-
-
 def _generator(**kw):
     from optscale.online.local import LlamaCppGenerator
 
@@ -148,7 +166,7 @@ def _generator(**kw):
 
 
 def stage_generate(work: Path, problems_path: Path, out: Path, k: int = K, concurrency: int = 4,
-                   template: str = PROMPT_TEMPLATE) -> float:
+                   template: str = PROMPT_TEMPLATE, seed: int = SEED) -> float:
     from optscale.online.data import load_problems
     from optscale.online.runner import generate
     from optscale.online.scorers import make_scorer
@@ -157,10 +175,165 @@ def stage_generate(work: Path, problems_path: Path, out: Path, k: int = K, concu
     t0 = time.time()
     summary = generate(problems, _generator(max_parallel=64, n_ctx=8192), make_scorer("self-certainty"), k,
                        out_path=str(out), prompt_template=template, max_tokens=MAX_TOKENS,
-                       temperature=TEMPERATURE, top_p=TOP_P, seed=SEED, concurrency=concurrency,
+                       temperature=TEMPERATURE, top_p=TOP_P, seed=seed, concurrency=concurrency,
                        progress=False, save_texts=True)
     dt = time.time() - t0
     print(f"generate: {summary.problems} problems x {k} in {dt:.0f} s -> {out}")
+    return dt
+
+
+# ------------------------------------------------------------------------------------- pool v2: selection
+def make_candidates(per_level: int = CAND_PER_LEVEL, seed: int = PROBLEM_SEED) -> list[dict]:
+    """New candidate problems: the same generator and levels as the v1 set, the per-level streams continued
+    past the v1 problems (ids ``<level>-100`` on), without any question of the v1 set or a question already
+    drawn at another level; shuffled by a seeded ``random.Random``. Deterministic in ``seed``."""
+    v1 = make_problems(MIX, seed)
+    seen = {r["question"] for r in v1}
+    longer = make_problems({lv: n + per_level for lv, n in MIX.items()}, seed)
+    out = []
+    for r in sorted(longer, key=lambda r: r["id"]):
+        if int(r["id"].rsplit("-", 1)[1]) >= MIX[r["level"]] and r["question"] not in seen:
+            seen.add(r["question"])
+            out.append(r)
+    random.Random(f"{seed}/candidates").shuffle(out)
+    return out
+
+
+def stage_candidates(work: Path) -> Path:
+    path = work / "candidates.jsonl"
+    rows = make_candidates()
+    write_jsonl(path, rows)
+    print(f"candidates: {len(rows)} -> {path}")
+    return path
+
+
+def _ids_of(path: Path) -> set[str]:
+    return {p.id for p in _read_finished(path)}
+
+
+def _claims(path: Path) -> set[str]:
+    c = path.with_name(path.name + ".claims")
+    return set(c.read_text(encoding="utf-8").split()) if c.exists() else set()
+
+
+def run_worker(problems_path: Path, out: Path, *, seed: int, k: int, concurrency: int, reverse: bool = False,
+               others: tuple[Path, ...] = (), stop=None, follow=None, poll: float = 30.0) -> float:
+    """A generation worker: repeatedly takes the next ``concurrency`` problems of ``problems_path`` (re-read
+    each time: it may grow) from the front (or the end, ``reverse``) that no worker has finished or claimed,
+    claims them in ``<out>.claims`` and draws their ``k`` samples with :func:`stage_generate` (the runner's
+    resume appends them to ``out``). Samples depend only on (run seed, problem id, index), so which worker
+    draws a problem does not matter (up to llama.cpp's batch-composition effect, see README). Stops when
+    ``stop()`` is true, or when nothing is left and ``follow()`` (problems may still be added) is not."""
+    t0 = time.time()
+    claims = out.with_name(out.name + ".claims")
+    claims.unlink(missing_ok=True)  # claims of an earlier (killed) run of this worker: resume them
+    while True:
+        if stop is not None and stop():
+            break
+        rows = [json.loads(ln) for ln in problems_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        taken = _ids_of(out) | _claims(out)
+        for o in others:
+            taken |= _ids_of(o) | _claims(o)
+        todo = [r for r in (rows[::-1] if reverse else rows) if r["id"] not in taken][:concurrency]
+        if not todo:
+            if follow is not None and follow():
+                time.sleep(poll)
+                continue
+            break
+        with claims.open("a", encoding="utf-8") as fh:
+            fh.write(" ".join(r["id"] for r in todo) + "\n")
+        chunk = out.with_name(out.name + ".chunk.jsonl")
+        write_jsonl(chunk, todo)
+        stage_generate(out.parent, chunk, out, k=k, concurrency=concurrency, seed=seed)
+    return time.time() - t0
+
+
+def _pilot_counts(path: Path) -> dict[str, tuple[int, int]]:
+    """(correct, samples) per problem id of a pool file (finished problems only)."""
+    return {p.id: (sum(bool(s.correct) for s in p.samples), len(p.samples)) for p in _read_finished(path)}
+
+
+def select(work: Path, v1_pool: Path) -> dict:
+    """The v2 problem set from the pilots; writes ``<work>/selection.json`` and ``<work>/problems.jsonl``.
+
+    Rule: first every v1 problem whose v1-pool solve count (of 32, run seed 0) is in ``V1_BAND``, in v1 order
+    (their pilot is the more precise one); then the new candidates whose pilot count (of ``PILOT_K``, run seed
+    ``PILOT_SEED``) is in ``NEW_BAND``, in candidate order, until ``TARGET`` problems. Candidates are piloted
+    in candidate order (the first ``MAX_PILOT`` at most), so a selection made while the pilot still runs is a
+    prefix of the final one (the generation can start on it). ``complete`` once ``TARGET`` is reached or
+    ``MAX_PILOT`` candidates are piloted."""
+    v1 = [json.loads(ln) for ln in (v1_pool).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    v1_rows = {r["id"]: r for r in make_problems(MIX)}
+    cands = [json.loads(ln) for ln in (work / "candidates.jsonl").read_text(encoding="utf-8").splitlines()]
+    cands = cands[:MAX_PILOT]
+    pilot = _pilot_counts(work / "pilot_texts.jsonl")
+    entries, chosen = [], []
+    for d in v1:
+        c = sum(bool(s["correct"]) for s in d["samples"])
+        r = v1_rows[d["id"]]
+        if d["question"] != r["question"] or d["gold"] != r["answer"]:
+            raise SystemExit(f"{v1_pool}: problem {d['id']} is not the v1 generator's")
+        ok = V1_BAND[0] <= c <= V1_BAND[1] and len(d["samples"]) == K
+        entries.append({"id": d["id"], "source": "v1", "correct": c, "samples": len(d["samples"]), "selected": ok})
+        if ok:
+            chosen.append(r)
+    n_v1 = len(chosen)
+    piloted = passed = 0
+    for r in cands:
+        if r["id"] not in pilot:
+            break
+        piloted += 1
+        c, n = pilot[r["id"]]
+        ok = NEW_BAND[0] <= c <= NEW_BAND[1] and n == PILOT_K
+        passed += ok
+        take = ok and len(chosen) < TARGET
+        e = {"id": r["id"], "source": "new", "correct": c, "samples": n, "selected": take}
+        entries.append(e)
+        if take:
+            chosen.append(r)
+        if len(chosen) >= TARGET:
+            break
+    complete = len(chosen) >= TARGET or piloted == len(cands)
+    sel = {
+        "rule": "v1 problems with v1-pool correct count (of 32) in v1_band, in v1 order; then new candidates "
+                "with pilot correct count (of pilot_k) in new_band, in candidate order (max_pilot at most), until "
+                "target",
+        "target": TARGET, "v1_seed": V1_SEED, "v1_band": list(V1_BAND), "v1_problems": len(v1),
+        "v1_selected": n_v1, "pilot_seed": PILOT_SEED, "pilot_k": PILOT_K, "new_band": list(NEW_BAND),
+        "max_pilot": MAX_PILOT,
+        "candidates": len(make_candidates()), "candidates_piloted": piloted, "candidates_passed": passed,
+        "new_selected": len(chosen) - n_v1,
+        "selected": len(chosen), "complete": complete,
+        "pilot": entries,
+    }
+    write_jsonl(work / "problems.jsonl", chosen)
+    tmp = work / "selection.tmp"
+    tmp.write_text(json.dumps(sel, indent=0) + "\n", encoding="utf-8")
+    tmp.replace(work / "selection.json")
+    return sel
+
+
+def _selection_done(work: Path) -> bool:
+    p = work / "selection.json"
+    return p.exists() and json.loads(p.read_text(encoding="utf-8"))["complete"]
+
+
+def stage_pilot(work: Path, v1_pool: Path, concurrency: int = 8) -> float:
+    """``PILOT_K`` samples (run seed ``PILOT_SEED``) per new candidate (the first ``MAX_PILOT``), in candidate
+    order, ``concurrency`` problems at a time, re-selecting after each chunk; stops as soon as the selection
+    is complete."""
+
+    def stop():
+        sel = select(work, v1_pool)
+        print(f"select: {sel['selected']} selected ({sel['v1_selected']} v1, {sel['new_selected']} new of "
+              f"{sel['candidates_piloted']} piloted, {sel['candidates_passed']} passed)", flush=True)
+        return sel["complete"]
+
+    first = work / "pilot_candidates.jsonl"
+    write_jsonl(first, [json.loads(ln) for ln in (work / "candidates.jsonl").read_text().splitlines()][:MAX_PILOT])
+    dt = run_worker(first, work / "pilot_texts.jsonl", seed=PILOT_SEED, k=PILOT_K, concurrency=concurrency,
+                    stop=stop)
+    print(f"pilot: done in {dt:.0f} s")
     return dt
 
 
@@ -290,11 +463,12 @@ def _read_finished(path: Path) -> list:
     return out
 
 
-def stage_judge(work: Path, srcs: list[Path], out: Path, total: int | None = None, poll: float = 30.0,
+def stage_judge(work: Path, srcs: list[Path], out: Path, follow: bool = False, poll: float = 30.0,
                 reverse: bool = False, others: tuple[Path, ...] = ()) -> float:
     """Score every sample of the pools ``srcs`` (with texts) with the repo's JudgeScorer over the embedded model
     and append one pool line per problem to ``out``; resumes (problems already in ``out`` are skipped) and,
-    with ``total``, follows ``srcs`` that are still being generated until it holds ``total`` problems.
+    with ``follow``, follows ``srcs`` that are still being generated until the selection is complete and
+    every problem of it is judged.
     Identical texts of one problem are judged once (the judge is deterministic: greedy, fixed prompt).
     A second worker (``reverse``) takes the problems from the end and skips those in ``others`` (the other
     worker's output), so two processes can share the work; finalize merges the files."""
@@ -302,7 +476,6 @@ def stage_judge(work: Path, srcs: list[Path], out: Path, total: int | None = Non
     from optscale.online.scorers import DEFAULT_JUDGE_PROMPT, JudgeScorer
     from optscale.pool import problem_to_dict
 
-    order = [json.loads(ln)["id"] for ln in (work / "problems.jsonl").read_text().splitlines()]
     done = {p.id for p in _read_finished(out)}
     if out.exists():  # drop a torn last line
         keep = [ln for ln in out.read_text(encoding="utf-8").splitlines() if _ok(ln)]
@@ -317,7 +490,9 @@ def stage_judge(work: Path, srcs: list[Path], out: Path, total: int | None = Non
         with out.open("a", encoding="utf-8") as fh:
             while True:
                 skip = done | {p.id for o in others for p in _read_finished(o)}
-                if total is not None and len(skip) >= total:
+                # re-read: the problem set may still be growing (pool v2: the selection follows the pilot)
+                order = [json.loads(ln)["id"] for ln in (work / "problems.jsonl").read_text().splitlines()]
+                if follow and _selection_done(work) and set(order) <= skip:
                     break
                 ready = {p.id: p for src in srcs for p in _read_finished(src)}
                 todo = [ready[i] for i in (order[::-1] if reverse else order) if i in ready and i not in skip]
@@ -337,7 +512,7 @@ def stage_judge(work: Path, srcs: list[Path], out: Path, total: int | None = Non
                     print(f"judge: {len(done)} problems, {judged} samples ({unique} distinct texts), "
                           f"{time.time() - t0:.0f} s, decoded {gen.decoded}/{gen.prompt_tokens} prompt tokens",
                           flush=True)
-                if total is None and not todo:
+                if not follow and not todo:
                     break
                 if not todo:
                     await asyncio.sleep(poll)
@@ -422,7 +597,7 @@ def merge_parts(work: Path) -> tuple[list[dict], list[dict], dict]:
     now and then a sampled token (hence the text) differs. For each problem the judged version is kept
     (the judge record carries the texts it judged) together with the generated version whose texts,
     answers, token counts and correctness flags equal it, so both pools hold exactly the same samples."""
-    gen = _versions([work / f"selfcert_texts{x}.jsonl" for x in ("", "_b", "_c")])
+    gen = _versions([work / f"selfcert_texts{x}.jsonl" for x in ("", "_b")])
     jud = _versions([work / f"judge_texts{x}.jsonl" for x in ("", "_b")])
     order = [json.loads(ln)["id"] for ln in (work / "problems.jsonl").read_text().splitlines()]
     sc, jd = [], []
@@ -441,57 +616,103 @@ def merge_parts(work: Path) -> tuple[list[dict], list[dict], dict]:
     return sc, jd, stats
 
 
+def _check_seeds(work: Path) -> None:
+    """Every generation file was drawn at the final run seed ``SEED`` with the documented settings (the
+    checkpoint header records the run's configuration): the pool's samples are fresh, not the pilot's."""
+    for x in ("", "_b"):
+        ck = work / f"selfcert_texts{x}.jsonl.samples.jsonl"
+        if not ck.exists():
+            continue
+        cfg = json.loads(ck.open(encoding="utf-8").readline())["config"]
+        want = {"seed": SEED, "n_max": K, "temperature": TEMPERATURE, "top_p": TOP_P, "max_tokens": MAX_TOKENS,
+                "prompt_template": PROMPT_TEMPLATE}
+        bad = {k: cfg.get(k) for k, v in want.items() if cfg.get(k) != v}
+        if bad:
+            raise SystemExit(f"{ck}: generated with {bad}, not the final settings")
+
+
+def breakdown(path: Path, selection: dict) -> dict:
+    """Fraction of problems with a solve rate (over the pool's fresh samples) in [0.2, 0.8], per selection
+    group: v1 problems, new candidates by pilot count (of ``PILOT_K``)."""
+    import numpy as np
+
+    from optscale.pool import load_pool, to_arrays
+
+    arr = to_arrays(load_pool(path), equiv="number")
+    rate = dict(zip(arr.ids, arr.correct.mean(axis=1), strict=True))
+    out = {}
+    groups = [("v1", "v1", None)] + [(f"new_pilot_{c}", "new", c) for c in range(NEW_BAND[0], NEW_BAND[1] + 1)]
+    for name, src, c in groups:
+        r = np.array([rate[e["id"]] for e in selection["pilot"]
+                      if e["selected"] and e["source"] == src and (c is None or e["correct"] == c)])
+        out[name] = {"problems": int(r.size),
+                     "frac_in_0.2_0.8": float(np.mean((r >= 0.2) & (r <= 0.8))) if r.size else None}
+    return out
+
+
 def stage_finalize(work: Path) -> None:
+    _check_seeds(work)
+    sel = json.loads((work / "selection.json").read_text(encoding="utf-8"))
+    if not sel["complete"]:
+        raise SystemExit("the selection is not complete (pilot still running)")
     sc, jd, stats = merge_parts(work)
+    want = sorted(e["id"] for e in sel["pilot"] if e["selected"])
+    if sorted(d["id"] for d in sc) != want:
+        raise SystemExit("the generated problems are not the selection's")
+    order = list(range(len(sc)))  # one seeded order mixing v1 and new problems
+    random.Random(SHUFFLE_SEED).shuffle(order)
+    sc, jd = [sc[i] for i in order], [jd[i] for i in order]
     print(json.dumps(stats))
     write_jsonl(work / "selfcert_merged.jsonl", sc)
     write_jsonl(work / "judge_merged.jsonl", jd)
     strip_texts(work / "selfcert_merged.jsonl", HERE / "selfcert.jsonl")
     strip_texts(work / "judge_merged.jsonl", HERE / "judge.jsonl")
+    (HERE / "selection.json").write_text(json.dumps(sel, indent=0) + "\n", encoding="utf-8")
     for name in ("selfcert.jsonl", "judge.jsonl"):
         print(name, json.dumps(sanity(HERE / name)))
+    print("breakdown", json.dumps(breakdown(HERE / "selfcert.jsonl", sel)))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=("problems", "measure", "generate", "judge", "finalize", "all"))
-    ap.add_argument("--work", default="/work/scratch/pool8", help="scratch directory for texts and checkpoints")
+    ap.add_argument("stage", choices=("measure", "candidates", "pilot", "select", "generate", "judge", "finalize",
+                                      "all"))
+    ap.add_argument("--work", default="/work/scratch/pool9", help="scratch directory for texts and checkpoints")
+    ap.add_argument("--v1-pool", default=None,
+                    help="the v1 pool (its samples are the v1 problems' pilot; default <work>/v1_selfcert.jsonl, "
+                         "see README for how to get it from git)")
     ap.add_argument("--concurrency", type=int, default=8, help="problems in flight during generation")
     ap.add_argument("--reverse", action="store_true",
                     help="generate/judge: a second worker taking the problems from the end (to use 2 cores)")
-    ap.add_argument("--start", type=int, default=None,
-                    help="generate: a third worker taking the problems from index START backwards")
     ap.add_argument("--follow", action="store_true",
                     help="judge: follow a generation still running until all problems are judged")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    v1_pool = Path(a.v1_pool) if a.v1_pool else work / "v1_selfcert.jsonl"
     if a.stage == "measure":
         stage_measure(work)
         return 0
-    if a.stage in ("problems", "all"):
-        stage_problems(work)
-    if a.stage == "generate" and a.start is not None:
-        # a third worker: from problem index START backwards (same reasoning as --reverse)
-        rows = [json.loads(ln) for ln in (work / "problems.jsonl").read_text().splitlines()]
-        part = work / "problems_c.jsonl"
-        write_jsonl(part, rows[: a.start + 1][::-1])
-        stage_generate(work, part, work / "selfcert_texts_c.jsonl", concurrency=a.concurrency)
-    elif a.stage == "generate" and a.reverse:
-        # a second worker from the other end: samples depend only on (seed, problem id, index), so the
-        # problems it finishes are the very ones the first worker would write; finalize merges the two files
-        rev = work / "problems_reversed.jsonl"
-        write_jsonl(rev, [json.loads(ln) for ln in (work / "problems.jsonl").read_text().splitlines()][::-1])
-        stage_generate(work, rev, work / "selfcert_texts_b.jsonl", concurrency=a.concurrency)
-    elif a.stage in ("generate", "all"):
-        stage_generate(work, work / "problems.jsonl", work / "selfcert_texts.jsonl", concurrency=a.concurrency)
+    if a.stage in ("candidates", "all"):
+        stage_candidates(work)
+    if a.stage in ("pilot", "all"):
+        stage_pilot(work, v1_pool, concurrency=a.concurrency)
+    if a.stage == "select":
+        sel = select(work, v1_pool)
+        print(json.dumps({k: v for k, v in sel.items() if k != "pilot"}))
+    if a.stage in ("generate", "all"):
+        outs = (work / "selfcert_texts.jsonl", work / "selfcert_texts_b.jsonl")
+        if a.reverse:  # a second worker from the other end of the selection; finalize merges the files
+            outs = outs[::-1]
+        dt = run_worker(work / "problems.jsonl", outs[0], seed=SEED, k=K, concurrency=a.concurrency,
+                        reverse=a.reverse, others=outs[1:], follow=lambda: not _selection_done(work))
+        print(f"generate: worker done in {dt:.0f} s")
     if a.stage in ("judge", "all"):
-        total = sum(1 for _ in (work / "problems.jsonl").open()) if a.follow else None
-        srcs = [work / "selfcert_texts.jsonl", work / "selfcert_texts_b.jsonl", work / "selfcert_texts_c.jsonl"]
+        srcs = [work / "selfcert_texts.jsonl", work / "selfcert_texts_b.jsonl"]
         outs = (work / "judge_texts.jsonl", work / "judge_texts_b.jsonl")
         if a.reverse:
             outs = outs[::-1]
-        stage_judge(work, [p for p in srcs if p.exists() or a.follow], outs[0], total=total, reverse=a.reverse,
+        stage_judge(work, [p for p in srcs if p.exists() or a.follow], outs[0], follow=a.follow, reverse=a.reverse,
                     others=outs[1:])
     if a.stage in ("finalize", "all"):
         stage_finalize(work)

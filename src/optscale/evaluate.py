@@ -18,10 +18,16 @@ Protocol
 * Hyper-parameters (target s*, alpha, warm-up k for OptScale; window/threshold for ESC/ASC) are tuned on a
   seeded calibration split of problems (``calib_frac``) and reported on the rest (split ``"test"``).
   Selection rule (``select="match"``, default): per budget, the grid point with the fewest calibration
-  tokens whose calibration accuracy is within ``tolerance`` (0.5 pt) of the method's fixed-budget
-  counterpart (BoN for OptScale, self-consistency for the SC family) at that budget; if none is, the most
-  accurate point (fewest tokens among ties). ``select="penalty"``: maximise
-  ``accuracy - token_penalty * tokens / counterpart_tokens``.
+  tokens that matches the method's fixed-budget counterpart (BoN for OptScale, self-consistency for the SC
+  family) at that budget with a safety margin: with d_p = (point correct - counterpart correct) on
+  calibration problem p (each averaged over the orderings; the same rows, so the difference is paired),
+  the point is accepted iff ``mean(d) - margin_z * SE(d) >= -tolerance`` (SE(d) = sd(d) / sqrt(P_cal);
+  ``tolerance`` 0.5 pt, ``margin_z`` 1.0; :func:`paired_lower`); if none is, the most accurate point
+  (fewest tokens among ties). Without the margin (``margin_z=0``: accuracy within ``tolerance``) the
+  cheapest accepted point is the one whose calibration accuracy was luckiest, and on the held-out split
+  every tuned rule lands ~1 point below the counterpart (winner's curse); the margin asks a cheaper point
+  to be within tolerance by more than its noise. ``select="penalty"``: maximise
+  ``accuracy - token_penalty * tokens / counterpart_tokens`` (no margin).
 * :func:`sweep` evaluates a full grid over every problem (split ``"all (not held-out)"``) for plots; its
   numbers are not held-out. One-shot OptScale grids take a fast path (one fit per variant, warm-up size
   and row; N* for every (s*, alpha, budget) vectorized), checked to equal ``policy.replay``.
@@ -165,7 +171,9 @@ class EvalConfig:
     ``budgets``: the N_max values (None = :func:`default_budgets` of the pool's sample count; checked
     against the pool when evaluating). ``orderings``/``ordering_mode``/``seed``: the replay protocol (see
     the module docstring). ``calib_frac``/``tune``/``grids``/``select``/``tolerance``/``token_penalty``:
-    hyper-parameter tuning on the calibration split. ``oracle``: add the clairvoyant lower bound.
+    hyper-parameter tuning on the calibration split; ``margin_z`` (>= 0): the safety margin of
+    ``select="match"`` in standard errors of the paired per-problem difference to the counterpart (0 = plain
+    ``tolerance`` match; see the module docstring). ``oracle``: add the clairvoyant lower bound.
     ``n_boot``/``level``: bootstrap intervals. ``include_calib``: also report tuned rows on the
     calibration split. ``fast``: the vectorized OptScale grid path (equal to ``policy.replay``).
     ``coverage``: also measure the guarantee of every rule that claims one over the reliability grid
@@ -181,6 +189,7 @@ class EvalConfig:
     grids: Mapping[str, Mapping[str, Iterable]] | None = None
     select: str = "match"
     tolerance: float = 0.005
+    margin_z: float = 1.0
     token_penalty: float = 0.01
     oracle: bool = True
     ordering_mode: str = "random"
@@ -206,6 +215,7 @@ class EvalConfig:
         # 0 = no calibration split: allowed while nothing is tuned (split_problems refuses it otherwise)
         _check_float("calib_frac", self.calib_frac, lo=0.0, hi=1.0, hi_open=True)
         _check_float("tolerance", self.tolerance, lo=0.0)
+        _check_float("margin_z", self.margin_z, lo=0.0)
         _check_float("token_penalty", self.token_penalty, lo=0.0)
         _check_float("level", self.level, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         for name in ("tune", "oracle", "include_calib", "fast", "coverage"):
@@ -829,11 +839,33 @@ def _grid(grid: Mapping[str, Iterable]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*vals)]
 
 
+def paired_lower(correct: Iterable[Any], ref_correct: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, lower) of the paired per-problem difference to the reference, one value per grid point.
+
+    ``correct``: per grid point, the per-problem correctness ([P] floats, each averaged over the orderings;
+    any iterable, consumed one point at a time, e.g. a generator over the compact tuning table);
+    ``ref_correct``: the reference's ([P], the same problems and orderings). With d_p = correct_p -
+    ref_correct_p, ``mean`` = mean(d) and ``lower`` = mean(d) - z * SE(d), SE(d) = sd(d) / sqrt(P) (sd with
+    ddof = 1; 0 for P = 1). Pairing removes the problems' shared difficulty from the error: SE(d) is the
+    uncertainty of the rule's accuracy *relative to* the reference. Vectorized over problems, one grid
+    point at a time (no grid x problems float64 table besides the tuning table itself)."""
+    r = np.asarray(ref_correct, dtype=np.float64)
+    P = r.shape[0]
+    means, sds = [], []
+    for c in correct:
+        d = np.asarray(c, dtype=np.float64) - r
+        means.append(d.mean() if P else 0.0)
+        sds.append(d.std(ddof=1) if P > 1 else 0.0)
+    mean, sd = np.asarray(means, dtype=np.float64), np.asarray(sds, dtype=np.float64)
+    return mean, mean - float(z) * sd / math.sqrt(max(P, 1))
+
+
 def _choose(acc: np.ndarray, tok: np.ndarray, ref_acc: float, ref_tok: float, select: str,
-            tolerance: float, token_penalty: float) -> int:
-    """Index of the chosen grid point (see module docstring for the rules)."""
+            tolerance: float, token_penalty: float, lower: np.ndarray | None = None) -> int:
+    """Index of the chosen grid point (see module docstring for the rules). ``lower``: the paired lower
+    bound of each point's accuracy minus the reference's (:func:`paired_lower`); None = acc - ref_acc."""
     if select == "match":
-        ok = acc >= ref_acc - tolerance - 1e-12
+        ok = (acc - ref_acc if lower is None else lower) >= -tolerance - 1e-12
         if ok.any():
             cand = np.flatnonzero(ok)
             return int(cand[np.lexsort((-acc[cand], tok[cand]))[0]])
@@ -882,7 +914,7 @@ def evaluate(
     if not methods:
         raise ParameterError("methods", "no method given")
     orderings, seed, calib_frac, tune = cfg.orderings, cfg.seed, cfg.calib_frac, cfg.tune
-    select, tolerance, token_penalty = cfg.select, cfg.tolerance, cfg.token_penalty
+    select, tolerance, token_penalty, margin_z = cfg.select, cfg.tolerance, cfg.token_penalty, cfg.margin_z
     oracle, ordering_mode, n_boot, level = cfg.oracle, cfg.ordering_mode, cfg.n_boot, cfg.level
     include_calib, fast, grids = cfg.include_calib, cfg.fast, cfg.grids
     grids = dict(DEFAULT_GRIDS if grids is None else grids)
@@ -946,7 +978,7 @@ def evaluate(
         "split": report_split, "calib_frac": calib_frac if tuned_any else None,
         "calib_problems": calib.tolist() if calib is not None else None,
         "test_problems": test.tolist() if test is not None else None,
-        "selection": (f"{select} (tolerance {tolerance})" if select == "match" else
+        "selection": (f"{select} (tolerance {tolerance}, margin_z {margin_z})" if select == "match" else
                       f"{select} (token_penalty {token_penalty})") if tuned_any else None,
         "n_boot": n_boot, "level": level, "tuned": {}, "difficulty": difficulty_source,
         "coverage": [], **extras_meta,
@@ -979,11 +1011,13 @@ def evaluate(
                 acc = np.array([pp[0].mean() for pp in pps])
                 tok = np.array([pp[1].mean() for pp in pps])
                 ref = _per_problem(reference(cp, rows_cal, "calib", b), n_ord)
+                _, lower = paired_lower((pp[0] for pp in pps), ref[0], margin_z)  # one point at a time
                 gi = _choose(acc, tok, float(ref[0].mean()), float(ref[1].mean()), select, tolerance,
-                             token_penalty)
+                             token_penalty, lower=lower)
                 chosen = grid[gi]
                 report.meta["tuned"].setdefault(str(m) if isinstance(m, str) else label, {})[str(b)] = {
                     "params": {k: getattr(v, "tag", v) for k, v in chosen.items()}, "calib_accuracy": float(acc[gi]), "calib_tokens": float(tok[gi]),
+                    "calib_lower": float(lower[gi]),
                     "reference": cp, "reference_calib_accuracy": float(ref[0].mean()),
                     "reference_calib_tokens": float(ref[1].mean()), "grid_size": len(grid),
                 }
@@ -1045,6 +1079,15 @@ def evaluate(
             for lab, (name, fixed) in cov_claims.items()}
         report.meta["reliability_budget"] = budgets[-1]
         report.meta["reliability_targets"] = list(rel_targets)
+    if cov_claims:  # one verdict per claiming rule: its reported rows + the reliability grid (when measured)
+        rel = report.meta.get("reliability") or {}
+        report.meta["guarantees"] = {}
+        for lab in cov_claims:
+            rows_c = [c for c in report.meta["coverage"] if c["label"] == lab]
+            v = guarantee_verdict(rows_c + list(rel.get(lab, [])))
+            report.meta["guarantees"][lab] = {
+                "guarantee": rows_c[0]["guarantee"], "method": rows_c[0]["method"], **v,
+                "basis": "reported rows" + (f" + reliability grid at N_max = {budgets[-1]}" if lab in rel else "")}
     report.rows.extend(sink.finish())
     report.mark_pareto()
     report.gain_model = gain_model  # type: ignore[attr-defined]  # the fitted GainModel (CLI saves it)
@@ -1052,10 +1095,73 @@ def evaluate(
 
 
 # ================================================================================================ coverage
+#: a promise is kept at a point iff achieved >= promised - GUARANTEE_SLACK (issue #8's criterion)
+GUARANTEE_SLACK = 0.02
+#: what each kind of guarantee means (coverage.md, the CLI, the plot)
+GUARANTEE_MEANING = {
+    "plug-in": "the paper's claim: holds only if the law fitted to the warm-up scores were exact",
+    "posterior": "optscale's guarantee: under the posterior predictive given the warm-up scores",
+}
+
+
+def guarantee_of(pol) -> str:
+    """The policy's declared ``guarantee`` (:data:`optscale.policies.GUARANTEES`; "none" for a duck-typed
+    policy without one). A claiming rule must have ``target`` and ``alpha``."""
+    from optscale.policies import GUARANTEES
+
+    kind = getattr(pol, "guarantee", "none")
+    if kind not in GUARANTEES:
+        raise ParameterError("methods", f"policy {getattr(pol, 'name', pol)!r} declares guarantee {kind!r}; "
+                                        f"valid: {', '.join(GUARANTEES)}")
+    if kind != "none" and not all(hasattr(pol, a) for a in ("target", "alpha")):
+        raise ParameterError("methods", f"policy {getattr(pol, 'name', pol)!r} claims a {kind} guarantee but "
+                                        "has no target/alpha")
+    return kind
+
+
 def _claims_guarantee(pol) -> bool:
-    """OptScale-family rules promise P(best of N >= s*) >= 1 - alpha."""
-    return all(hasattr(pol, a) for a in ("target", "alpha", "mode")) and str(getattr(pol, "key", "")).startswith(
-        "optscale")
+    """Rules declaring a guarantee (plug-in or posterior) promise P(best of N >= s*) >= 1 - alpha."""
+    return guarantee_of(pol) != "none"
+
+
+def guarantee_verdict(points: Iterable[Mapping[str, Any]], slack: float = GUARANTEE_SLACK) -> dict[str, Any]:
+    """Whether a rule kept its promise over ``points`` (dicts with ``promised`` = 1 - alpha and ``achieved``
+    coverage, as :func:`coverage_of` / :func:`reliability_grid` give; ``target``/``alpha`` when known).
+
+    A point is checked when some run stopped early (``achieved`` finite: a run that went to N_max promised
+    nothing) and missed iff ``achieved < promised - slack``. Returns ``verdict`` ("kept": no checked point
+    missed; "missed"; "unchecked": no point checked), ``checked``, ``missed``, ``points``, ``min_margin``
+    (smallest achieved - promised) and ``worst`` (that point), ``slack``."""
+    pts = list(points)
+    checked = [p for p in pts if p["achieved"] is not None and math.isfinite(float(p["achieved"]))]  # None: NaN in JSON
+    margins = np.array([float(p["achieved"]) - float(p["promised"]) for p in checked])
+    missed = int(np.count_nonzero(margins < -slack - 1e-12))
+    worst = None
+    if checked:
+        w = checked[int(np.argmin(margins))]
+        worst = {k: float(w[k]) for k in ("target", "alpha", "promised", "achieved") if k in w}
+    return {"verdict": "unchecked" if not checked else "missed" if missed else "kept", "checked": len(checked),
+            "missed": missed, "points": len(pts), "min_margin": float(margins.min()) if checked else float("nan"),
+            "worst": worst, "slack": float(slack)}
+
+
+def guarantee_lines(report: EvalReport) -> list[str]:
+    """One line per rule claiming the guarantee: its kind and whether it kept its promise
+    (``meta["guarantees"]``)."""
+    out = []
+    for lab, g in (report.meta.get("guarantees") or {}).items():
+        head = f"{lab}: {g['guarantee']} guarantee ({GUARANTEE_MEANING.get(g['guarantee'], '')})"
+        w = g.get("worst") or {}
+        at = (f"s* = {w['target']:g}, alpha = {w['alpha']:g}: " if "target" in w and "alpha" in w else "")
+        if g["verdict"] == "kept":
+            out.append(f"{head}: KEPT at all {g['checked']} checked points (achieved >= 1 - alpha - "
+                       f"{g['slack']:g}; smallest margin {g['min_margin']:+.3f})")
+        elif g["verdict"] == "missed":
+            out.append(f"{head}: MISSED at {g['missed']} of {g['checked']} checked points (worst: {at}"
+                       f"{w['achieved']:.3f} achieved for {w['promised']:.3f} promised)")
+        else:
+            out.append(f"{head}: unchecked (no run stopped before N_max)")
+    return out
 
 
 def _best_drawn(prep: Prepared, rows: np.ndarray, samples: np.ndarray) -> np.ndarray:
@@ -1092,8 +1198,11 @@ def coverage_of(prep: Prepared, rows: np.ndarray, target: float, budget: int, sa
 def _coverage(prep: Prepared, rows: np.ndarray, pol, label: str, budget: int, mt: RowMetrics,
               split: str) -> dict[str, Any]:
     c = coverage_of(prep, rows, float(pol.target), budget, mt.samples)
-    return {"label": label, "method": getattr(pol, "key", ""), "budget": int(budget), "split": split,
-            "target": float(pol.target), "alpha": float(pol.alpha), "promised": 1.0 - float(pol.alpha), **c}
+    promised = 1.0 - float(pol.alpha)
+    kept = None if not math.isfinite(c["achieved"]) else bool(c["achieved"] >= promised - GUARANTEE_SLACK - 1e-12)
+    return {"label": label, "method": getattr(pol, "key", ""), "guarantee": guarantee_of(pol), "budget": int(budget),
+            "split": split, "target": float(pol.target), "alpha": float(pol.alpha), "promised": promised, **c,
+            "kept": kept}
 
 
 def reliability_grid(prep: Prepared, rows: np.ndarray, name: str, fixed: Mapping[str, Any], budget: int, *,
@@ -1156,20 +1265,26 @@ def coverage_markdown(report: EvalReport) -> str:
     cov = report.meta.get("coverage") or []
     if cov:
         out += ["### Coverage of P(best of N >= s*) >= 1 - alpha (runs that stopped before N_max)", "",
-                "| method | N_max | split | s* | promised | achieved | stopped early | best >= s* (all runs) |",
-                "|---|---|---|---|---|---|---|---|"]
+                "Guarantee kinds: plug-in = " + GUARANTEE_MEANING["plug-in"] + "; posterior = "
+                + GUARANTEE_MEANING["posterior"] + f". Kept at a point: achieved >= promised - {GUARANTEE_SLACK:g}.",
+                "", "| method | guarantee | N_max | split | s* | promised | achieved | kept | stopped early | "
+                "best >= s* (all runs) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for c in cov:
-            out.append(f"| {c['label']} | {c['budget']} | {c['split']} | {c['target']:g} | {c['promised']:.3f} | "
-                       f"{c['achieved']:.3f} | {c['stopped']:.3f} | {c['reached']:.3f} |")
+            kept = {True: "yes", False: "**no**", None: "n/a"}[c.get("kept")]
+            out.append(f"| {c['label']} | {c.get('guarantee', '')} | {c['budget']} | {c['split']} | {c['target']:g} | "
+                       f"{c['promised']:.3f} | {c['achieved']:.3f} | {kept} | {c['stopped']:.3f} | {c['reached']:.3f} |")
         out.append("")
     rel = report.meta.get("reliability") or {}
     for lab, pts in rel.items():
-        ok = [p for p in pts if np.isfinite(p["achieved"])]
-        short = sum(p["achieved"] < p["promised"] - 0.02 for p in ok)
+        v = guarantee_verdict(pts)
         out.append(f"Reliability of {lab} at N_max = {report.meta.get('reliability_budget')}: "
-                   f"{len(ok)} (s*, alpha) points with early stops, {short} below promised - 0.02.")
+                   f"{v['checked']} (s*, alpha) points with early stops, {v['missed']} below promised - "
+                   f"{GUARANTEE_SLACK:g}.")
     if rel:
         out.append("")
+    lines = guarantee_lines(report)
+    if lines:
+        out += ["### Verdict per rule (reported rows and reliability grid)", ""] + [f"- {t}" for t in lines] + [""]
     sm = report.meta.get("score_models")
     if sm:
         out += [f"### Score models (held-out, {sm['fitted_on']}; chosen: {sm['chosen']})", "",
@@ -1191,10 +1306,17 @@ def plot_reliability(report: EvalReport, path: str | Path, *, title: str | None 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="promised = achieved")
+    ax.plot([0, 1], [-GUARANTEE_SLACK, 1 - GUARANTEE_SLACK], color="grey", lw=0.8, ls=":",
+            label=f"promised - {GUARANTEE_SLACK:g} (kept above)")
+    verdicts = report.meta.get("guarantees") or {}
     for lab, pts in (report.meta.get("reliability") or {}).items():
         x = [p["promised"] for p in pts if np.isfinite(p["achieved"])]
         y = [p["achieved"] for p in pts if np.isfinite(p["achieved"])]
-        ax.scatter(x, y, s=18, alpha=0.75, label=lab)
+        g = verdicts.get(lab) or {"guarantee": "", **guarantee_verdict(pts)}
+        tag = ("kept" if g["verdict"] == "kept" else f"missed {g['missed']}/{g['checked']}"
+               if g["verdict"] == "missed" else "unchecked")
+        ax.scatter(x, y, s=18, alpha=0.75, marker="x" if g["guarantee"] == "plug-in" else "o",
+                   label=f"{lab} [{g['guarantee']}: {tag}]".replace("[: ", "["))
     ax.set_xlabel("promised 1 - alpha")
     ax.set_ylabel("achieved P(best >= s*) among early stops")
     ax.set_xlim(0.4, 1.0)

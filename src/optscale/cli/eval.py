@@ -55,6 +55,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="tuning rule: 'match' = fewest tokens within --tolerance of the fixed-budget "
                         "counterpart's accuracy (default); 'penalty' = max accuracy - penalty * relative tokens")
     p.add_argument("--tolerance", type=float, default=0.005, help="accuracy tolerance of 'match' (default 0.005)")
+    p.add_argument("--margin-z", type=float, default=1.0,
+                   help="safety margin of 'match' in standard errors of the paired per-problem accuracy "
+                        "difference to the counterpart on the calibration split: a point is accepted iff "
+                        "mean(d) - Z * SE(d) >= -tolerance (default 1.0; 0 = plain tolerance)")
     p.add_argument("--token-penalty", type=float, default=0.01, help="penalty of 'penalty' (default 0.01)")
     p.add_argument("--predictor", default=None, metavar="MODEL",
                    help="OptScale^t priors predicted from each problem's question by a prior predictor: "
@@ -233,7 +237,8 @@ def run(args) -> int:
 
         config = ev.EvalConfig(
             budgets=tuple(budgets), orderings=args.orderings, seed=args.seed, calib_frac=args.calib_frac,
-            tune=args.tune, select=args.select, tolerance=args.tolerance, token_penalty=args.token_penalty,
+            tune=args.tune, select=args.select, tolerance=args.tolerance, margin_z=args.margin_z,
+            token_penalty=args.token_penalty,
             oracle=args.oracle, ordering_mode=args.ordering_mode, coverage=args.coverage,
         )
         report = ev.evaluate(arrays, methods, config=config, priors=priors, difficulty=difficulty, progress=tick)

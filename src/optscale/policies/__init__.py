@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from optscale.policies._vec import best_score
 from optscale.policies.base import (
+    GUARANTEE_NONE,
+    GUARANTEE_PLUGIN,
+    GUARANTEE_POSTERIOR,
+    GUARANTEES,
     BatchOnlyError,
     Observation,
     Policy,
@@ -28,6 +32,10 @@ from optscale.policies.registry import POLICIES, make_policy, parse_spec
 from optscale.policies.wvote import WeightedASC
 
 __all__ = [
+    "GUARANTEES",
+    "GUARANTEE_NONE",
+    "GUARANTEE_PLUGIN",
+    "GUARANTEE_POSTERIOR",
     "PosteriorOptScale",
     "CostAware",
     "BudgetAllocation",

@@ -25,6 +25,10 @@ import numpy as np
 from optscale.errors import OptScaleError, ParameterError
 
 __all__ = [
+    "GUARANTEES",
+    "GUARANTEE_NONE",
+    "GUARANTEE_PLUGIN",
+    "GUARANTEE_POSTERIOR",
     "BatchOnlyError",
     "Observation",
     "Policy",
@@ -228,6 +232,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+#: what a policy promises (its class attribute ``guarantee``; every registered policy declares it):
+#: no probabilistic promise (fixed budgets, votes, cost-aware stopping)
+GUARANTEE_NONE = "none"
+#: P(best of N >= s*) >= 1 - alpha under the law FITTED to the warm-up scores (a point estimate plugged into
+#: N* = ceil(ln alpha / ln F(s*))): the paper's claim (OptScale^0 / OptScale^t), valid only if the fitted law
+#: were exact; measured to miss on real scores (README, issue #8)
+GUARANTEE_PLUGIN = "plug-in"
+#: P(best of N >= s*) >= 1 - alpha under the posterior predictive of the score law given the warm-up scores
+#: (and the prior): the guarantee optscale claims (``optscale-post*``)
+GUARANTEE_POSTERIOR = "posterior"
+GUARANTEES = (GUARANTEE_NONE, GUARANTEE_PLUGIN, GUARANTEE_POSTERIOR)
+
+
 class Policy(ABC):
     """A stopping + selection rule (pure and deterministic).
 
@@ -239,6 +256,9 @@ class Policy(ABC):
 
     key: str = "policy"
     display: str = "Policy"
+    #: what the rule promises: one of :data:`GUARANTEES` ("none", "plug-in", "posterior"); a rule that
+    #: claims one has ``target`` (s*) and ``alpha`` and is checked by ``evaluate`` (coverage, verdict)
+    guarantee: str = GUARANTEE_NONE
     needs_scores: bool = False  # uses verifier scores (the online runner needs a scorer)
     needs_prior: bool = False  # uses per-problem priors (Observation.prior / ReplayBatch.priors)
     batch_only: bool = False  # no per-problem next_wave: replay() over a problem set only (DSC)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from optscale.errors import ParameterError
-from optscale.policies.base import Observation, ReplayBatch
+from optscale.policies.base import GUARANTEE_POSTERIOR, Observation, ReplayBatch
 from optscale.policies.optscale import OptScaleRule, check_positive
 
 __all__ = ["PosteriorOptScale"]
@@ -36,6 +36,7 @@ class PosteriorOptScale(OptScaleRule):
 
     base_key = "optscale-post"
     display = "OptScalePost"
+    guarantee = GUARANTEE_POSTERIOR
     min_k = 1
 
     def __init__(self, target: float = 0.9, alpha: float = 0.1, k: int = 4, mode: str = "one-shot",

@@ -10,6 +10,7 @@ import numpy as np
 from optscale.errors import ParameterError
 from optscale.policies._vec import best_score
 from optscale.policies.base import (
+    GUARANTEE_NONE,
     Observation,
     Policy,
     ReplayBatch,
@@ -60,6 +61,7 @@ class BoN(Policy):
 
     key = "bon"
     display = "BoN"
+    guarantee = GUARANTEE_NONE
     needs_scores = True
     replay_info = False
 

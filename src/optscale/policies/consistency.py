@@ -26,6 +26,7 @@ import numpy as np
 from optscale.errors import ParameterError
 from optscale.policies._vec import first_index, prefix_top2, vote_winner
 from optscale.policies.base import (
+    GUARANTEE_NONE,
     Observation,
     Policy,
     ReplayBatch,
@@ -115,6 +116,7 @@ class SelfConsistency(Policy):
 
     key = "sc"
     display = "SC"
+    guarantee = GUARANTEE_NONE
     replay_info = False
 
     def __init__(self, n: int | None = None):
@@ -146,6 +148,7 @@ class WeightedSC(SelfConsistency):
 
     key = "wsc"
     display = "WSC"
+    guarantee = GUARANTEE_NONE
     needs_scores = True
 
     def _weights(self, scores: np.ndarray) -> np.ndarray | None:
@@ -160,6 +163,7 @@ class ESC(Policy):
 
     key = "esc"
     display = "ESC"
+    guarantee = GUARANTEE_NONE
 
     def __init__(self, window: int = 5):
         self.window = check_count("window", window)
@@ -206,6 +210,7 @@ class ASC(Policy):
 
     key = "asc"
     display = "ASC"
+    guarantee = GUARANTEE_NONE
 
     def __init__(self, threshold: float = 0.95):
         self.threshold = check_threshold(threshold)

@@ -39,6 +39,7 @@ import numpy as np
 from optscale.errors import InputError, ParameterError
 from optscale.policies._vec import best_score
 from optscale.policies.base import (
+    GUARANTEE_NONE,
     BatchOnlyError,
     Observation,
     Policy,
@@ -242,6 +243,7 @@ class CostAware(Policy):
 
     key = "costaware"
     display = "CostAware"
+    guarantee = GUARANTEE_NONE
     needs_scores = True
 
     def __init__(self, tokens_per_point: float = 100.0, k: int = 1, model: Any = None):
@@ -299,6 +301,7 @@ class BudgetAllocation(CostAware):
 
     key = "budget-alloc"
     display = "BudgetAlloc"
+    guarantee = GUARANTEE_NONE
     batch_only = True
 
     def __init__(self, per_problem: float = 1000.0, k: int = 1, model: Any = None):

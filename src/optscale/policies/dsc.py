@@ -46,6 +46,7 @@ import numpy as np
 from optscale.errors import ParameterError
 from optscale.policies._vec import prefix_top2, vote_winner
 from optscale.policies.base import (
+    GUARANTEE_NONE,
     BatchOnlyError,
     Observation,
     Policy,
@@ -72,6 +73,7 @@ class DSC(Policy):
 
     key = "dsc"
     display = "DSC"
+    guarantee = GUARANTEE_NONE
     batch_only = True
 
     def __init__(self, window: int = 5, judge: int = 3, interp: int = 5, threshold: float = 0.95):

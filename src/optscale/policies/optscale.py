@@ -29,6 +29,7 @@ import numpy as np
 from optscale.errors import ParameterError
 from optscale.policies._vec import best_score
 from optscale.policies.base import (
+    GUARANTEE_PLUGIN,
     Observation,
     Policy,
     ReplayBatch,
@@ -223,6 +224,7 @@ class OptScale0(_OptScale):
 
     base_key = "optscale0"
     display = "OptScale0"
+    guarantee = GUARANTEE_PLUGIN
 
     def __init__(
         self, target: float = 0.95, alpha: float = 0.05, k: int = 4, mode: str = "one-shot", wave: int = 1,
@@ -253,6 +255,7 @@ class OptScaleT(_OptScale):
 
     base_key = "optscalet"
     display = "OptScaleT"
+    guarantee = GUARANTEE_PLUGIN
     min_k = 0
     needs_prior = True
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from optscale.policies.base import (
+    GUARANTEE_NONE,
     Observation,
     Policy,
     ReplayBatch,
@@ -25,6 +26,7 @@ class MRThinking(Policy):
 
     key = "mr-thinking"
     display = "MR-Thinking"
+    guarantee = GUARANTEE_NONE
     replay_info = False
 
     def params(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import numpy as np
 from optscale.errors import ParameterError
 from optscale.policies._vec import class_reps, first_index, vote_winner
 from optscale.policies.base import (
+    GUARANTEE_NONE,
     Observation,
     Policy,
     ReplayBatch,
@@ -71,6 +72,7 @@ class WeightedASC(Policy):
 
     key = "wvote"
     display = "WeightedVote"
+    guarantee = GUARANTEE_NONE
     needs_scores = True
 
     def __init__(self, threshold: float = 0.95, power: float = 1.0):
