@@ -7,8 +7,9 @@ number reported on the held-out problems):
   and any ``--pool FILE``;
 * the real PRM best-of-N fragments of ``../shared/data/pools/prm-bon-fragments`` (tiny: 10 x 4);
 * SEMI-SYNTHETIC pools (clearly labelled; all 500 label problems by default, ``--semi-problems``): one law
-  per MATH-500 problem whose mean and standard deviation are the paper's labels (``../shared/data/optscale-paper/predictor/val_mu_sigma.json``: moments of 64
-  Qwen2.5-Math-PRM-7B scores per problem) -- ``semi-synthetic beta`` (Beta laws with those moments: the
+  per MATH-500 problem whose mean and standard deviation are the paper's labels
+  (``../shared/data/optscale-paper/predictor/val_mu_sigma.json``: moments of 64 Qwen2.5-Math-PRM-7B scores
+  per problem) -- ``semi-synthetic beta`` (Beta laws with those moments: the
   heavier left tail the real laws have) and ``semi-synthetic tn`` (truncated normals with those moments);
   per problem a solve rate q = Phi(1 + 1.5 z) (z: normal score of the problem's rank by label mean; ~5% of
   problems never solved, pass@1 ~ 0.7), correct samples drawn independently, the law's scores handed out so
