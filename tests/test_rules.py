@@ -17,6 +17,7 @@ from optscale import theory
 from optscale import theory_models as tm
 from optscale.errors import InputError, ParameterError
 from optscale.policies import BatchOnlyError, GainModel, Observation, make_policy, replay_loop
+from optscale.policies.costaware import FEATURES, prefix_features
 
 ev = importlib.import_module("optscale.evaluate")
 
@@ -115,10 +116,10 @@ def test_early_stop_never_draws_past_the_first_score_reaching_the_target():
         assert_same(res, replay_loop(pol, batch, 24), spec)  # the loop truncates inside a wave the same way
 
 
-def _gain_model(seed=0):
+def _gain_model(seed=0, **kw):
     a = synthetic_arrays(P=80, M=16, seed=seed)
     prep = ev.build_batch(a, orderings=1, seed=seed)
-    return GainModel.fit(prep.batch, prep.sample_correct)
+    return GainModel.fit(prep.batch, prep.sample_correct, **kw)
 
 
 @pytest.mark.parametrize("tpp", [0.5, 20.0, 1e4])
@@ -129,6 +130,84 @@ def test_costaware_replay_equals_step_loop(tpp, k):
     pol = make_policy(f"costaware:tokens_per_point={tpp},k={k}", model=gm)
     for n_max in (1, 4, 16, 30):
         assert_same(pol.replay(batch, n_max), replay_loop(pol, batch, n_max), f"tpp={tpp} n_max={n_max}")
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.sampled_from(FEATURES), min_size=1, max_size=3, unique=True), st.integers(1, 8),
+       st.sampled_from([0.0, 0.5]), st.floats(1.0, 1e5), st.integers(0, 10_000))
+def test_costaware_replay_equals_step_loop_for_every_state(features, orderings, smooth, tpp, seed):
+    """Any feature set, augmentation and smoothing: replay (prefix features of the whole batch) makes the
+    step loop's decisions (features of the observed prefix); rows with NaN scores, constant scores, n <= 1."""
+    gm = _gain_model(seed % 3, features=features, orderings=orderings, smooth=smooth, bins2=3)
+    assert gm.features == tuple(features) and gm.p_now.shape[0] == int(np.prod(gm.dims))
+    batch = random_batch(np.random.default_rng(seed))
+    pol = make_policy(f"costaware:tokens_per_point={tpp!r}", model=gm)
+    for n_max in (1, 5, 30):
+        assert_same(pol.replay(batch, n_max), replay_loop(pol, batch, n_max), f"{features} n_max={n_max}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 10_000), st.sampled_from([(0.5, 0.2), (30.0, 1e-4), (0.9, 0.0)]))
+def test_prefix_features_match_the_direct_statistics(M, seed, law):
+    """Each prefix's features equal numpy's nanmax / nanmean / nanstd / second largest of that prefix
+    (NaN ignored), at a location of 30 with a spread of 1e-4 and for all-equal scores as well."""
+    rng = np.random.default_rng(seed)
+    s = law[0] + law[1] * rng.normal(size=(3, M))
+    s[rng.random((3, M)) < 0.2] = np.nan
+    f = prefix_features(s, FEATURES)
+    for b in range(3):
+        for n in range(1, M + 1):
+            x = s[b, :n][~np.isnan(s[b, :n])]
+            got = dict(zip(FEATURES, f[:, b, n - 1], strict=True))
+            if x.size == 0:
+                assert got["best"] == -np.inf and all(np.isnan(got[k]) for k in FEATURES if k != "best")
+                continue
+            tol = dict(rel=1e-9, abs=1e-12)
+            assert got["best"] == x.max() and got["mean"] == pytest.approx(x.mean(), **tol)
+            assert got["gap"] == pytest.approx(x.max() - x.mean(), rel=1e-6, abs=1e-12) and got["gap"] >= 0
+            assert got["sd"] == pytest.approx(x.std(), rel=1e-6, abs=1e-12)
+            srt = np.sort(x)
+            assert got["margin"] == (np.inf if x.size == 1 else srt[-1] - srt[-2])
+            assert got["z"] == (0.0 if got["sd"] == 0 else pytest.approx((x.max() - x.mean()) / x.std(), rel=1e-6))
+
+
+def test_gain_model_averages_over_orderings():
+    """With permuted copies the table averages over draw orders: after one draw (one bin, no shrinkage)
+    p_now is the mean correctness of a random first sample -> each row's fraction of correct samples;
+    with the one given order it is the correctness of the given first samples."""
+    a = synthetic_arrays(P=60, M=16, seed=7, short=False)
+    prep = ev.build_batch(a, orderings=1, seed=7)
+    sc = prep.sample_correct
+    frac = np.mean([sc[b, : prep.batch.n[b]].mean() for b in range(sc.shape[0])])
+    kw = dict(features="best", bins=1, shrink=0.0, smooth=0.0)
+    one = GainModel.fit(prep.batch, sc, orderings=1, **kw)
+    assert one.p_now[0, 0] == pytest.approx(sc[:, 0].mean())
+    many = GainModel.fit(prep.batch, sc, orderings=100, **kw)
+    assert many.meta["orderings"] == 100 and many.p_now[0, 0] == pytest.approx(frac, abs=0.012)
+    assert abs(sc[:, 0].mean() - frac) > 0.02  # (the given first samples alone are not that average)
+
+
+def test_gain_model_shrinks_finer_cells_to_the_coarser_table():
+    """Hierarchical shrinkage: with an overwhelming prior every (best, gap) cell equals its parent best
+    cell, so the two-feature rule decides like the one-feature rule; with little shrinkage it differs."""
+    a = synthetic_arrays(P=80, M=16, seed=4)
+    prep = ev.build_batch(a, orderings=1, seed=4)
+    one = GainModel.fit(prep.batch, prep.sample_correct, shrink=1e9, features="best")
+    two = GainModel.fit(prep.batch, prep.sample_correct, shrink=1e9, features="best,gap")
+    parent = np.repeat(np.arange(one.dims[0]), two.dims[1])
+    assert np.allclose(two.gain, one.gain[:, parent]) and np.allclose(two.p_now, one.p_now[parent])
+    batch = random_batch(np.random.default_rng(2))
+    for tpp in (1.0, 100.0):
+        a1 = make_policy(f"costaware:tokens_per_point={tpp}", model=one).replay(batch, 16)
+        a2 = make_policy(f"costaware:tokens_per_point={tpp}", model=two).replay(batch, 16)
+        assert np.array_equal(a1.n_drawn, a2.n_drawn)
+    loose = GainModel.fit(prep.batch, prep.sample_correct, shrink=0.1, features="best,gap")
+    assert not np.allclose(loose.gain, GainModel.fit(prep.batch, prep.sample_correct, shrink=0.1,
+                                                     features="best").gain[:, parent])
+    with pytest.raises(ParameterError, match="features"):
+        GainModel.fit(prep.batch, prep.sample_correct, features="best,rank")
+    with pytest.raises(ParameterError, match="features"):
+        GainModel.fit(prep.batch, prep.sample_correct, features="best,best")
 
 
 def test_costaware_spends_more_at_a_higher_exchange_rate():
@@ -158,8 +237,45 @@ def test_gain_model_file_roundtrip_and_errors(tmp_path):
         make_policy("costaware").replay(random_batch(np.random.default_rng(0)), 8)
 
 
-def test_budget_allocation_respects_the_budget_per_group():
-    gm = _gain_model(2)
+def test_multi_feature_gain_model_roundtrip_and_old_files(tmp_path):
+    """A (best, gap, mean) model survives JSON (same decisions online and in replay after loading); a
+    version-2 file (one feature, flat edges, written before the state grew) and a version-1 file (one
+    horizon) still load, as one-feature models deciding as before."""
+    gm = _gain_model(3, features="best,gap,mean", orderings=4, smooth=0.5, bins2=3)
+    back = GainModel.load(gm.save(tmp_path / "g3.json"))
+    assert back.features == ("best", "gap", "mean") and back.dims == gm.dims and back.tag == gm.tag
+    batch = random_batch(np.random.default_rng(4))
+    for pol in (make_policy("costaware:tokens_per_point=50", model=gm),
+                make_policy(f"costaware:tokens_per_point=50,model={tmp_path / 'g3.json'}")):
+        assert_same(pol.replay(batch, 16), replay_loop(make_policy("costaware:tokens_per_point=50", model=gm),
+                                                        batch, 16))
+    one = _gain_model(3, features="best")
+    v2 = one.to_dict()
+    v2.update(version=2, inner_edges=v2["inner_edges"][0])
+    del v2["features"]
+    (tmp_path / "g2.json").write_text(json.dumps(v2))
+    old = GainModel.load(tmp_path / "g2.json")
+    assert old.features == ("best",) and np.array_equal(old.gain, one.gain.round(6))
+    assert_same(make_policy("costaware:tokens_per_point=50", model=old).replay(batch, 16),
+                make_policy("costaware:tokens_per_point=50", model=GainModel.load(one.save(tmp_path / "o.json")))
+                .replay(batch, 16))
+    v1 = dict(v2, version=1, gain=np.asarray(v2["gain"])[0].tolist())
+    del v1["horizons"]
+    (tmp_path / "g1.json").write_text(json.dumps(v1))
+    assert GainModel.load(tmp_path / "g1.json").horizons.tolist() == [1]
+    (tmp_path / "g9.json").write_text(json.dumps(dict(v2, version=9)))
+    with pytest.raises(InputError, match="version"):
+        GainModel.load(tmp_path / "g9.json")
+    bad = gm.to_dict()
+    bad["features"] = ["best", "gap"]  # three edge lists for two features
+    (tmp_path / "gb.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="gb.json"):
+        GainModel.load(tmp_path / "gb.json")
+
+
+@pytest.mark.parametrize("features", ["best", "best,gap"])
+def test_budget_allocation_respects_the_budget_per_group(features):
+    gm = _gain_model(2, features=features, orderings=2, smooth=0.5)
     batch = random_batch(np.random.default_rng(5))
     pol = make_policy("budget-alloc:per_problem=800", model=gm)
     res = pol.replay(batch, 24)
@@ -236,17 +352,35 @@ def test_costaware_looks_ahead_over_horizons():
     """One more sample is worth 0.1 point, eight more are worth 5 points: at 100 tokens per point and 50
     tokens per sample a myopic rule would stop (10 < 50 tokens), the look-ahead continues (500 > 400)."""
     edges = np.array([-np.inf, 0.5, np.inf])
-    gain = np.zeros((2, 2, 10))
+    gain = np.zeros((2, 2, 20))
     gain[0] = 0.001
     gain[1] = 0.05
-    gm = GainModel(edges, np.full((2, 10), 0.5), gain, horizons=(1, 8))
+    gm = GainModel(edges, np.full((2, 20), 0.5), gain, horizons=(1, 8))
     pol = make_policy("costaware:tokens_per_point=100", model=gm)
     obs = Observation(np.array([0, 1]), np.array([0.3, 0.6]), np.array([50.0, 50.0]))
     assert pol.next_wave(obs, 16) == 1
-    assert pol.next_wave(obs, 9) == 0  # only 7 samples left: horizon 8 is out of reach, horizon 1 not worth it
     assert make_policy("costaware:tokens_per_point=70", model=gm).next_wave(obs, 16) == 0  # 350 < 400
+    # 3 samples left (150 tokens): the remaining budget is a horizon, its gain interpolated between h = 1
+    # and h = 8 (0.001 + 0.049 * 2 / 7 = 0.015, 1.5 points) ...
+    assert make_policy("costaware:tokens_per_point=90", model=gm).next_wave(obs, 5) == 0  # 135 < 150
+    assert make_policy("costaware:tokens_per_point=120", model=gm).next_wave(obs, 5) == 1  # 180 > 150
+    # ... and 7 samples left: 0.001 + 0.049 * 6 / 7 = 0.043 -> 430 > 350 tokens: continue
+    assert pol.next_wave(obs, 9) == 1
     with pytest.raises(ParameterError, match="horizons"):
-        GainModel(edges, np.full((2, 10), 0.5), gain, horizons=(8, 1))
+        GainModel(edges, np.full((2, 20), 0.5), gain, horizons=(8, 1))
+
+
+def test_costaware_horizon_past_the_calibration_samples_costs_what_is_left():
+    """A table learned on rows of 12 samples: after n = 9 draws the horizon 8 was measured as the gain of
+    the 3 samples left in them, so it costs 3 samples, not 8 (budget 12)."""
+    edges = np.array([-np.inf, np.inf])
+    gain = np.zeros((2, 1, 11))
+    gain[1] = 0.02  # 2 points
+    gm = GainModel(edges, np.full((1, 11), 0.5), gain, horizons=(1, 8))
+    obs = Observation(np.zeros(9, dtype=np.int64), np.full(9, 0.5), np.full(9, 100.0))
+    # 100 * 0.02 * 200 = 400 tokens: more than 3 samples (300), less than 8 (800)
+    assert make_policy("costaware:tokens_per_point=200", model=gm).next_wave(obs, 12) == 1
+    assert make_policy("costaware:tokens_per_point=140", model=gm).next_wave(obs, 12) == 0  # 280 < 300
 
 
 # ------------------------------------------------------------------------------------------ online == offline

@@ -51,31 +51,131 @@ from optscale.policies.base import (
 from optscale.policies.bon import best_of, check_count
 from optscale.policies.optscale import check_positive
 
-__all__ = ["GainModel", "CostAware", "BudgetAllocation", "GAIN_FLOOR"]
+__all__ = ["GainModel", "CostAware", "BudgetAllocation", "GAIN_FLOOR", "FEATURES", "prefix_features"]
 
 GAIN_FLOOR = 1e-6  #: smallest expected gain of a wave inside the table (accuracy fraction)
 
+#: state features of the gain model, each a function of the scores drawn so far (NaN scores ignored):
+#: best = the highest score; mean = the mean score (the problem's location); gap = best - mean (the best's
+#: standing above the others); margin = best - second best; sd = the scores' standard deviation;
+#: z = gap / sd (the best's standard score under the drawn scores' moments; 0 when sd = 0)
+FEATURES = ("best", "mean", "gap", "margin", "sd", "z")
+DEFAULT_FEATURES = ("best", "mean")  #: the state of GainModel.fit unless told otherwise (v2 models: ("best",))
+AUGMENT_CELLS = 500_000  #: GainModel.fit: permuted copies only while rows x samples stay below this
+GAIN_MODEL_VERSION = 3  #: JSON version written (version 2 files, one feature "best", load unchanged)
+
+
+def prefix_features(scores: np.ndarray, features: tuple[str, ...] | list[str]) -> np.ndarray:
+    """float64 [F, B, M]: the state features after each prefix of the rows' scores (column n - 1 = after
+    n draws), vectorized over rows with one pass over the columns (cumulative max / sums / second max).
+
+    NaN scores are ignored; a prefix without a scored sample has best -inf and NaN otherwise; ``margin``
+    with one scored sample is +inf; ``sd`` is the population standard deviation of the scored samples
+    (0 for one sample or all-equal scores; computed around the row's first score, so a location of 30
+    with a spread of 1e-4 keeps its digits). The online rule calls this on its one row, so replay and
+    the step loop see bit-identical features."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim == 1:
+        s = s[None, :]
+    B, M = s.shape
+    ok = ~np.isnan(s)
+    out = np.empty((len(features), B, M))
+    if M == 0:
+        return out
+    x = np.where(ok, s, -np.inf)
+    best = np.maximum.accumulate(x, axis=1)
+    cnt = np.cumsum(ok, axis=1)
+    first = np.where(ok.any(axis=1), s[np.arange(B), ok.argmax(axis=1)], 0.0)
+    d = np.where(ok, s - first[:, None], 0.0)  # shifted: sums of small numbers (no cancellation)
+    s1 = np.cumsum(d, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_d = np.where(cnt > 0, s1 / np.maximum(cnt, 1), np.nan)
+        mean = mean_d + first[:, None]
+        for i, f in enumerate(features):
+            if f == "best":
+                out[i] = best
+            elif f == "mean":
+                out[i] = mean
+            elif f == "gap":
+                out[i] = np.where(cnt > 0, np.maximum(best - mean, 0.0), np.nan)
+            elif f in ("sd", "z"):
+                s2 = np.cumsum(d * d, axis=1)
+                var = np.where(cnt > 0, s2 / np.maximum(cnt, 1) - mean_d**2, np.nan)
+                sd = np.sqrt(np.maximum(var, 0.0))
+                if f == "sd":
+                    out[i] = sd
+                else:
+                    gap = np.maximum(best - mean, 0.0)
+                    out[i] = np.where(cnt > 0, np.where(sd > 0, gap / np.where(sd > 0, sd, 1.0), 0.0), np.nan)
+            elif f == "margin":
+                b1 = np.full(B, -np.inf)
+                b2 = np.full(B, -np.inf)
+                for j in range(M):
+                    b2 = np.maximum(b2, np.minimum(b1, x[:, j]))
+                    b1 = np.maximum(b1, x[:, j])
+                    out[i, :, j] = np.where(np.isfinite(b2), b1 - b2, np.where(np.isfinite(b1), np.inf, np.nan))
+            else:
+                raise ParameterError("features", f"unknown gain-model feature {f!r} (known: {', '.join(FEATURES)})")
+    return out
+
+
+def _check_features(features) -> tuple[str, ...]:
+    if isinstance(features, str):
+        features = tuple(f for f in features.replace("+", ",").split(",") if f)
+    feats = tuple(str(f) for f in features)
+    if not feats or len(set(feats)) != len(feats) or any(f not in FEATURES for f in feats):
+        raise ParameterError("features", f"must be distinct names from {', '.join(FEATURES)}, got {features!r}")
+    return feats
+
+
+def _bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Quantile bin edges of the finite ``values`` (outer edges -inf / +inf; one bin if degenerate)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return np.array([-np.inf, np.inf])
+    edges = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1)))
+    if edges.size < 2:
+        edges = np.array([edges[0] - 1e-9, edges[0] + 1e-9])
+    edges[0], edges[-1] = -np.inf, np.inf
+    return edges
+
+
+def _bin(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Bin index of each value (NaN goes to the first bin, +inf to the last)."""
+    return np.clip(np.searchsorted(edges, np.nan_to_num(values, nan=-np.inf, posinf=np.inf), side="right") - 1,
+                   0, edges.size - 2)
+
 
 class GainModel:
-    """Learned P(correct | best score so far, n drawn) and the expected gain of h more samples.
+    """Learned P(correct | state after n draws) and the expected gain of h more samples.
 
-    ``edges`` [E + 1] bin edges of the best score; ``p_now`` [E, N]; ``gain`` [H, E, N] for the horizons
-    ``horizons`` [H] (column n - 1 = after n draws); ``wave``: the decision granularity."""
+    The state is the tuple of ``features`` (names from FEATURES, the first the primary one) of the scores
+    drawn so far, each binned by ``edges[f]`` (E_f + 1 edges); a cell is their ravelled bin index (the last
+    feature fastest), C = prod E_f cells. ``p_now`` [C, N]; ``gain`` [H, C, N] for the horizons
+    ``horizons`` [H] (column n - 1 = after n draws); ``wave``: the decision granularity. With the single
+    feature ``best`` this is the version-2 model (one bin table of the best score per n)."""
 
-    def __init__(self, edges, p_now, gain, horizons=(1,), wave: int = 1, meta: dict | None = None):
-        self.edges = np.asarray(edges, dtype=np.float64)
+    def __init__(self, edges, p_now, gain, horizons=(1,), wave: int = 1, meta: dict | None = None,
+                 features=("best",)):
+        self.features = _check_features(features)
+        if len(self.features) == 1 and np.ndim(edges) == 1 and not isinstance(edges[0], (list, tuple, np.ndarray)):
+            edges = [edges]
+        if len(edges) != len(self.features):
+            raise ParameterError("model", f"{len(self.features)} features but {len(edges)} edge lists")
+        self.edges = [np.asarray(e, dtype=np.float64).reshape(-1) for e in edges]
         self.p_now = np.asarray(p_now, dtype=np.float64)
         self.gain = np.asarray(gain, dtype=np.float64)
         self.horizons = np.asarray(horizons, dtype=np.int64).reshape(-1)
         self.wave = int(wave)
         self.meta = dict(meta or {})
-        E = self.edges.size - 1
+        self.dims = tuple(e.size - 1 for e in self.edges)
+        C = int(np.prod(self.dims))
         if self.gain.ndim == 2:  # a single horizon
             self.gain = self.gain[None]
-        if (E < 1 or self.p_now.ndim != 2 or self.p_now.shape[0] != E
-                or self.gain.shape != (self.horizons.size, *self.p_now.shape)):
-            raise ParameterError("model", f"inconsistent gain table: {E} bins, {self.horizons.size} horizons, "
-                                          f"p_now {self.p_now.shape}, gain {self.gain.shape}")
+        if (min(self.dims) < 1 or any(np.any(np.diff(e) <= 0) for e in self.edges) or self.p_now.ndim != 2
+                or self.p_now.shape[0] != C or self.gain.shape != (self.horizons.size, *self.p_now.shape)):
+            raise ParameterError("model", f"inconsistent gain table: {self.dims} bins, {self.horizons.size} "
+                                          f"horizons, p_now {self.p_now.shape}, gain {self.gain.shape}")
         if self.horizons.size == 0 or np.any(self.horizons < 1) or np.any(np.diff(self.horizons) <= 0):
             raise ParameterError("model", f"horizons must be increasing integers >= 1, got {self.horizons.tolist()}")
         if not (np.all(np.isfinite(self.p_now)) and np.all(np.isfinite(self.gain))):
@@ -90,82 +190,168 @@ class GainModel:
     # ----- fit ----------------------------------------------------------------------------------------
     @classmethod
     def fit(cls, batch: ReplayBatch, sample_correct: np.ndarray, *, wave: int = 1, bins: int = 16,
-            shrink: float = 10.0, horizons: tuple[int, ...] | None = None) -> GainModel:
+            shrink: float = 10.0, horizons: tuple[int, ...] | None = None, features=None,
+            bins2: int = 4, orderings: int = 8, seed: int = 0, smooth: float = 0.5) -> GainModel:
         """Learn the table from replay rows (samples in draw order) and per-sample correctness
         (bool[B, M], the correctness of each sample's answer). ``horizons``: default 1, 2, 4, ... below M
-        and M - 1 (the gain of h more samples is measured with h capped at the row's samples)."""
+        and M - 1 (the gain of h more samples is measured with h capped at the row's samples).
+
+        ``features`` (default DEFAULT_FEATURES): the state; the primary feature gets ``bins`` quantile
+        bins, every further one ``bins2``. Shrinkage is hierarchical: a primary cell (b, n) is shrunk
+        towards its bin's value pooled over n, and a cell of the first j + 1 features towards its parent
+        cell of the first j features at the same n, each with ``shrink`` pseudo-rows -- where a finer
+        cell has few calibration rows it falls back to the coarser table.
+
+        ``orderings``: the rows are used in this many random draw orders (the given one and ``orderings - 1``
+        permutations of each row's samples, seeded by ``seed``; a row's samples are exchangeable), each
+        weighing 1 / orderings -- the tables average over orderings instead of following one (at most
+        AUGMENT_CELLS rows x samples in all). ``smooth``: each decision n's sums and counts are averaged over
+        the decisions n' within n +- smooth * n before shrinkage (gains change slowly with n; one noisy
+        column with a non-positive gain would stop every row there). The version-2 fit (one feature, one
+        ordering, no smoothing): ``features="best", orderings=1, smooth=0``."""
         wave = check_count("wave", wave)
+        feats = _check_features(DEFAULT_FEATURES if features is None else features)
+        bins, bins2 = check_count("bins", bins), check_count("bins2", bins2)
+        orderings = check_count("orderings", orderings)
+        if not (math.isfinite(smooth) and smooth >= 0):
+            raise ParameterError("smooth", f"must be a finite number >= 0, got {smooth!r}")
         B, M = batch.answers.shape
+        orderings = max(1, min(orderings, AUGMENT_CELLS // max(B * M, 1)))  # memory: rows x samples
         if B == 0 or M < 2:
             raise ParameterError("calibration", "needs rows with at least 2 samples to learn a gain model")
         if horizons is None:
             horizons = tuple(sorted({*(2**i for i in range(int(math.log2(M - 1)) + 1)), M - 1, wave}))
         H = np.asarray(sorted(set(int(h) for h in horizons if 1 <= h < M)), dtype=np.int64)
+        answers, scores, n_row = batch.answers, batch.scores, batch.n
         sc = np.asarray(sample_correct, dtype=bool)
-        best = np.full((B, M + 1), np.nan)
-        corr = np.zeros((B, M + 1), dtype=bool)
-        scores = np.where(np.isnan(batch.scores), -np.inf, batch.scores)
-        best[:, 1:] = np.maximum.accumulate(scores, axis=1)
+        if orderings > 1:  # the rows again in random draw orders (a row's real samples are exchangeable)
+            rng = np.random.default_rng(seed)
+            key = rng.random((orderings - 1, B, M)) + (np.arange(M)[None, None, :] >= n_row[None, :, None])
+            perm = np.concatenate([np.broadcast_to(np.arange(M), (1, B, M)), np.argsort(key, axis=2)])
+            perm = perm.reshape(orderings * B, M)
+            rep = np.tile(np.arange(B), orderings)
+            answers, scores, sc = (np.take_along_axis(x[rep], perm, axis=1) for x in (answers, scores, sc))
+            n_row = n_row[rep]
+        R = answers.shape[0]
+        w_row = 1.0 / orderings  # counts stay in calibration rows (the shrinkage keeps its meaning)
+        corr = np.zeros((R, M + 1), dtype=bool)
+        fv = prefix_features(scores, feats)  # [F, R, M]
+        best = fv[feats.index("best")] if "best" in feats else prefix_features(scores, ("best",))[0]
         for n in range(1, M + 1):
-            pick = best_score(batch.answers, batch.scores, np.minimum(np.full(B, n), batch.n))
-            corr[:, n] = (pick >= 0) & sc[np.arange(B), np.maximum(pick, 0)]
+            pick = best_score(answers, scores, np.minimum(np.full(R, n), n_row))
+            corr[:, n] = (pick >= 0) & sc[np.arange(R), np.maximum(pick, 0)]
         Nt = M - 1  # decisions after n = 1 .. M - 1 draws
-        valid = (np.arange(M + 1)[None, :] >= 1) & (np.arange(M + 1)[None, :] < batch.n[:, None])
-        b_vals = best[:, 1:M][valid[:, 1:M] & np.isfinite(best[:, 1:M])]
-        if b_vals.size == 0:
+        valid = (np.arange(1, M)[None, :] < n_row[:, None]) & np.isfinite(best[:, : M - 1])  # [R, Nt]
+        if not valid.any():
             raise ParameterError("calibration", "no scored calibration row with a next sample")
-        edges = np.unique(np.quantile(b_vals, np.linspace(0, 1, bins + 1)))
-        if edges.size < 2:
-            edges = np.array([edges[0] - 1e-9, edges[0] + 1e-9])
-        edges[0], edges[-1] = -np.inf, np.inf
-        E = edges.size - 1
-        p_now = np.zeros((E, Nt))
-        gain = np.zeros((H.size, E, Nt))
-        cnt = np.zeros((E, Nt))
+        edges = [_bin_edges(fv[i, :, : M - 1][valid], bins if i == 0 else bins2) for i in range(len(feats))]
+        dims = [e.size - 1 for e in edges]
+        # per level j (features[: j + 1]): sums and counts per (cell, n)
+        sums_p, sums_g, counts = [], [], []
+        for j in range(len(feats)):
+            C = int(np.prod(dims[: j + 1]))
+            sums_p.append(np.zeros((C, Nt)))
+            sums_g.append(np.zeros((H.size, C, Nt)))
+            counts.append(np.zeros((C, Nt)))
         for n in range(1, Nt + 1):
-            rows = valid[:, n] & np.isfinite(best[:, n])
-            e = np.clip(np.searchsorted(edges, best[rows, n], side="right") - 1, 0, E - 1)
-            cnt[:, n - 1] = np.bincount(e, minlength=E)
+            rows = np.flatnonzero(valid[:, n - 1])
+            idx = [_bin(edges[i], fv[i, rows, n - 1]) for i in range(len(feats))]
             now = corr[rows, n].astype(float)
-            p_now[:, n - 1] = np.bincount(e, weights=now, minlength=E)
-            for i, h in enumerate(H):
-                later = corr[np.flatnonzero(rows), np.minimum(n + h, batch.n[rows])].astype(float)
-                gain[i, :, n - 1] = np.bincount(e, weights=later - now, minlength=E)
+            diffs = [corr[rows, np.minimum(n + h, n_row[rows])].astype(float) - now for h in H]
+            cell = np.zeros(rows.size, dtype=np.int64)
+            for j in range(len(feats)):
+                cell = cell * dims[j] + idx[j]
+                C = counts[j].shape[0]
+                counts[j][:, n - 1] = np.bincount(cell, minlength=C) * w_row
+                sums_p[j][:, n - 1] = np.bincount(cell, weights=now, minlength=C) * w_row
+                for i in range(H.size):
+                    sums_g[j][i, :, n - 1] = np.bincount(cell, weights=diffs[i], minlength=C) * w_row
+        if smooth > 0:  # each n's sums and counts: their mean over the decisions n' within n +- smooth * n
+            half = np.floor(smooth * np.arange(1, Nt + 1)).astype(np.int64)
+            lo = np.maximum(np.arange(Nt) - half, 0)
+            hi = np.minimum(np.arange(Nt) + half, Nt - 1) + 1
+
+            def _window(a):
+                c = np.concatenate([np.zeros((*a.shape[:-1], 1)), np.cumsum(a, axis=-1)], axis=-1)
+                return (c[..., hi] - c[..., lo]) / (hi - lo)
+
+            sums_p, sums_g, counts = ([_window(a) for a in x] for x in (sums_p, sums_g, counts))
+        # level 0: the primary bin's cell shrunk towards the bin pooled over n. A cell's mean paired difference
+        # is mostly 0 (the pick rarely changes) and noisy: shrunk, and floored at GAIN_FLOOR so that a high
+        # enough exchange rate always continues (up to the budget) instead of stopping on a noisy cell
+        cnt = counts[0]
         tot = np.maximum(cnt.sum(axis=1, keepdims=True), 1)
-        p_now = (p_now + shrink * p_now.sum(axis=1, keepdims=True) / tot) / (cnt + shrink)
-        # a cell's mean paired difference is mostly 0 (the pick rarely changes) and noisy: shrink it towards
-        # its bin's pooled gain (over n) and floor it at GAIN_FLOOR, so that a high enough exchange rate
-        # always continues (up to the budget) instead of stopping on a noisy non-positive cell
-        pool_g = np.maximum(gain.sum(axis=2, keepdims=True) / tot[None], 0.0)
-        gain = np.maximum((gain + shrink * pool_g) / (cnt[None] + shrink), GAIN_FLOOR)
-        return cls(edges, p_now, gain, H, wave, {"rows": int(B), "bins": int(E), "shrink": float(shrink)})
+        p_now = (sums_p[0] + shrink * sums_p[0].sum(axis=1, keepdims=True) / tot) / (cnt + shrink)
+        pool_g = np.maximum(sums_g[0].sum(axis=2, keepdims=True) / tot[None], 0.0)
+        gain = np.maximum((sums_g[0] + shrink * pool_g) / (cnt[None] + shrink), GAIN_FLOOR)
+        for j in range(1, len(feats)):  # finer levels: shrunk towards the parent cell at the same n
+            parent = np.repeat(np.arange(p_now.shape[0]), dims[j])
+            cnt = counts[j]
+            p_now = (sums_p[j] + shrink * p_now[parent]) / (cnt + shrink)
+            gain = np.maximum((sums_g[j] + shrink * gain[:, parent]) / (cnt[None] + shrink), GAIN_FLOOR)
+        meta = {"rows": int(B), "bins": [int(d) for d in dims], "shrink": float(shrink), "orderings": orderings}
+        return cls(edges, p_now, gain, H, wave, meta, feats)
 
     # ----- lookup -------------------------------------------------------------------------------------
-    def lookup(self, best: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(p_now [R], gain [H, R]) at best score ``best`` after ``n`` draws (gain 0 beyond the table)."""
-        best = np.asarray(best, dtype=np.float64)
+    def cells(self, feats: np.ndarray) -> np.ndarray:
+        """Cell index of each state (``feats`` [F, R], or [R] for a one-feature model)."""
+        feats = np.asarray(feats, dtype=np.float64)
+        if feats.ndim == 1:
+            feats = feats[None]
+        if feats.shape[0] != len(self.features):
+            raise ParameterError("features", f"the model's state has {len(self.features)} features "
+                                             f"{self.features}, got {feats.shape[0]}")
+        cell = np.zeros(feats.shape[1], dtype=np.int64)
+        for e, d, v in zip(self.edges, self.dims, feats, strict=True):
+            cell = cell * d + _bin(e, v)
+        return cell
+
+    def lookup(self, feats: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p_now [R], gain [H, R]) in state ``feats`` ([F, R]; [R] = the best score of a one-feature model)
+        after ``n`` draws (gain 0 beyond the table)."""
         n = np.asarray(n, dtype=np.int64)
-        e = np.clip(np.searchsorted(self.edges, np.nan_to_num(best, nan=-np.inf), side="right") - 1, 0,
-                    self.edges.size - 2)
+        e = self.cells(feats)
         inside = (n >= 1) & (n <= self.n_max)
         col = np.clip(n - 1, 0, self.n_max - 1)
         return (np.where(inside, self.p_now[e, col], np.nan), np.where(inside, self.gain[:, e, col], 0.0))
 
-    def continue_value(self, best, n, left, mean_tokens, tokens_per_point) -> np.ndarray:
-        """max over horizons h <= ``left`` of 100 * gain_h * tokens_per_point - h * mean_tokens: the value of
-        drawing h more samples at the best horizon; > 0 means continue (one-stage look-ahead over horizons)."""
-        _, g = self.lookup(best, n)
-        h = self.horizons[:, None].astype(np.float64)
-        val = 100.0 * g * np.asarray(tokens_per_point, dtype=np.float64) - h * np.asarray(mean_tokens)
-        val = np.where(h <= np.asarray(left)[None, :], val, -np.inf)
-        return val.max(axis=0)
+    def continue_value(self, feats, n, left, mean_tokens, tokens_per_point) -> np.ndarray:
+        """The value of drawing more samples at the best horizon; > 0 means continue (one-stage look-ahead
+        over horizons):
+
+            max over h of  100 * gain_h * tokens_per_point - h_eff * mean_tokens,
+
+        h_eff = min(h, n_max + 1 - n): a horizon past the calibration rows' samples was measured as the gain
+        of the samples left in them (and costs those). Horizons with h_eff <= ``left`` (the budget still
+        open) count, plus h = ``left`` itself when it falls between two horizons, its gain interpolated
+        linearly between theirs -- so that the whole remaining budget is always one of the options."""
+        _, g = self.lookup(feats, n)  # [H, R]
+        n = np.asarray(n, dtype=np.float64)
+        left = np.broadcast_to(np.asarray(left, dtype=np.float64), n.shape)
+        h = np.minimum(self.horizons[:, None].astype(np.float64), self.n_max + 1 - n[None, :])  # [H, R]
+        tpp = 100.0 * np.asarray(tokens_per_point, dtype=np.float64)
+        cost = np.asarray(mean_tokens, dtype=np.float64)
+        val = np.where(h <= left[None, :], g * tpp - h * cost, -np.inf)
+        # the remaining budget as a horizon: between the last horizon inside it and the first beyond it
+        below = (h <= left[None, :]).sum(axis=0)  # horizons h_eff are non-decreasing in the table order
+        i_hi = np.minimum(below, h.shape[0] - 1)
+        i_lo = np.maximum(below - 1, 0)
+        cols = np.arange(h.shape[1])
+        h_lo = np.where(below > 0, h[i_lo, cols], 0.0)
+        g_lo = np.where(below > 0, g[i_lo, cols], 0.0)
+        h_hi, g_hi = h[i_hi, cols], g[i_hi, cols]
+        inside = (below < h.shape[0]) & (h_hi > left) & (left > h_lo)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g_left = g_lo + (g_hi - g_lo) * (left - h_lo) / np.where(h_hi > h_lo, h_hi - h_lo, 1.0)
+        v_left = np.where(inside, g_left * tpp - left * cost, -np.inf)
+        return np.maximum(val.max(axis=0), v_left)
 
     # ----- I/O ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        inner = [None if not math.isfinite(x) else float(x) for x in self.edges[1:-1]]
-        return {"kind": "optscale-gain-model", "version": 2, "wave": self.wave, "inner_edges": inner,
-                "horizons": self.horizons.tolist(), "p_now": self.p_now.round(6).tolist(),
-                "gain": self.gain.round(6).tolist(), "meta": self.meta}
+        inner = [[float(x) for x in e[1:-1]] for e in self.edges]
+        return {"kind": "optscale-gain-model", "version": GAIN_MODEL_VERSION, "wave": self.wave,
+                "features": list(self.features), "inner_edges": inner, "horizons": self.horizons.tolist(),
+                "p_now": self.p_now.round(6).tolist(), "gain": self.gain.round(6).tolist(), "meta": self.meta}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -177,6 +363,7 @@ class GainModel:
 
     @classmethod
     def load(cls, path: str | Path) -> GainModel:
+        """Read a model written by :meth:`save` (version 3; version 2 = one feature ``best``, flat edges)."""
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -186,12 +373,25 @@ class GainModel:
             raise InputError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg}") from None
         if not isinstance(d, dict) or d.get("kind") != "optscale-gain-model":
             raise InputError(str(path), None, "kind", "not an optscale gain model (kind 'optscale-gain-model')")
-        for f in ("wave", "inner_edges", "horizons", "p_now", "gain"):
+        version = d.get("version")
+        if version not in (1, 2, 3):
+            raise InputError(str(path), None, "version", f"unsupported gain model version {version!r} (1, 2 or 3)")
+        need = ("wave", "inner_edges", "p_now", "gain") + (("horizons",) if version >= 2 else ()) + (
+            ("features",) if version >= 3 else ())
+        for f in need:
             if f not in d:
                 raise InputError(str(path), None, f, "missing")
         try:
-            edges = np.concatenate([[-np.inf], np.asarray(d["inner_edges"], dtype=float), [np.inf]])
-            return cls(edges, d["p_now"], d["gain"], d["horizons"], int(d["wave"]), d.get("meta"))
+            if version < 3:  # one feature (the best score), flat edges; version 1: the one horizon 1
+                feats, inner = ["best"], [d["inner_edges"]]
+            else:
+                feats, inner = d["features"], d["inner_edges"]
+                if not isinstance(inner, list) or not all(isinstance(e, list) for e in inner):
+                    raise ValueError("inner_edges must be a list of lists (one per feature)")
+            edges = [np.concatenate([[-np.inf], np.asarray(e, dtype=float), [np.inf]]) for e in inner]
+            return cls(edges, d["p_now"], d["gain"], d.get("horizons", [1]), int(d["wave"]), d.get("meta"), feats)
+        except ParameterError as exc:
+            raise InputError(str(path), None, exc.name if exc.name != "model" else "gain", str(exc)) from None
         except (TypeError, ValueError) as exc:
             raise InputError(str(path), None, "gain", str(exc)) from None
 
@@ -214,8 +414,7 @@ def _costaware_draws(batch: ReplayBatch, n_max: int, k: int, model: GainModel,
     B, M = batch.scores.shape
     k = min(k, n_max)
     wave = model.wave
-    scores = np.where(np.isnan(batch.scores), -np.inf, batch.scores)
-    best = np.maximum.accumulate(scores, axis=1) if M else scores
+    feats = prefix_features(batch.scores, model.features)  # [F, B, M]
     ctok = np.cumsum(np.nan_to_num(batch.tokens), axis=1) if M else batch.tokens
     n_drawn = budget.copy()
     by_rule = np.zeros(B, dtype=bool)
@@ -225,7 +424,7 @@ def _costaware_draws(batch: ReplayBatch, n_max: int, k: int, model: GainModel,
     while active.any():
         rows = np.flatnonzero(active & (budget > c))
         if rows.size:
-            val = model.continue_value(best[rows, c - 1], np.full(rows.size, c), np.full(rows.size, n_max - c),
+            val = model.continue_value(feats[:, rows, c - 1], np.full(rows.size, c), np.full(rows.size, n_max - c),
                                        ctok[rows, c - 1] / c, tpp[rows])
             stop = val <= 0
             n_drawn[rows[stop]] = c
@@ -276,10 +475,11 @@ class CostAware(Policy):
             return k - d
         if d >= n_max:
             return 0
-        sc = obs.scores[~np.isnan(obs.scores)]
-        best = float(sc.max()) if sc.size else -np.inf
-        val = model.continue_value(np.array([best]), np.array([d]), np.array([n_max - d]),
-                                   np.array([float(np.nansum(obs.tokens)) / d]), np.array([self.tokens_per_point]))
+        # the same prefix features and cumulative tokens as replay (bit-identical decisions)
+        feats = prefix_features(obs.scores[None, :], model.features)[:, :, d - 1]  # [F, 1]
+        mean_tok = np.cumsum(np.nan_to_num(obs.tokens))[d - 1] / d
+        val = model.continue_value(feats, np.array([d]), np.array([n_max - d]), np.array([mean_tok]),
+                                   np.array([self.tokens_per_point]))
         if float(val[0]) <= 0:
             return 0
         return min(model.wave, n_max - d)
