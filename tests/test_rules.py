@@ -532,3 +532,26 @@ def test_costaware_spec_with_a_path_whose_parts_look_numeric(tmp_path):
     f = gm.save(tmp_path / "01" / "1e5.json")
     pol = make_policy(f"costaware:model={f},tokens_per_point=5")
     assert pol.model.tag == gm.tag and pol.params()["model"] == str(f)
+
+
+@pytest.mark.parametrize("raw, match", [
+    (b"\x00\xff\xfe\x01" * 8, "binary"),
+    (b'{"kind": "optscale-gain-model", "version": ' + b"9" * 400 + b"}", "400 digits"),
+    (b'{"kind": "\\ud800"}', "surrogate"),
+    (b"[" * 5000 + b"]" * 5000, "nested"),
+])
+def test_gain_model_load_hostile_files_give_one_error(tmp_path, raw, match):
+    # GainModel.load reads through optscale.jsonio (it once decoded the text itself: tracebacks on these)
+    f = tmp_path / "g.json"
+    f.write_bytes(raw)
+    with pytest.raises(InputError, match=match):
+        GainModel.load(f)
+
+
+def test_gain_model_load_reads_gzip(tmp_path):
+    import gzip
+
+    gm = _gain_model(3)
+    f = tmp_path / "g.json.gz"
+    f.write_bytes(gzip.compress(gm.to_json().encode()))
+    assert GainModel.load(f).tag == gm.tag

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from optscale.errors import InputError, ParameterError
+from optscale.jsonio import read_json
 from optscale.policies._vec import best_score
 from optscale.policies.base import (
     GUARANTEE_NONE,
@@ -365,12 +366,7 @@ class GainModel:
     def load(cls, path: str | Path) -> GainModel:
         """Read a model written by :meth:`save` (version 3; version 2 = one feature ``best``, flat edges)."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(str(path), None, None, "file not found") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+        d = read_json(path)  # the one JSON reader: gzip, binary, deep nesting, huge numbers -> InputError
         if not isinstance(d, dict) or d.get("kind") != "optscale-gain-model":
             raise InputError(str(path), None, "kind", "not an optscale gain model (kind 'optscale-gain-model')")
         version = d.get("version")
