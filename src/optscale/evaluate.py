@@ -1199,7 +1199,8 @@ def _coverage(prep: Prepared, rows: np.ndarray, pol, label: str, budget: int, mt
               split: str) -> dict[str, Any]:
     c = coverage_of(prep, rows, float(pol.target), budget, mt.samples)
     promised = 1.0 - float(pol.alpha)
-    kept = None if not math.isfinite(c["achieved"]) else bool(c["achieved"] >= promised - GUARANTEE_SLACK - 1e-12)
+    v = guarantee_verdict([{"promised": promised, "achieved": c["achieved"]}])  # the one kept/missed rule
+    kept = None if v["verdict"] == "unchecked" else v["verdict"] == "kept"
     return {"label": label, "method": getattr(pol, "key", ""), "guarantee": guarantee_of(pol), "budget": int(budget),
             "split": split, "target": float(pol.target), "alpha": float(pol.alpha), "promised": promised, **c,
             "kept": kept}
