@@ -36,7 +36,8 @@ ev = importlib.import_module("optscale.evaluate")
 VARIANTS = {  # name -> GainModel.fit keyword arguments
     "v2: best (1 ordering, no smoothing)": {"features": "best", "orderings": 1, "smooth": 0.0},
     "best, 8 orderings, smooth 0.5": {"features": "best"},
-    "best+mean (default)": {},
+    "best+mean": {"features": "best,mean"},
+    "best+mean+agree (default)": {},
     "best+gap": {"features": "best,gap"},
     "best+z": {"features": "best,z"},
 }

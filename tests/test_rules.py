@@ -17,7 +17,8 @@ from optscale import theory
 from optscale import theory_models as tm
 from optscale.errors import InputError, ParameterError
 from optscale.policies import BatchOnlyError, GainModel, Observation, make_policy, replay_loop
-from optscale.policies.costaware import FEATURES, prefix_features
+from optscale.policies._vec import best_score
+from optscale.policies.costaware import FEATURES, prefix_agreement, prefix_features
 
 ev = importlib.import_module("optscale.evaluate")
 
@@ -154,13 +155,13 @@ def test_prefix_features_match_the_direct_statistics(M, seed, law):
     rng = np.random.default_rng(seed)
     s = law[0] + law[1] * rng.normal(size=(3, M))
     s[rng.random((3, M)) < 0.2] = np.nan
-    f = prefix_features(s, FEATURES)
+    f = prefix_features(s, FEATURES, rng.integers(-1, 3, (3, M)))
     for b in range(3):
         for n in range(1, M + 1):
             x = s[b, :n][~np.isnan(s[b, :n])]
             got = dict(zip(FEATURES, f[:, b, n - 1], strict=True))
             if x.size == 0:
-                assert got["best"] == -np.inf and all(np.isnan(got[k]) for k in FEATURES if k != "best")
+                assert got["best"] == -np.inf and all(np.isnan(got[k]) for k in FEATURES if k not in ("best", "agree"))
                 continue
             tol = dict(rel=1e-9, abs=1e-12)
             assert got["best"] == x.max() and got["mean"] == pytest.approx(x.mean(), **tol)
@@ -169,6 +170,40 @@ def test_prefix_features_match_the_direct_statistics(M, seed, law):
             srt = np.sort(x)
             assert got["margin"] == (np.inf if x.size == 1 else srt[-1] - srt[-2])
             assert got["z"] == (0.0 if got["sd"] == 0 else pytest.approx((x.max() - x.mean()) / x.std(), rel=1e-6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 10_000), st.sampled_from([0.0, 0.2, 0.6]), st.sampled_from([0.0, 0.2]))
+def test_prefix_agreement_is_the_share_of_the_best_of_n_picks_answer(M, seed, p_none, p_nan):
+    """After each prefix, 'agree' = (drawn samples with the Best-of-n pick's answer) / n, the pick being
+    best_score's (first highest parsable scored, else first parsable; 0 when the pick has no answer):
+    ties, unparsable answers and NaN scores included."""
+    rng = np.random.default_rng(seed)
+    B = 4
+    a = np.where(rng.random((B, M)) < p_none, -1, rng.integers(0, 3, (B, M)))
+    s = rng.choice([0.2, 0.5, 0.9, 1.0], (B, M))  # few values: ties
+    s[rng.random((B, M)) < p_nan] = np.nan
+    got = prefix_agreement(a, s)
+    assert np.array_equal(got, prefix_features(s, ("agree",), a)[0])
+    for n in range(1, M + 1):
+        pick = best_score(a, s, np.full(B, n))
+        for b in range(B):
+            ans = a[b, pick[b]]
+            want = 0.0 if ans < 0 else np.count_nonzero(a[b, :n] == ans) / n
+            assert got[b, n - 1] == want
+    with pytest.raises(ParameterError, match="answers"):
+        prefix_features(s, ("best", "agree"))
+
+
+def test_gain_model_with_agreement_saves_loads_and_decides_alike(tmp_path):
+    gm = _gain_model(1, features="best,mean,agree", bins2=3)
+    assert gm.features == ("best", "mean", "agree")
+    back = GainModel.load(gm.save(tmp_path / "gain.json"))
+    batch = random_batch(np.random.default_rng(5))
+    for tpp in (3.0, 300.0):
+        a = make_policy(f"costaware:tokens_per_point={tpp}", model=gm).replay(batch, 16)
+        b = make_policy(f"costaware:tokens_per_point={tpp}", model=back).replay(batch, 16)
+        assert np.array_equal(a.n_drawn, b.n_drawn)
 
 
 def test_gain_model_averages_over_orderings():
