@@ -281,10 +281,9 @@ def tuned_per_problem(prep, rep, spec: str, budget: int, reported_tokens: float)
 
 def paired_ratio(num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """mean(num) / mean(den) over held-out problems and its 95% percentile interval from a bootstrap of the
-    problems (the same resample for both: paired)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, num.shape[0], (n_boot, num.shape[0]))
-    r = num[idx].sum(axis=1) / den[idx].sum(axis=1)
+    problems (the same resample for both: paired; the resamples of ``optscale.evaluate.bootstrap_weights``)."""
+    W = ev.bootstrap_weights(num.shape[0], n_boot, seed).astype(np.float64)  # [B, P] draw counts
+    r = (W @ num) / (W @ den)
     lo, hi = np.quantile(r, (0.025, 0.975))
     return float(num.sum() / den.sum()), float(lo), float(hi)
 
@@ -301,7 +300,7 @@ def reselected_ratio(pp: dict, new_specs: list[str], ref: np.ndarray | None, n_b
     if not grids or "bon" not in pp or (ref is None and ("grid", PAPER) not in pp):
         return None
     P = pp["bon"].shape[0]
-    W = np.random.default_rng(seed).multinomial(P, np.full(P, 1.0 / P), size=n_boot).T / P  # [P, B]
+    W = ev.bootstrap_weights(P, n_boot, seed).T / P  # [P, B]: optscale.evaluate's resamples
     goal = pp["bon"] @ W - 0.005 - 1e-12
 
     def cheapest(acc, tok):
