@@ -164,7 +164,8 @@ def test_cli_eval_mr_thinking_keeps_the_pool_order(tmp_path, capsys):
 def test_cli_eval_rejects_bad_numbers(tmp_path, capsys):
     pool = write_pool(tmp_path / "pool.jsonl", P=6)
     for flag, val, name in (("--seed", "-1", "seed"), ("--tolerance", "-1", "tolerance"),
-                            ("--token-penalty", "nan", "token_penalty"), ("--margin-z", "-1", "margin_z")):
+                            ("--token-penalty", "nan", "token_penalty"), ("--margin-z", "-1", "margin_z"),
+                            ("--tune-folds", "0", "tune_folds")):
         assert run_cli(["eval", str(pool), "--methods", "bon", "--budgets", "8", flag, val]) == 2
         err = capsys.readouterr().err
         assert f"parameter '{name}'" in err and "Traceback" not in err
@@ -189,6 +190,7 @@ def test_cli_eval_issue8_rules_coverage_and_gain_model(tmp_path, capsys):
     assert set(g) == {c["label"] for c in cov}
     assert all(v["verdict"] in ("kept", "missed", "unchecked") and v["checked"] >= v["missed"] for v in g.values())
     assert "margin_z 1.0" in data["meta"]["selection"]
+    assert "tuning" not in data["meta"]["gain_model"]  # costaware's exchange rate was given: nothing tuned
     assert data["meta"]["score_models"]["chosen"] in ("tn", "beta", "exc")
     assert (out / "reliability.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "achieved" in (out / "coverage.md").read_text()

@@ -422,7 +422,7 @@ def test_real_addsub_pool_majority_and_single_sample(shared_data):
 @pytest.mark.parametrize("field,value", [
     ("orderings", -1), ("seed", 1.5), ("n_boot", 0), ("calib_frac", 1.0), ("tolerance", float("nan")),
     ("token_penalty", -0.1), ("level", 0.0), ("select", "best"), ("ordering_mode", "sorted"), ("tune", "yes"),
-    ("margin_z", -0.5), ("margin_z", float("inf")), ("margin_z", "1"),
+    ("margin_z", -0.5), ("margin_z", float("inf")), ("margin_z", "1"), ("tune_folds", 0), ("tune_folds", 2.5),
     ("budgets", (8, 0)), ("budgets", ()), ("budgets", "8"), ("grids", {"optscale0": [0.1]}),
 ])
 def test_eval_config_rejects_bad_values_naming_the_field(field, value):

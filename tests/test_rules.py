@@ -590,3 +590,34 @@ def test_gain_model_load_reads_gzip(tmp_path):
     f = tmp_path / "g.json.gz"
     f.write_bytes(gzip.compress(gm.to_json().encode()))
     assert GainModel.load(f).tag == gm.tag
+
+
+def test_gain_rules_are_tuned_out_of_fold():
+    """tune_folds = K: the calibration problems fall into K disjoint folds covering them all, each fold's
+    tuning metrics come from a gain model fitted on the other folds only (the same fit as GainModel.fit on
+    those rows), and the reported rule uses the model fitted on the whole calibration split; tune_folds = 1
+    tunes in-sample (the previous protocol), so the two may pick different points but report one model."""
+    a = synthetic_arrays(P=60, M=16, seed=11)
+    kw = dict(budgets=(16,), orderings=1, seed=3, n_boot=50, coverage=False)
+    prep = ev.build_batch(a, orderings=1, seed=3)
+    calib, _ = ev.split_problems(60, 0.3, 3)
+    folds = ev._out_of_fold_gain_models(prep, calib, 4, 3)
+    pos = np.concatenate([p for p, _ in folds])
+    assert len(folds) == 4 and np.array_equal(np.sort(pos), np.arange(calib.shape[0]))
+    for p, model in folds:
+        rest = np.setdiff1d(np.arange(calib.shape[0]), p)
+        rows = prep.rows_of(calib[rest])
+        assert model.tag == GainModel.fit(prep.sub(rows), prep.sample_correct[rows]).tag
+    grid = [{"tokens_per_point": t, "k": 1} for t in (10.0, 1e4)]
+    n_ord = prep.n_orderings
+    oof = ev._out_of_fold_metrics(prep, calib, folds, "costaware", grid, [16], False, n_ord)
+    for p, model in folds:  # each fold's columns = that fold replayed with its own model
+        m = ev._replay(prep, prep.rows_of(calib[p]), make_policy("costaware:tokens_per_point=10.0", model=model),
+                       "costaware", 16)
+        assert np.allclose(oof[(0, 16)][:, p], ev._per_problem(m, n_ord))
+    r5 = ev.evaluate(a, ["bon", "costaware"], tune_folds=5, **kw)
+    r1 = ev.evaluate(a, ["bon", "costaware"], tune_folds=1, **kw)
+    assert r5.meta["gain_model"]["tuning"].startswith("out of fold (5 folds")
+    assert r1.meta["gain_model"]["tuning"].startswith("in-sample")
+    assert r5.meta["gain_model"]["tag"] == r1.meta["gain_model"]["tag"]  # one reported model
+    assert ev._out_of_fold_gain_models(prep, calib[:2], 5, 3) == []  # too few problems: in-sample

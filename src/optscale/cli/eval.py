@@ -59,6 +59,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="safety margin of 'match' in standard errors of the paired per-problem accuracy "
                         "difference to the counterpart on the calibration split: a point is accepted iff "
                         "mean(d) - Z * SE(d) >= -tolerance (default 1.0; 0 = plain tolerance)")
+    p.add_argument("--tune-folds", type=int, default=5,
+                   help="rules with a model learned on the calibration split (costaware, budget-alloc) are tuned "
+                        "on cross-fitted calibration metrics: each of K folds replayed with a model fitted on the "
+                        "others (default 5; 1 = in-sample, which overstates their accuracy)")
     p.add_argument("--token-penalty", type=float, default=0.01, help="penalty of 'penalty' (default 0.01)")
     p.add_argument("--predictor", default=None, metavar="MODEL",
                    help="OptScale^t priors predicted from each problem's question by a prior predictor: "
@@ -238,7 +242,7 @@ def run(args) -> int:
         config = ev.EvalConfig(
             budgets=tuple(budgets), orderings=args.orderings, seed=args.seed, calib_frac=args.calib_frac,
             tune=args.tune, select=args.select, tolerance=args.tolerance, margin_z=args.margin_z,
-            token_penalty=args.token_penalty,
+            tune_folds=args.tune_folds, token_penalty=args.token_penalty,
             oracle=args.oracle, ordering_mode=args.ordering_mode, coverage=args.coverage,
         )
         report = ev.evaluate(arrays, methods, config=config, priors=priors, difficulty=difficulty, progress=tick)
