@@ -1,0 +1,120 @@
+"""How close can a cost-aware stopping rule get to the clairvoyant oracle? A ceiling, measured.
+
+Issue #8 asks, at BoN@N_max accuracy (within 0.5 point), for <= 3x the oracle's tokens. This script
+measures, on the held-out problems of ``bench_rules.py``'s pools (same pools, split and orderings), the
+cheapest (exchange rate, warm-up k) of ``costaware`` (``tokens_per_point``: a fine grid plus evaluate's;
+k in 1, 2) reaching BoN@N_max - 0.5
+point, for several gain-model states, with the gain model fitted
+
+* on the calibration split (what a user gets, but with the rate picked on the test problems:
+  like-for-like), and
+* on the held-out problems THEMSELVES (in-sample; not a usable rule): the best any table over that state
+  can do on these problems -- if even this misses 3x the oracle, no tuning of that rule family will
+  reach it, and the missing tokens are information the state does not carry;
+
+beside the known-law allocation (``known_law.py``: exact per-problem accuracy curves, the best fixed N per
+problem) and the oracle. For the semi-synthetic pools it also prints where the samples go, by the
+problem's true solve rate q (samples per problem: cost-aware fitted on calibration, known-law, oracle).
+
+    PYTHONPATH=src python benchmarks/gain_ceiling.py [--pools beta,tn,selfcert] [--data ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_rules as br  # noqa: E402
+import known_law  # noqa: E402
+
+from optscale.policies import GainModel, make_policy  # noqa: E402
+
+ev = importlib.import_module("optscale.evaluate")
+
+STATES = ("best,mean", "best,mean,agree", "best,mean,agree,sd")
+#: a fine grid plus evaluate's own (the cheapest point reaching the goal is a knife edge between rates)
+RATES = tuple(sorted({float(x) for x in np.geomspace(3, 1e7, 28)}
+                     | {float(x) for x in ev.DEFAULT_GRIDS["costaware"]["tokens_per_point"]}))
+
+
+def cheapest(prep, rows, gm, goal: float) -> tuple[float, np.ndarray | None]:
+    """(fewest mean tokens over RATES x k in (1, 2) reaching ``goal`` accuracy, samples per row there) on ``rows``."""
+    sub = prep.sub(rows)
+    M = sub.answers.shape[1]
+    best = (np.inf, None)
+    for t, k in ((t, k) for t in RATES for k in (1, 2)):
+        r = make_policy(f"costaware:tokens_per_point={t!r},k={k}", model=gm).replay(sub, M)
+        m = ev._metrics(prep, rows, r.n_drawn, r.selected)
+        if m.correct.mean() >= goal - 1e-12 and m.tokens.mean() < best[0]:
+            best = (float(m.tokens.mean()), r.n_drawn)
+    return best
+
+
+def run(name: str, data: Path, seed: int = 0) -> None:
+    if name in ("beta", "tn"):
+        arrays = br.semi_synthetic(data, name, None, 64, seed)[0]
+    else:
+        arrays = br.load_real(REPO / "pools" / "smollm2-arith" / f"{name}.jsonl")[0]
+    P, M = arrays.answers.shape
+    prep = ev.build_batch(arrays, orderings=3, seed=seed)
+    calib, test = ev.split_problems(P, 0.3, seed)
+    rc, rt = prep.rows_of(calib), prep.rows_of(test)
+    bon = ev._replay(prep, rt, ev._make("bon", {}), "bon", M)
+    goal = bon.correct.mean() - 0.005
+    orc = ev.oracle_costs(prep, rt, [M], ev._make("bon", {}))[M]
+    acc = known_law.bon_accuracy_curve(prep.scores_p[test], prep.answers_p[test], prep.sample_correct[:P][test],
+                                       prep.n_p[test], M)
+    tok = known_law.expected_tokens_curve(prep.tokens_p[test], prep.n_p[test], M)
+    kl = known_law.allocate(acc, tok, acc[:, -1].mean() - 0.005)
+    o = float(orc.tokens.mean())
+    print(f"== {name} (N_max {M}, {test.size} held-out problems): BoN@{M} {100 * bon.correct.mean():.2f}%, "
+          f"{bon.tokens.mean():,.0f} tokens; oracle {o:,.0f}; known-law allocation {kl.tokens:,.0f} "
+          f"({kl.tokens / o:.2f}x oracle)", flush=True)
+    honest_n = None
+    for state in STATES:
+        cells = []
+        for where, rows in (("calibration", rc), ("held-out (in-sample)", rt)):
+            gm = GainModel.fit(prep.sub(rows), prep.sample_correct[rows], features=state)
+            t, nd = cheapest(prep, rt, gm, goal)
+            cells.append(f"fitted on {where}: " + (f"{t:,.0f} = {t / o:.2f}x oracle, {t / kl.tokens:.2f}x known-law"
+                                                  if np.isfinite(t) else "miss"))
+            if where == "calibration" and state == "best,mean,agree":
+                honest_n = nd
+        print(f"  costaware ({state}): " + "; ".join(cells), flush=True)
+    if name in ("beta", "tn") and honest_n is not None:
+        n_ord = prep.n_orderings
+        q = arrays.correct.mean(axis=1)[test]
+        cost_n = honest_n.reshape(n_ord, -1).mean(axis=0)
+        orc_n = orc.samples.reshape(n_ord, -1).mean(axis=0)
+        print("  where the samples go (per problem, by true solve rate q; cost-aware (best,mean,agree) fitted on "
+              "calibration at its cheapest rate | known-law | oracle):")
+        for lo, hi in ((0, 0.01), (0.01, 0.1), (0.1, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9), (0.9, 1.01)):
+            s = (q >= lo) & (q < hi)
+            if s.any():
+                print(f"    q in [{lo:.2f}, {min(hi, 1):.2f}): {s.sum():3d} problems, samples {cost_n[s].mean():5.1f} | "
+                      f"{kl.n[s].mean():5.1f} | {orc_n[s].mean():5.1f}; share of all cost-aware samples "
+                      f"{cost_n[s].sum() / cost_n.sum():.0%}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--pools", default="beta,tn,selfcert")
+    args = ap.parse_args(argv)
+    data = Path(args.data)
+    for name in args.pools.split(","):
+        if name in ("beta", "tn") and not (data / "optscale-paper").exists():
+            print(f"shared data not found at {data}: {name} skipped", file=sys.stderr)
+            continue
+        run(name, data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
