@@ -659,6 +659,10 @@ def test_make_policy_names_and_round_trip():
     assert parse_spec("costaware:model=/tmp/01/gain.json") == ("costaware", {"model": "/tmp/01/gain.json"})
     assert parse_spec("costaware:model=runs/1e5") == ("costaware", {"model": "runs/1e5"})
     assert parse_spec("optscalet:prior=0.6/1e-1") == ("optscalet", {"prior": (0.6, 0.1)})
+    # a declared text parameter is never parsed, even when every part is a number
+    assert parse_spec("costaware:model=01/02,k=2") == ("costaware", {"model": "01/02", "k": 2})
+    assert parse_spec("costaware:model=007") == ("costaware", {"model": "007"})
+    assert parse_spec("costaware:model=none") == ("costaware", {"model": None})
     assert make_policy("esc:window=5").label == "ESC(window=5)"
     assert "seq" in make_policy("optscale0-seq").label
 

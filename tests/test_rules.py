@@ -621,3 +621,16 @@ def test_gain_rules_are_tuned_out_of_fold():
     assert r1.meta["gain_model"]["tuning"].startswith("in-sample")
     assert r5.meta["gain_model"]["tag"] == r1.meta["gain_model"]["tag"]  # one reported model
     assert ev._out_of_fold_gain_models(prep, calib[:2], 5, 3) == []  # too few problems: in-sample
+
+
+def test_costaware_model_path_of_digits_loads_as_written(tmp_path, monkeypatch):
+    """``model=01/02.json`` names the file 01/02.json (the spec parser used to turn all-numeric parts into
+    numbers: 1/2.0)."""
+    gm = _gain_model(2)
+    (tmp_path / "01").mkdir()
+    gm.save(tmp_path / "01" / "02")
+    monkeypatch.chdir(tmp_path)
+    pol = make_policy("costaware:tokens_per_point=50,model=01/02")
+    assert pol.model.tag == gm.tag and pol.params()["model"] == "01/02"
+    with pytest.raises(InputError, match="007"):
+        make_policy("costaware:model=007")  # no such file: named as written

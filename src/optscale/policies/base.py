@@ -262,6 +262,8 @@ class Policy(ABC):
     needs_scores: bool = False  # uses verifier scores (the online runner needs a scorer)
     needs_prior: bool = False  # uses per-problem priors (Observation.prior / ReplayBatch.priors)
     batch_only: bool = False  # no per-problem next_wave: replay() over a problem set only (DSC)
+    #: parameters whose spec value is text, never parsed into numbers (paths: ``model=runs/01/02.json``)
+    text_params: tuple[str, ...] = ()
     replay_info: bool = True  # False: replay() never reports diagnostics (``info`` is always empty), so the
     # online loop does not replay the policy only to look for them (a subclass that adds info sets it True)
 

@@ -443,8 +443,6 @@ class GainModel:
 def _resolve_model(model) -> GainModel:
     if isinstance(model, GainModel):
         return model
-    if isinstance(model, tuple) and all(isinstance(x, (str, int, float)) for x in model):
-        model = "/".join(str(x) for x in model)  # the spec parser splits "a/b" values into tuples
     if isinstance(model, (str, Path)) and not str(model).startswith("fitted:"):
         return GainModel.load(model)
     raise ParameterError("model", "costaware needs a gain model: a GainModel (evaluate fits one on the "
@@ -488,6 +486,7 @@ class CostAware(Policy):
     display = "CostAware"
     guarantee = GUARANTEE_NONE
     needs_scores = True
+    text_params = ("model",)  # a path: kept as written by the spec parser
 
     def __init__(self, tokens_per_point: float = 100.0, k: int = 1, model: Any = None):
         self.tokens_per_point = check_positive("tokens_per_point", tokens_per_point)
@@ -497,8 +496,6 @@ class CostAware(Policy):
 
     def params(self) -> dict[str, Any]:
         arg = self._model_arg
-        if isinstance(arg, tuple):
-            arg = "/".join(str(x) for x in arg)
         m = arg if isinstance(arg, (str, Path)) else (self.model.tag if self.model else None)
         return {"tokens_per_point": self.tokens_per_point, "k": self.k, "model": None if m is None else str(m)}
 

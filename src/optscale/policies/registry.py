@@ -67,19 +67,30 @@ def _value(text: str) -> Any:
         return t
 
 
+def _text_params(name: str) -> tuple[str, ...]:
+    factory = POLICIES.get(name)
+    func = factory.func if isinstance(factory, partial) else factory
+    return tuple(getattr(func, "text_params", ()))
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split ``"name:key=val,key=val"`` into the name and typed values (int, float, bool, None, a numeric
-    a/b tuple, else the text unchanged -- so a path value such as ``model=runs/01/gain.json`` is kept)."""
+    a/b tuple, else the text unchanged -- so a path value such as ``model=runs/01/gain.json`` is kept).
+    A policy's declared ``text_params`` (e.g. costaware's ``model``) are always text (None for none/null):
+    ``model=01/02`` stays the path ``01/02``."""
     if not isinstance(spec, str) or not spec.strip():
         raise ParameterError("policy", f"expected a policy spec such as 'esc:window=5', got {spec!r}")
     name, _, rest = spec.strip().partition(":")
     name = name.strip().lower()
     kwargs: dict[str, Any] = {}
+    text = _text_params(name)
     for item in filter(None, (x.strip() for x in rest.split(","))):
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
             raise ParameterError("policy", f"bad parameter {item!r} in {spec!r}: expected key=value")
-        kwargs[key.strip()] = _value(val)
+        key = key.strip()
+        raw = val.strip()
+        kwargs[key] = (None if raw.lower() in ("none", "null") else raw) if key in text else _value(val)
     return name, kwargs
 
 
