@@ -238,7 +238,7 @@ class GainModel:
 
     # ----- fit ----------------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, batch: ReplayBatch, sample_correct: np.ndarray, *, wave: int = 1, bins: int = 16,
+    def fit(cls, batch: ReplayBatch, sample_correct: np.ndarray, *, wave: int = 1, bins: int = 8,
             shrink: float = 10.0, horizons: tuple[int, ...] | None = None, features=None,
             bins2: int = 4, orderings: int = 8, seed: int = 0, smooth: float = 0.5) -> GainModel:
         """Learn the table from replay rows (samples in draw order) and per-sample correctness
@@ -246,7 +246,8 @@ class GainModel:
         and M - 1 (the gain of h more samples is measured with h capped at the row's samples).
 
         ``features`` (default DEFAULT_FEATURES): the state; the primary feature gets ``bins`` quantile
-        bins, every further one ``bins2``. Shrinkage is hierarchical: a primary cell (b, n) is shrunk
+        bins (default 8: with 16 the tables over-fit 60-150 calibration problems, see docs/DESIGN.md),
+        every further one ``bins2``. Shrinkage is hierarchical: a primary cell (b, n) is shrunk
         towards its bin's value pooled over n, and a cell of the first j + 1 features towards its parent
         cell of the first j features at the same n, each with ``shrink`` pseudo-rows -- where a finer
         cell has few calibration rows it falls back to the coarser table.
