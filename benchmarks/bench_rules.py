@@ -79,12 +79,14 @@ PRIOR_METHODS = ["optscalet", "optscale-post-seq:prior=true"]
 PAPER = "optscale0"  # the paper's OptScale^0 (one-shot)
 
 
-def semi_synthetic(data: Path, law: str, P: int | None, M: int, seed: int) -> tuple[PoolArrays, np.ndarray]:
+def semi_synthetic(data: Path, law: str, P: int | None, M: int, seed: int,
+                   labels: str = "val") -> tuple[PoolArrays, np.ndarray | None]:
     """(arrays, priors [P, 2]) of a semi-synthetic pool whose per-problem laws have the MATH-500 label
-    moments (see the module docstring)."""
-    lab = np.asarray(json.loads((data / "optscale-paper/predictor/val_mu_sigma.json").read_text()), float)
-    pred = np.asarray(json.loads((data / "optscale-paper/results/MATH500_predicted_mu_sigma.json").read_text()),
-                      float)
+    moments (see the module docstring). ``labels="train"``: the 4,501 MATH training problems' labels
+    instead (``train_mu_sigma.json``: other problems from the same distribution; no priors, None)."""
+    lab = np.asarray(json.loads((data / f"optscale-paper/predictor/{labels}_mu_sigma.json").read_text()), float)
+    pred = None if labels != "val" else np.asarray(
+        json.loads((data / "optscale-paper/results/MATH500_predicted_mu_sigma.json").read_text()), float)
     rng = np.random.default_rng(seed)
     pick = rng.permutation(lab.shape[0])[:P]  # P = None: every label problem (500)
     P = pick.shape[0]
@@ -117,6 +119,8 @@ def semi_synthetic(data: Path, law: str, P: int | None, M: int, seed: int) -> tu
     arrays = PoolArrays(scores=scores, tokens=tokens, answers=answers, correct=correct,
                         n=np.full(P, M, dtype=np.int64), class_correct=cc, ids=[str(i) for i in range(P)],
                         has_scores=True, has_tokens=True)
+    if pred is None:
+        return arrays, None
     pm = pred[pick]
     mu0, s0 = theory.moments_to_params(np.clip(pm[:, 0], 0.02, 0.98), np.clip(pm[:, 1], 0.005, 0.5))
     return arrays, np.column_stack([mu0, s0])
