@@ -253,3 +253,44 @@ def test_reselected_ratio_chooses_again_per_resample():
     mid, lo, hi, miss = br.reselected_ratio({"bon": bon, ("grid", "new"): (bon[None, :], tok[None, :])}, ["new"],
                                             4 * tok)
     assert mid == pytest.approx(0.25) and hi == pytest.approx(0.25)
+
+
+def test_gain_ceiling_search_finds_the_cheapest_rate_reaching_the_goal():
+    """benchmarks/gain_ceiling.py's search: at a goal below every rate's accuracy it returns the cheapest
+    rate's tokens; at BoN's own accuracy it never costs more than BoN; above BoN it finds nothing."""
+    from test_evaluate import synthetic_arrays
+
+    import optscale.evaluate as ev
+    from optscale.policies import GainModel, make_policy
+
+    _load_bench_rules()
+    spec = importlib.util.spec_from_file_location("gain_ceiling", REPO / "benchmarks" / "gain_ceiling.py")
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    arrays = synthetic_arrays(P=40, M=12, seed=5)
+    prep = ev.build_batch(arrays, orderings=2, seed=5)
+    rows = prep.rows_of(None)
+    gm = GainModel.fit(prep.sub(rows), prep.sample_correct[rows])
+    sub = prep.sub(rows)
+    metrics = [ev._metrics(prep, rows, r.n_drawn, r.selected) for r in (
+        make_policy(f"costaware:tokens_per_point={t!r},k={k}", model=gm).replay(sub, 12)
+        for t in gc.RATES for k in (1, 2))]
+    t0, nd0 = gc.cheapest(prep, rows, gm, 0.0)
+    assert t0 == pytest.approx(min(m.tokens.mean() for m in metrics)) and nd0.shape == (rows.size,)
+    bon = ev._replay(prep, rows, ev._make("bon", {}), "bon", 12)
+    t1, _ = gc.cheapest(prep, rows, gm, bon.correct.mean())
+    ok = [m.tokens.mean() for m in metrics if m.correct.mean() >= bon.correct.mean() - 1e-12]
+    assert t1 == pytest.approx(min(ok)) and t1 <= bon.tokens.mean() + 1e-9
+    assert gc.cheapest(prep, rows, gm, 1.01)[0] == np.inf
+
+
+def test_semi_synthetic_pool_from_the_training_labels():
+    data = REPO.parent / "shared" / "data"
+    if not (data / "optscale-paper" / "predictor" / "train_mu_sigma.json").exists():
+        pytest.skip(f"shared data not found at {data} (../shared/data/optscale-paper)")
+    br = _load_bench_rules()
+    arrays, priors = br.semi_synthetic(data, "beta", None, 8, 3, labels="train")
+    assert priors is None and arrays.answers.shape == (4501, 8)
+    val, vpri = br.semi_synthetic(data, "beta", 50, 8, 3)
+    assert vpri.shape == (50, 2) and val.answers.shape == (50, 8)
+    assert 0.5 < arrays.correct.mean() < 0.9  # pass@1 ~ 0.7 by construction, as for the MATH-500 pool
