@@ -33,7 +33,7 @@ from optscale.policies import (
     parse_spec,
     replay_loop,
 )
-from optscale.policies._vec import best_score, prefix_top2, vote_winner
+from optscale.policies._vec import best_score, prefix_best_score, prefix_top2, vote_winner
 from optscale.policies.consistency import top2_votes
 
 
@@ -204,6 +204,20 @@ def test_bon_step_interface():
 def test_best_score_handles_minus_inf_scores():
     batch = one_row([0, 1, 2], [-math.inf, -math.inf, math.nan])
     assert best_score(batch.answers, batch.scores, np.array([3]))[0] == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 9), st.integers(0, 10_000), st.sampled_from([0.0, 0.3, 0.8, 1.0]))
+def test_prefix_best_score_is_best_score_at_every_prefix(M, seed, p_none):
+    """Every column n - 1 of prefix_best_score is best_score over the first n samples: ties, unparsable
+    answers (none / some / all), NaN, -inf and +inf scores."""
+    rng = np.random.default_rng(seed)
+    a = np.where(rng.random((5, M)) < p_none, -1, rng.integers(0, 3, (5, M)))
+    s = rng.choice([0.1, 0.5, 0.9, np.nan, -np.inf, np.inf], (5, M), p=[0.25, 0.2, 0.2, 0.2, 0.1, 0.05])
+    got = prefix_best_score(a, s)
+    for n in range(1, M + 1):
+        assert np.array_equal(got[:, n - 1], best_score(a, s, np.full(5, n)))
+    assert prefix_best_score(a[:, :0], s[:, :0]).shape == (5, 0)
 
 
 # ----------------------------------------------------------------------------------------- voting

@@ -1502,20 +1502,19 @@ class _ProblemSums:
 
 def best_picks(prep: Prepared) -> np.ndarray:
     """int[B, M + 1] (the smallest signed type holding -1..M-1): the Best-of-N pick after each prefix length n (column n; -1 for n = 0), computed
-    once per batch with the policies' own selection rule (``policies.best_score``) so that a replay's
-    ``selected`` equals ``picks[row, n_drawn]`` for every score-based Best-of-N selection."""
+    once per batch with the policies' own selection rule (``policies.best_score``, every prefix at once by
+    ``prefix_best_score``) so that a replay's ``selected`` equals ``picks[row, n_drawn]`` for every
+    score-based Best-of-N selection."""
     cached = getattr(prep, "_best_picks", None)
     if cached is not None:
         return cached
-    from optscale.policies import best_score
+    from optscale.policies import prefix_best_score
 
     B, M = prep.n_rows, prep.max_samples
     picks = np.full((B, M + 1), -1, dtype=np.int8 if M < 128 else np.int16 if M < 32768 else np.int64)  # -1..M-1
     for s in range(0, B, _ROW_CHUNK):  # row chunks of the batch, gathered on demand
         r = np.arange(s, min(s + _ROW_CHUNK, B))
-        ans, sc = prep._take(prep.answers_p, r), prep.scores_of(r)
-        for n in range(1, M + 1):  # one vectorized call per prefix length (not per sample or row)
-            picks[r, n] = best_score(ans, sc, np.full(r.shape[0], n, dtype=np.int64))
+        picks[r, 1:] = prefix_best_score(prep._take(prep.answers_p, r), prep.scores_of(r))
     prep._best_picks = picks  # type: ignore[attr-defined]
     return picks
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from optscale.policies._vec import best_score
+from optscale.policies._vec import best_score, prefix_best_score
 from optscale.policies.base import (
     GUARANTEE_NONE,
     GUARANTEE_PLUGIN,
@@ -58,6 +58,7 @@ __all__ = [
     "WeightedSC",
     "asc_confidence",
     "best_score",
+    "prefix_best_score",
     "effective_budget",
     "make_policy",
     "parse_spec",

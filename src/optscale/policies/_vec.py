@@ -93,6 +93,39 @@ def best_score(answers: np.ndarray, scores: np.ndarray, n_drawn: np.ndarray) -> 
     return best.astype(np.int64)
 
 
+def _running_first_argmax(key: np.ndarray) -> np.ndarray:
+    """Per row and prefix, the column of the first maximum of ``key`` so far (-1 while every key is -inf)."""
+    B, M = key.shape
+    prev = np.concatenate([np.full((B, 1), -np.inf), np.maximum.accumulate(key, axis=1)[:, :-1]], axis=1)
+    return np.maximum.accumulate(np.where(key > prev, np.arange(M)[None, :], -1), axis=1)
+
+
+def prefix_best_score(answers: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """int64 [B, M]: column n - 1 = ``best_score(answers, scores, n)`` for every prefix length n at once.
+
+    The same rule, vectorized over rows and prefixes: among the parsable samples drawn so far (all drawn
+    samples while none is parsable), the first with the highest non-NaN score -- the first scored one when
+    every score is -inf -- else the first candidate."""
+    answers = np.asarray(answers, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    B, M = answers.shape
+    if M == 0:
+        return np.zeros((B, 0), dtype=np.int64)
+    cols = np.arange(M)[None, :]
+    parsable = answers >= 0
+    scored = ~np.isnan(scores)
+    first_par = first_index(parsable, M)[:, None]  # while n <= first_par the candidates are all drawn samples
+    out = np.zeros((B, M), dtype=np.int64)  # no parsable, nothing scored: the first drawn (column 0)
+    for cand, in_tier in ((parsable, first_par <= cols), (np.ones_like(parsable), first_par > cols)):
+        ok = cand & scored
+        run = _running_first_argmax(np.where(ok, scores, -np.inf))
+        first_ok = first_index(ok, M)[:, None]
+        first_cand = first_index(cand, M)[:, None]
+        pick = np.where(run >= 0, run, np.where(first_ok <= cols, first_ok, first_cand))
+        out = np.where(in_tier, pick, out)
+    return out
+
+
 def prefix_top2(answers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vote counts of the leading and the runner-up answer after each prefix.
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from optscale.errors import InputError, ParameterError
 from optscale.jsonio import read_json
-from optscale.policies._vec import best_score, class_reps
+from optscale.policies._vec import best_score, class_reps, prefix_best_score
 from optscale.policies.base import (
     GUARANTEE_NONE,
     BatchOnlyError,
@@ -76,11 +76,10 @@ GAIN_MODEL_VERSION = 3  #: JSON version written (version 2 files, one feature "b
 
 def prefix_agreement(answers: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """float64 [B, M]: after each prefix (column n - 1 = after n draws), the share of the n drawn samples
-    whose answer is that of the Best-of-n pick (:func:`optscale.policies._vec.best_score`'s choice: the
-    first highest-scored parsable sample, else the first parsable one; 0 when the pick has no answer).
-
-    One pass over the columns, vectorized over rows: the running first argmax of the parsable scored
-    samples, and per row a vote count per answer class (indexed by the class's first column)."""
+    whose answer is that of the Best-of-n pick (:func:`optscale.policies._vec.best_score`'s choice, for
+    every prefix at once by :func:`~optscale.policies._vec.prefix_best_score`; 0 when the pick has no
+    answer). One pass over the columns, vectorized over rows: a vote count per answer class (indexed by the
+    class's first column)."""
     a = np.asarray(answers, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)
     if a.ndim == 1:
@@ -89,17 +88,8 @@ def prefix_agreement(answers: np.ndarray, scores: np.ndarray) -> np.ndarray:
     out = np.zeros((B, M))
     if M == 0:
         return out
-    cols = np.arange(M)[None, :]
-    parsable = a >= 0
-    key = np.where(parsable & ~np.isnan(s), s, -np.inf)
-    prev = np.concatenate([np.full((B, 1), -np.inf), np.maximum.accumulate(key, axis=1)[:, :-1]], axis=1)
-    run = np.maximum.accumulate(np.where(key > prev, cols, -1), axis=1)  # first argmax so far, -1 = none
-    first_scored = np.where((parsable & ~np.isnan(s)).any(axis=1), (parsable & ~np.isnan(s)).argmax(axis=1), M)
-    first_pars = np.where(parsable.any(axis=1), parsable.argmax(axis=1), M)
-    pick = np.where(run >= 0, run, np.where(first_scored[:, None] <= cols, first_scored[:, None],
-                                            np.where(first_pars[:, None] <= cols, first_pars[:, None], -1)))
     rep = class_reps(a)  # -1 for no answer
-    pick_rep = np.where(pick >= 0, np.take_along_axis(rep, np.maximum(pick, 0), axis=1), -1)
+    pick_rep = np.take_along_axis(rep, prefix_best_score(a, s), axis=1)  # the pick's class, -1 = none
     count = np.zeros((B, M))
     rows = np.arange(B)
     for j in range(M):
@@ -287,9 +277,11 @@ class GainModel:
         corr = np.zeros((R, M + 1), dtype=bool)
         fv = prefix_features(scores, feats, answers)  # [F, R, M]
         best = fv[feats.index("best")] if "best" in feats else prefix_features(scores, ("best",))[0]
-        for n in range(1, M + 1):
-            pick = best_score(answers, scores, np.minimum(np.full(R, n), n_row))
-            corr[:, n] = (pick >= 0) & sc[np.arange(R), np.maximum(pick, 0)]
+        # the pick after n draws (capped at the row's samples), for every n at once
+        col = np.minimum(np.arange(1, M + 1)[None, :], n_row[:, None]) - 1  # [R, M]; -1: a row without samples
+        pick = np.where(col >= 0, np.take_along_axis(prefix_best_score(answers, scores), np.maximum(col, 0), axis=1),
+                        -1)
+        corr[:, 1:] = (pick >= 0) & np.take_along_axis(sc, np.maximum(pick, 0), axis=1)
         Nt = M - 1  # decisions after n = 1 .. M - 1 draws
         valid = (np.arange(1, M)[None, :] < n_row[:, None]) & np.isfinite(best[:, : M - 1])  # [R, Nt]
         if not valid.any():
