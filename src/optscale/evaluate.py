@@ -181,8 +181,8 @@ class EvalConfig:
     hyper-parameter tuning on the calibration split; ``margin_z`` (>= 0): the safety margin of
     ``select="match"`` in standard errors of the paired per-problem difference to the counterpart (0 = plain
     ``tolerance`` match; see the module docstring). ``tune_folds`` (>= 1): rules with a model learned on the
-    calibration split are tuned on cross-fitted calibration metrics (1 = in-sample; module docstring). ``oracle``: add the clairvoyant lower bound.
-    ``n_boot``/``level``: bootstrap intervals. ``include_calib``: also report tuned rows on the
+    calibration split are tuned on cross-fitted calibration metrics (1 = in-sample; module docstring).
+    ``oracle``: add the clairvoyant lower bound. ``n_boot``/``level``: bootstrap intervals. ``include_calib``: also report tuned rows on the
     calibration split. ``fast``: the vectorized OptScale grid path (equal to ``policy.replay``).
     ``coverage``: also measure the guarantee of every rule that claims one over the reliability grid
     (``meta["reliability"]``; per reported row it is always in ``meta["coverage"]``).
@@ -991,11 +991,15 @@ def evaluate(
     extras_meta: dict[str, Any] = {}
     gain_model = None
     oof_models: list[tuple[np.ndarray, Any]] | None = None  # (calibration positions, model fitted without them)
-    if prep.has_scores and any(name in GAIN_METHODS and "model" not in params for name, params in specs):
+
+    def fits_gain(name: str, params: Mapping[str, Any]) -> bool:
+        """A gain rule without a given model: evaluate fits its gain model on the calibration split."""
+        return name in GAIN_METHODS and "model" not in params
+
+    if prep.has_scores and any(fits_gain(name, params) for name, params in specs):
         gain_model = _policies().GainModel.fit(prep.sub(learn_rows), prep.sample_correct[learn_rows])
         extras_meta["gain_model"] = {"tag": gain_model.tag, "fitted_on": learn_note, **gain_model.meta}
-        if calib is not None and any(name in GAIN_METHODS and "model" not in params and tunable_spec(name, params)
-                                     for name, params in specs):
+        if calib is not None and any(fits_gain(name, params) and tunable_spec(name, params) for name, params in specs):
             oof_models = _out_of_fold_gain_models(prep, calib, cfg.tune_folds, seed)
             extras_meta["gain_model"]["tuning"] = (
                 f"out of fold ({len(oof_models)} folds of the calibration split)" if oof_models else
@@ -1009,7 +1013,7 @@ def evaluate(
 
     def with_extras(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(params)
-        if name in GAIN_METHODS and "model" not in out:
+        if fits_gain(name, out):
             out["model"] = gain_model
         if name in POSTERIOR_METHODS and out.get("model", "auto") == "auto":
             out["model"] = chosen_model
@@ -1054,7 +1058,7 @@ def evaluate(
             fixed = with_extras(name, params)
             grid = [{**g, **fixed} for g in _grid(grids[name])]
             # {(gi, b): per-problem [3, Pc]}, reduced as computed (memory: grid x problems, not x rows)
-            if oof_models and name in GAIN_METHODS and "model" not in params:
+            if oof_models and fits_gain(name, params):
                 cal = _out_of_fold_metrics(prep, calib, oof_models, name, grid, budgets, fast, n_ord)
             else:
                 cal = _grid_metrics(prep, rows_cal, name, grid, budgets, fast=fast, reduce=n_ord)
