@@ -41,9 +41,13 @@ POLICIES: dict[str, Callable[..., Policy]] = {
 }
 
 
+def _policy_class(factory: Callable[..., Policy]) -> Callable[..., Policy]:
+    """The class behind a registry entry (a partial fixing the mode wraps it)."""
+    return factory.func if isinstance(factory, partial) else factory
+
+
 def _keys(factory: Callable[..., Policy]) -> list[str]:
-    func = factory.func if isinstance(factory, partial) else factory
-    return [k for k in inspect.signature(func).parameters if k != "self"]
+    return [k for k in inspect.signature(_policy_class(factory)).parameters if k != "self"]
 
 
 def _value(text: str) -> Any:
@@ -69,8 +73,7 @@ def _value(text: str) -> Any:
 
 def _text_params(name: str) -> tuple[str, ...]:
     factory = POLICIES.get(name)
-    func = factory.func if isinstance(factory, partial) else factory
-    return tuple(getattr(func, "text_params", ()))
+    return () if factory is None else tuple(_policy_class(factory).text_params)
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
