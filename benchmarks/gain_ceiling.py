@@ -39,8 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_rules as br  # noqa: E402
 import known_law  # noqa: E402
 
-from optscale.policies import GainModel, make_policy  # noqa: E402
-from optscale.policies._vec import best_score  # noqa: E402
+from optscale.policies import GainModel  # noqa: E402
 
 ev = importlib.import_module("optscale.evaluate")
 
@@ -51,17 +50,22 @@ RATES = tuple(sorted({float(x) for x in np.geomspace(3, 1e7, 28)}
                      | {float(x) for x in ev.DEFAULT_GRIDS["costaware"]["tokens_per_point"]}))
 
 
-def cheapest(prep, rows, gm, goal: float) -> tuple[float, np.ndarray | None]:
-    """(fewest mean tokens over RATES x k in (1, 2) reaching ``goal`` accuracy, samples per row there) on ``rows``."""
-    sub = prep.sub(rows)
-    M = sub.answers.shape[1]
-    best = (np.inf, None)
-    for t, k in ((t, k) for t in RATES for k in (1, 2)):
-        r = make_policy(f"costaware:tokens_per_point={t!r},k={k}", model=gm).replay(sub, M)
-        m = ev._metrics(prep, rows, r.n_drawn, r.selected)
-        if m.correct.mean() >= goal - 1e-12 and m.tokens.mean() < best[0]:
-            best = (float(m.tokens.mean()), r.n_drawn)
-    return best
+def grid_metrics(prep, rows, gm) -> list:
+    """RowMetrics of ``costaware`` with model ``gm`` at every (rate in RATES, k in 1, 2) on ``rows``."""
+    M = prep.max_samples
+    grid = [{"tokens_per_point": t, "k": k, "model": gm} for t in RATES for k in (1, 2)]
+    res = ev._grid_metrics(prep, rows, "costaware", grid, [M], fast=False)
+    return [res[(i, M)] for i in range(len(grid))]
+
+
+def cheapest(prep, rows, gm, goal: float, metrics: list | None = None) -> tuple[float, np.ndarray | None]:
+    """(fewest mean tokens over RATES x k in (1, 2) reaching ``goal`` accuracy, samples per row there) on ``rows``
+    (``metrics``: :func:`grid_metrics` of ``rows``, when already computed)."""
+    ok = [m for m in (metrics or grid_metrics(prep, rows, gm)) if m.correct.mean() >= goal - 1e-12]
+    if not ok:
+        return np.inf, None
+    m = min(ok, key=lambda m: m.tokens.mean())
+    return float(m.tokens.mean()), m.samples
 
 
 def run(name: str, data: Path, seed: int = 0) -> None:
@@ -101,22 +105,16 @@ def run(name: str, data: Path, seed: int = 0) -> None:
         bprep = ev.build_batch(big, orderings=0, seed=seed + 1000)
         rb = bprep.rows_of(None)
         gm = GainModel.fit(bprep.sub(rb), bprep.sample_correct[rb])
-        t, _ = cheapest(prep, rt, gm, goal)
+        test_m = grid_metrics(prep, rt, gm)
+        t, _ = cheapest(prep, rt, gm, goal, test_m)
         # the rate chosen on the big pool itself (test problems untouched): match BoN within 0.5 pt, z = 1
-        bsub = bprep.sub(rb)
-        bbon = ev._metrics(bprep, rb, np.full(rb.size, M), best_score(bsub.answers, bsub.scores, np.full(rb.size, M)))
-        grid = [(r, k) for r in RATES for k in (1, 2)]
-        acc, tok, corr = [], [], []
-        for r, k in grid:
-            res = make_policy(f"costaware:tokens_per_point={r!r},k={k}", model=gm).replay(bsub, M)
-            m = ev._metrics(bprep, rb, res.n_drawn, res.selected)
-            acc.append(m.correct.mean()), tok.append(m.tokens.mean()), corr.append(m.correct.astype(float))
-        _, lower = ev.paired_lower(corr, bbon.correct.astype(float), 1.0)
-        gi = ev._choose(np.array(acc), np.array(tok), bbon.correct.mean(), bbon.tokens.mean(), "match", 0.005, 0.0,
-                        lower=lower)
-        r, k = grid[gi]
-        res = make_policy(f"costaware:tokens_per_point={r!r},k={k}", model=gm).replay(prep.sub(rt), M)
-        m = ev._metrics(prep, rt, res.n_drawn, res.selected)
+        big_m = grid_metrics(bprep, rb, gm)
+        bbon = ev._replay(bprep, rb, ev._make("bon", {}), "bon", M)
+        _, lower = ev.paired_lower((x.correct.astype(float) for x in big_m), bbon.correct.astype(float), 1.0)
+        gi = ev._choose(np.array([x.correct.mean() for x in big_m]), np.array([x.tokens.mean() for x in big_m]),
+                        bbon.correct.mean(), bbon.tokens.mean(), "match", 0.005, 0.0, lower=lower)
+        r, k = RATES[gi // 2], 1 + gi % 2
+        m = test_m[gi]
         print(f"  costaware (default state) fitted on {big.answers.shape[0]:,} other MATH problems (semi-synthetic, "
               f"training labels): rate picked on the test problems {t:,.0f} = {t / o:.2f}x oracle, "
               f"{t / kl.tokens:.2f}x known-law; rate picked on that pool (tokens_per_point {r:.3g}, k {k}): "
