@@ -179,15 +179,12 @@ def best_on_test(arrays, priors, rep, methods, grids, budget: int, args, prep=No
     like-for-like comparison of the rules' accuracy-vs-tokens frontiers (the held-out columns are what a
     user gets). Same rows (problems x orderings) as the report. Returns ``({spec: point or None},
     {spec: float[held-out problems] tokens of that point, ("grid", spec): (accuracy, tokens) float[G,
-    held-out problems] of every grid point, "bon": float[held-out problems] BoN@N_max accuracy})``."""
-    from optscale.policies import GainModel
-
+    held-out problems] of every grid point, "bon": float[held-out problems] BoN@N_max accuracy})``.
+    The cost-aware rule uses the gain model evaluate fitted on the calibration split (``rep.gain_model``)."""
     prep = prep or prepare(arrays, priors, args)
     rows = prep.rows_of(np.asarray(rep.meta["test_problems"]))
-    cal = prep.rows_of(np.asarray(rep.meta["calib_problems"]))
     bon = ev._replay(prep, rows, ev._make("bon", {}), "bon", budget)
     goal = bon.correct.mean() - 0.005 - 1e-12
-    gain = None
     chosen = (rep.meta.get("score_models") or {}).get("chosen", "tn")
     out: dict[str, dict | None] = {}
     per_problem: dict[str, np.ndarray] = {}
@@ -197,8 +194,7 @@ def best_on_test(arrays, priors, rep, methods, grids, budget: int, args, prep=No
             continue
         fixed = dict(params)
         if name in ev.GAIN_METHODS and "model" not in fixed:
-            gain = gain or GainModel.fit(ev._subset_batch(prep.batch, cal), prep.sample_correct[cal])
-            fixed["model"] = gain
+            fixed["model"] = rep.gain_model
         if name in ev.POSTERIOR_METHODS and fixed.get("model", "auto") == "auto":
             fixed["model"] = chosen
         grid = [{**g, **fixed} for g in ev._grid(grids[name])]
@@ -263,16 +259,13 @@ def tuned_per_problem(prep, rep, spec: str, budget: int, reported_tokens: float)
     """Tokens per held-out problem (mean over orderings) of a rule at its held-out-tuned parameters,
     replayed again on the report's rows; None when the replay does not give the reported mean (then the
     interval is not printed rather than wrong)."""
-    from optscale.policies import GainModel
-
     tuned = (rep.meta.get("tuned") or {}).get(spec, {}).get(str(budget))
     if tuned is None:
         return None
     name, _ = ev._parse_spec(spec)
     params = dict(tuned["params"])
     if name in ev.GAIN_METHODS:
-        cal = prep.rows_of(np.asarray(rep.meta["calib_problems"]))
-        params["model"] = GainModel.fit(prep.sub(cal), prep.sample_correct[cal])
+        params["model"] = rep.gain_model  # the one evaluate fitted on the calibration split
     rows = prep.rows_of(np.asarray(rep.meta["test_problems"]))
     m = ev._replay(prep, rows, ev._make(name, params), name, budget)
     per = m.tokens.reshape(prep.n_orderings, -1).mean(axis=0)
