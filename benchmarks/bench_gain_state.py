@@ -65,7 +65,7 @@ def run(name: str, seed: int, data: Path, variants: dict, out: dict) -> None:
     paper = min(ok0) if ok0 else float("nan")
     print(f"== {name} seed {seed}: BoN@{M} {100 * bon_t.correct.mean():.2f}%, paper OptScale0 {paper:,.0f}", flush=True)
     for vname, kw in variants.items():
-        gm = GainModel.fit(ev._subset_batch(prep.batch, rc), prep.sample_correct[rc], **kw)
+        gm = GainModel.fit(prep.sub(rc), prep.sample_correct[rc], **kw)
         row = {}
         for gname, tpps in (("bench", ev.DEFAULT_GRIDS["costaware"]["tokens_per_point"]), ("fine", FINE)):
             grid = [{"tokens_per_point": t, "k": k, "model": gm} for t in tpps for k in (1, 2)]
