@@ -22,13 +22,19 @@ beside the known-law allocation (``known_law.py``: exact per-problem accuracy cu
 problem) and the oracle. For the semi-synthetic pools it also prints where the samples go, by the
 problem's true solve rate q (samples per problem: cost-aware fitted on calibration, known-law, oracle).
 
+``--fits JSON --seeds 0,1,2`` instead compares ``GainModel.fit`` settings ({name: keyword arguments}):
+per pool and seed, the like-for-like tokens of the default state fitted on the calibration split with each
+(how the default 8 bins were chosen over 16: ``--fits '{"16 bins": {"bins": 16}, "8 bins": {"bins": 8}}'``).
+
     PYTHONPATH=src python benchmarks/gain_ceiling.py [--pools beta,tn,selfcert] [--data ../shared/data]
+        [--fits JSON --seeds 0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -68,7 +74,9 @@ def cheapest(prep, rows, gm, goal: float, metrics: list | None = None) -> tuple[
     return float(m.tokens.mean()), m.samples
 
 
-def run(name: str, data: Path, seed: int = 0) -> None:
+def setup(name: str, data: Path, seed: int):
+    """(arrays, prep, calibration problems, test problems, their rows, BoN on the test rows, goal) as in
+    bench_rules: pool order + 3 orderings, 30% calibration split."""
     if name in ("beta", "tn"):
         arrays = br.semi_synthetic(data, name, None, 64, seed)[0]
     else:
@@ -78,7 +86,22 @@ def run(name: str, data: Path, seed: int = 0) -> None:
     calib, test = ev.split_problems(P, 0.3, seed)
     rc, rt = prep.rows_of(calib), prep.rows_of(test)
     bon = ev._replay(prep, rt, ev._make("bon", {}), "bon", M)
-    goal = bon.correct.mean() - 0.005
+    return arrays, prep, calib, test, rc, rt, bon, bon.correct.mean() - 0.005
+
+
+def compare_fits(name: str, data: Path, seeds: list[int], fits: dict) -> None:
+    for seed in seeds:
+        _, prep, _, _, rc, rt, _, goal = setup(name, data, seed)
+        cells = []
+        for label, kw in fits.items():
+            t, _ = cheapest(prep, rt, GainModel.fit(prep.sub(rc), prep.sample_correct[rc], **kw), goal)
+            cells.append(f"{label} {t:,.0f}" if np.isfinite(t) else f"{label} miss")
+        print(f"{name} seed {seed}: like-for-like tokens, " + " | ".join(cells), flush=True)
+
+
+def run(name: str, data: Path, seed: int = 0) -> None:
+    arrays, prep, calib, test, rc, rt, bon, goal = setup(name, data, seed)
+    P, M = arrays.answers.shape
     orc = ev.oracle_costs(prep, rt, [M], ev._make("bon", {}))[M]
     acc = known_law.bon_accuracy_curve(prep.scores_p[test], prep.answers_p[test], prep.sample_correct[:P][test],
                                        prep.n_p[test], M)
@@ -139,13 +162,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--pools", default="beta,tn,selfcert")
+    ap.add_argument("--fits", default=None, help="JSON {name: GainModel.fit kwargs}: compare fit settings instead")
+    ap.add_argument("--seeds", default="0", help="with --fits: the seeds")
     args = ap.parse_args(argv)
     data = Path(args.data)
     for name in args.pools.split(","):
         if name in ("beta", "tn") and not (data / "optscale-paper").exists():
             print(f"shared data not found at {data}: {name} skipped", file=sys.stderr)
             continue
-        run(name, data)
+        if args.fits:
+            compare_fits(name, data, [int(s) for s in args.seeds.split(",")], json.loads(args.fits))
+        else:
+            run(name, data)
     return 0
 
 

@@ -31,9 +31,10 @@ Protocol
 * Learned parts are tuned out of fold (``tune_folds``, default 5): a rule whose decisions come from a model
   learned on the calibration split (the cost-aware gain model) would otherwise be tuned on the very rows
   it was fitted to, where its tables look better than they are, and the held-out rule misses the
-  counterpart's accuracy (measured: 1-4 points below BoN on the SmolLM2 pool). So its calibration
-  metrics are cross-fitted: the calibration problems are split into ``tune_folds`` seeded folds and each
-  fold is replayed with a model fitted on the other folds; the chosen grid point is then reported with
+  counterpart's accuracy (measured, benchmarks/bench_tune_folds.py: 0.9-2.0 points below BoN in 3 of 5
+  seeds on the SmolLM2 pool; 5 of 13 runs over three pools miss by more than 0.5 point, 1 out of fold).
+  So its calibration metrics are cross-fitted: the calibration problems are split into ``tune_folds``
+  seeded folds and each fold is replayed with a model fitted on the other folds; the chosen grid point is then reported with
   the model fitted on the whole calibration split. ``tune_folds=1``: in-sample, as before.
 * :func:`sweep` evaluates a full grid over every problem (split ``"all (not held-out)"``) for plots; its
   numbers are not held-out. One-shot OptScale grids take a fast path (one fit per variant, warm-up size
