@@ -59,6 +59,7 @@ import importlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,34 +80,60 @@ PRIOR_METHODS = ["optscalet", "optscale-post-seq:prior=true"]
 PAPER = "optscale0"  # the paper's OptScale^0 (one-shot)
 
 
-def semi_synthetic(data: Path, law: str, P: int | None, M: int, seed: int,
-                   labels: str = "val") -> tuple[PoolArrays, np.ndarray | None]:
-    """(arrays, priors [P, 2]) of a semi-synthetic pool whose per-problem laws have the MATH-500 label
-    moments (see the module docstring). ``labels="train"``: the 4,501 MATH training problems' labels
-    instead (``train_mu_sigma.json``: other problems from the same distribution; no priors, None)."""
+@dataclass(frozen=True)
+class SemiLaws:
+    """The per-problem truth of a semi-synthetic pool (see :func:`semi_synthetic`): ``law`` ("beta" | "tn"),
+    the score law's ``mean`` and ``sd`` [P] (from the MATH labels), the solve rate ``q`` [P], the label rows
+    ``pick`` [P] and the paper's predicted (mu0, sigma0) [P, 2] (None for training labels)."""
+
+    law: str
+    mean: np.ndarray
+    sd: np.ndarray
+    q: np.ndarray
+    pick: np.ndarray
+    priors: np.ndarray | None
+
+
+def semi_laws(data: Path, law: str, P: int | None, seed: int, labels: str = "val",
+              rng: np.random.Generator | None = None) -> SemiLaws:
+    """The per-problem laws of :func:`semi_synthetic` (``rng``: its generator, advanced by the pick)."""
     lab = np.asarray(json.loads((data / f"optscale-paper/predictor/{labels}_mu_sigma.json").read_text()), float)
     pred = None if labels != "val" else np.asarray(
         json.loads((data / "optscale-paper/results/MATH500_predicted_mu_sigma.json").read_text()), float)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if rng is None else rng
     pick = rng.permutation(lab.shape[0])[:P]  # P = None: every label problem (500)
     P = pick.shape[0]
     mean = np.clip(lab[pick, 0], 0.02, 0.98)
     sd = np.clip(lab[pick, 1], 0.005, None)
     sd = np.minimum(sd, 0.95 * np.sqrt(mean * (1 - mean)))  # a Beta law needs var < m (1 - m)
-    if law == "beta":
+    # per problem a solve rate q = Phi(1 + 1.5 z), z = the normal score of the problem's rank by label mean
+    # (problems the verifier likes are easier; ~5% are never solved, pass@1 ~ 0.7)
+    from scipy.stats import norm, rankdata
+
+    q = norm.cdf(1.0 + 1.5 * norm.ppf((rankdata(mean) - 0.5) / P))
+    priors = None
+    if pred is not None:
+        pm = pred[pick]
+        mu0, s0 = theory.moments_to_params(np.clip(pm[:, 0], 0.02, 0.98), np.clip(pm[:, 1], 0.005, 0.5))
+        priors = np.column_stack([mu0, s0])
+    return SemiLaws(law, mean, sd, q, pick, priors)
+
+
+def semi_draw(laws: SemiLaws, M: int, rng: np.random.Generator, rows: np.ndarray | None = None) -> PoolArrays:
+    """M fresh samples of each problem ``rows`` (default all) from its true law: scores from the score law;
+    correctness bits drawn independently with the problem's q; the verifier ranks correct samples higher
+    with noise (AUC ~ 0.92): the law's scores, sorted, are handed out in the order of correct * 2 + N(0, 1)
+    -- each problem's scores keep its law; wrong answers 1-3 (a popular wrong answer exists); tokens
+    uniform in [300, 3000)."""
+    rows = np.arange(laws.mean.shape[0]) if rows is None else np.asarray(rows)
+    mean, sd, q = laws.mean[rows], laws.sd[rows], laws.q[rows]
+    P = rows.shape[0]
+    if laws.law == "beta":
         kappa = mean * (1 - mean) / sd**2 - 1
         scores = rng.beta(mean[:, None] * kappa[:, None], (1 - mean[:, None]) * kappa[:, None], (P, M))
     else:
         mu, sigma = theory.moments_to_params(mean, sd)
         scores = theory.sample(mu[:, None], sigma[:, None], (P, M), rng)
-    # correctness: per problem a solve rate q = Phi(1 + 1.5 z), z = the normal score of the problem's rank by
-    # label mean (problems the verifier likes are easier; ~5% are never solved, pass@1 ~ 0.7); bits drawn
-    # independently; the verifier ranks correct samples higher with noise (AUC ~ 0.92): the law's scores,
-    # sorted, are handed out in the order of correct * 2 + N(0, 1) -- each problem's scores keep its law
-    from scipy.stats import norm, rankdata
-
-    z = norm.ppf((rankdata(mean) - 0.5) / P)
-    q = norm.cdf(1.0 + 1.5 * z)
     correct = rng.random((P, M)) < q[:, None]
     key = correct * 2.0 + rng.normal(size=(P, M))
     rank = np.argsort(np.argsort(-key, axis=1), axis=1)  # 0 = highest key
@@ -116,14 +143,20 @@ def semi_synthetic(data: Path, law: str, P: int | None, M: int, seed: int,
     tokens = rng.integers(300, 3000, (P, M)).astype(float)
     cc = np.zeros((P, 4), dtype=bool)
     cc[:, 0] = True
-    arrays = PoolArrays(scores=scores, tokens=tokens, answers=answers, correct=correct,
-                        n=np.full(P, M, dtype=np.int64), class_correct=cc, ids=[str(i) for i in range(P)],
-                        has_scores=True, has_tokens=True)
-    if pred is None:
-        return arrays, None
-    pm = pred[pick]
-    mu0, s0 = theory.moments_to_params(np.clip(pm[:, 0], 0.02, 0.98), np.clip(pm[:, 1], 0.005, 0.5))
-    return arrays, np.column_stack([mu0, s0])
+    return PoolArrays(scores=scores, tokens=tokens, answers=answers, correct=correct,
+                      n=np.full(P, M, dtype=np.int64), class_correct=cc, ids=[str(i) for i in range(P)],
+                      has_scores=True, has_tokens=True)
+
+
+def semi_synthetic(data: Path, law: str, P: int | None, M: int, seed: int,
+                   labels: str = "val") -> tuple[PoolArrays, np.ndarray | None]:
+    """(arrays, priors [P, 2]) of a semi-synthetic pool whose per-problem laws have the MATH-500 label
+    moments (see the module docstring; :func:`semi_laws` + :func:`semi_draw`). ``labels="train"``: the 4,501
+    MATH training problems' labels instead (``train_mu_sigma.json``: other problems from the same
+    distribution; no priors, None)."""
+    rng = np.random.default_rng(seed)
+    laws = semi_laws(data, law, P, seed, labels, rng=rng)
+    return semi_draw(laws, M, rng), laws.priors
 
 
 def real_pools(data: Path, extra: list[str]) -> list[tuple[str, Path]]:
