@@ -20,7 +20,11 @@ is then also chosen on that pool (evaluate's "match" rule: the cheapest rate who
 there is above -0.5 point by one standard error), which makes a true held-out number for the test problems;
 beside the known-law allocation (``known_law.py``: exact per-problem accuracy curves, the best fixed N per
 problem) and the oracle. For the semi-synthetic pools it also prints where the samples go, by the
-problem's true solve rate q (samples per problem: cost-aware fitted on calibration, known-law, oracle).
+problem's true solve rate q (samples per problem: cost-aware fitted on calibration, known-law, oracle), and
+a LAW-KNOWING cost-aware rule: each held-out problem gets its own gain table, fitted on ``--law-draws`` fresh
+pools drawn from that problem's true law (its score law, solve rate and verifier noise: ``semi_draw``), one
+exchange rate for all, the cheapest reaching the goal on the test rows -- what the rule does with perfect
+knowledge of each problem's law but without seeing which draws are correct (state: best score, agreement).
 
 ``--fits JSON --seeds 0,1,2`` instead compares ``GainModel.fit`` settings ({name: keyword arguments}):
 per pool and seed, the like-for-like tokens of the default state fitted on the calibration split with each
@@ -99,7 +103,38 @@ def compare_fits(name: str, data: Path, seeds: list[int], fits: dict) -> None:
         print(f"{name} seed {seed}: like-for-like tokens, " + " | ".join(cells), flush=True)
 
 
-def run(name: str, data: Path, seed: int = 0) -> None:
+def law_knowing(name: str, data: Path, seed: int, prep, test, rt, goal: float, draws: int,
+                features: str = "best,agree", draw_seed: int = 0) -> tuple[float, np.ndarray | None]:
+    """(fewest mean tokens reaching ``goal`` on the test rows, its samples per row) of ``costaware`` with a
+    gain table PER held-out problem, fitted on ``draws`` fresh M-sample pools of that problem's true law
+    (``bench_rules.semi_draw``; seeded by ``draw_seed`` and the problem, independent of the test rows), one (rate, k) for all
+    problems, over RATES x k in (1, 2)."""
+    laws = br.semi_laws(data, name, None, seed)
+    M = prep.max_samples
+    grid = [{"tokens_per_point": t, "k": k} for t in RATES for k in (1, 2)]
+    pos = {int(r): i for i, r in enumerate(rt)}
+    corr = np.zeros((len(grid), rt.size))
+    tok = np.zeros((len(grid), rt.size))
+    nd = np.zeros((len(grid), rt.size))
+    for p in test:
+        fresh = ev.build_batch(br.semi_draw(laws, M, np.random.default_rng([seed, 0x1A3, draw_seed, int(p)]),
+                                            rows=np.full(draws, p)), orderings=0, seed=0)
+        rf = fresh.rows_of(None)
+        gm = GainModel.fit(fresh.sub(rf), fresh.sample_correct[rf], features=features, orderings=1)
+        rows_p = prep.rows_of(np.array([p]))
+        res = ev._grid_metrics(prep, rows_p, "costaware", [{**g, "model": gm} for g in grid], [M], fast=False)
+        idx = [pos[int(r)] for r in rows_p]
+        for g in range(len(grid)):
+            m = res[(g, M)]
+            corr[g, idx], tok[g, idx], nd[g, idx] = m.correct, m.tokens, m.samples
+    ok = np.flatnonzero(corr.mean(axis=1) >= goal - 1e-12)
+    if ok.size == 0:
+        return np.inf, None
+    g = ok[np.argmin(tok[ok].mean(axis=1))]
+    return float(tok[g].mean()), nd[g]
+
+
+def run(name: str, data: Path, seed: int = 0, law_draws: int = 512, law_seeds: tuple[int, ...] = (0,)) -> None:
     arrays, prep, calib, test, rc, rt, bon, goal = setup(name, data, seed)
     P, M = arrays.answers.shape
     orc = ev.oracle_costs(prep, rt, [M], ev._make("bon", {}))[M]
@@ -143,18 +178,28 @@ def run(name: str, data: Path, seed: int = 0) -> None:
               f"{t / kl.tokens:.2f}x known-law; rate picked on that pool (tokens_per_point {r:.3g}, k {k}): "
               f"held-out {100 * m.correct.mean():.2f}% ({100 * (m.correct.mean() - bon.correct.mean()):+.2f} pt vs "
               f"BoN), {m.tokens.mean():,.0f} = {m.tokens.mean() / o:.2f}x oracle", flush=True)
+    law_n = None
+    if name in ("beta", "tn") and law_draws > 0:
+        for ds in law_seeds:  # the cheapest point reaching the goal is a knife edge: several draws of the tables
+            t, n_ds = law_knowing(name, data, seed, prep, test, rt, goal, law_draws, draw_seed=ds)
+            law_n = n_ds if law_n is None else law_n
+            print(f"  law-knowing costaware (best,agree; a table per problem from {law_draws} fresh pools of its true "
+                  f"law, draw seed {ds}): "
+                  + (f"{t:,.0f} = {t / o:.2f}x oracle, {t / kl.tokens:.2f}x known-law" if np.isfinite(t) else "miss"),
+                  flush=True)
     if name in ("beta", "tn") and honest_n is not None:
         n_ord = prep.n_orderings
         q = arrays.correct.mean(axis=1)[test]
         cost_n = honest_n.reshape(n_ord, -1).mean(axis=0)
         orc_n = orc.samples.reshape(n_ord, -1).mean(axis=0)
+        law_p = law_n.reshape(n_ord, -1).mean(axis=0) if law_n is not None else np.full(test.size, np.nan)
         print("  where the samples go (per problem, by true solve rate q; cost-aware (best,mean,agree) fitted on "
-              "calibration at its cheapest rate | known-law | oracle):")
+              "calibration at its cheapest rate | law-knowing cost-aware | known-law | oracle):")
         for lo, hi in ((0, 0.01), (0.01, 0.1), (0.1, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9), (0.9, 1.01)):
             s = (q >= lo) & (q < hi)
             if s.any():
                 print(f"    q in [{lo:.2f}, {min(hi, 1):.2f}): {s.sum():3d} problems, samples {cost_n[s].mean():5.1f} | "
-                      f"{kl.n[s].mean():5.1f} | {orc_n[s].mean():5.1f}; share of all cost-aware samples "
+                      f"{law_p[s].mean():5.1f} | {kl.n[s].mean():5.1f} | {orc_n[s].mean():5.1f}; share of all cost-aware samples "
                       f"{cost_n[s].sum() / cost_n.sum():.0%}")
 
 
@@ -164,6 +209,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pools", default="beta,tn,selfcert")
     ap.add_argument("--fits", default=None, help="JSON {name: GainModel.fit kwargs}: compare fit settings instead")
     ap.add_argument("--seeds", default="0", help="with --fits: the seeds")
+    ap.add_argument("--law-draws", type=int, default=512,
+                    help="fresh pools per problem for the law-knowing rule (semi-synthetic pools; 0 = skip)")
+    ap.add_argument("--law-seeds", default="0,1,2", help="draw seeds of the law-knowing rule's tables")
     args = ap.parse_args(argv)
     data = Path(args.data)
     for name in args.pools.split(","):
@@ -173,7 +221,7 @@ def main(argv=None) -> int:
         if args.fits:
             compare_fits(name, data, [int(s) for s in args.seeds.split(",")], json.loads(args.fits))
         else:
-            run(name, data)
+            run(name, data, law_draws=args.law_draws, law_seeds=tuple(int(x) for x in args.law_seeds.split(",")))
     return 0
 
 

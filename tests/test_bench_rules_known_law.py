@@ -190,6 +190,7 @@ def test_upper_hull_drops_dominated_and_concave_points():
 def _load_bench_rules():
     spec = importlib.util.spec_from_file_location("bench_rules", REPO / "benchmarks" / "bench_rules.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_rules"] = mod  # its dataclasses resolve their module while the class is built
     spec.loader.exec_module(mod)
     return mod
 
@@ -294,3 +295,60 @@ def test_semi_synthetic_pool_from_the_training_labels():
     val, vpri = br.semi_synthetic(data, "beta", 50, 8, 3)
     assert vpri.shape == (50, 2) and val.answers.shape == (50, 8)
     assert 0.5 < arrays.correct.mean() < 0.9  # pass@1 ~ 0.7 by construction, as for the MATH-500 pool
+
+
+def _shared_labels():
+    data = REPO.parent / "shared" / "data"
+    if not (data / "optscale-paper" / "predictor" / "val_mu_sigma.json").exists():
+        pytest.skip(f"shared data not found at {data} (../shared/data/optscale-paper)")
+    return data
+
+
+def test_semi_draw_samples_each_problem_from_its_own_law():
+    """semi_synthetic = semi_laws + semi_draw (one stream); fresh draws of one problem (rows = [p] * R) have
+    that problem's solve rate q and score mean, and a Beta law's scores its sd."""
+    data = _shared_labels()
+    br = _load_bench_rules()
+    arrays, priors = br.semi_synthetic(data, "beta", 40, 8, 4)
+    rng = np.random.default_rng(4)
+    laws = br.semi_laws(data, "beta", 40, 4, rng=rng)
+    again = br.semi_draw(laws, 8, rng)
+    for f in ("scores", "tokens", "answers", "correct"):
+        assert np.array_equal(getattr(arrays, f), getattr(again, f))
+    assert np.array_equal(priors, laws.priors)
+    for law in ("beta", "tn"):
+        laws = br.semi_laws(data, law, 40, 4)
+        for p in (int(np.argmin(laws.q)), int(np.argmax(laws.q)), 17):
+            fresh = br.semi_draw(laws, 64, np.random.default_rng(p), rows=np.full(400, p))
+            assert fresh.correct.mean() == pytest.approx(laws.q[p], abs=4 * np.sqrt(laws.q[p] * (1 - laws.q[p])
+                                                                              / 25600) + 1e-3)
+            assert fresh.scores.mean() == pytest.approx(laws.mean[p], abs=0.01)
+            if law == "beta":
+                assert fresh.scores.std() == pytest.approx(laws.sd[p], rel=0.05)
+            assert np.array_equal(fresh.answers == 0, fresh.correct)
+
+
+def test_law_knowing_rule_reaches_the_goal_at_most_at_bons_cost():
+    """gain_ceiling.law_knowing: a gain table per problem from fresh draws of its own law (seeded: the same call
+    gives the same answer, another draw seed other tables); at BoN's accuracy it costs no more than BoN, above
+    it nothing reaches the goal, at a goal of 0 the cheapest point costs less."""
+    data = _shared_labels()
+    br = _load_bench_rules()
+    spec = importlib.util.spec_from_file_location("gain_ceiling", REPO / "benchmarks" / "gain_ceiling.py")
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    import optscale.evaluate as ev
+
+    arrays, _ = br.semi_synthetic(data, "beta", 30, 8, 2)
+    prep = ev.build_batch(arrays, orderings=1, seed=2)
+    test = np.arange(30)
+    rt = prep.rows_of(test)
+    bon = ev._replay(prep, rt, ev._make("bon", {}), "bon", 8)
+    t, nd = gc.law_knowing("beta", data, 2, prep, test, rt, bon.correct.mean(), 64)
+    assert np.isfinite(t) and t <= bon.tokens.mean() + 1e-9 and nd.shape == (rt.size,)
+    assert np.all((nd >= 1) & (nd <= 8))
+    again = gc.law_knowing("beta", data, 2, prep, test, rt, bon.correct.mean(), 64)
+    assert again[0] == t and np.array_equal(again[1], nd)
+    assert gc.law_knowing("beta", data, 2, prep, test, rt, 1.01, 64)[0] == np.inf
+    t0, _ = gc.law_knowing("beta", data, 2, prep, test, rt, 0.0, 64)
+    assert t0 < t
