@@ -178,6 +178,58 @@ def test_tuning_never_sees_the_reported_split():
     assert rep2.meta["tuned"] == rep.meta["tuned"]
 
 
+
+def test_cross_fit_splits_hold_each_problem_out_once():
+    splits = ev.cross_fit_splits(23, 5, seed=3)
+    assert len(splits) == 5
+    tests = np.concatenate([t for _, t in splits])
+    assert sorted(tests.tolist()) == list(range(23))  # a partition: each problem held out exactly once
+    for calib, test in splits:
+        assert sorted(np.concatenate([calib, test]).tolist()) == list(range(23))
+        assert np.array_equal(calib, np.sort(calib)) and 4 <= test.size <= 5
+    again = ev.cross_fit_splits(23, 5, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again, strict=True))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(splits, ev.cross_fit_splits(23, 5, seed=4),
+                                                              strict=True))
+    with pytest.raises(ParameterError, match="'folds'"):
+        ev.cross_fit_splits(3, 5)
+    with pytest.raises(ParameterError, match="'folds'"):
+        ev.cross_fit_splits(10, 1)
+
+
+def test_given_calibration_split_is_used_and_cross_fitting_covers_every_problem():
+    """calib_problems replaces the seeded split (tuning sees only it; the report is on the rest), and one
+    evaluate per cross_fit_splits fold reports every problem once: the fold-weighted mean of BoN's test
+    accuracy is BoN's accuracy over all problems."""
+    a = synthetic_arrays(P=40, M=12, seed=13)
+    kw = dict(orderings=1, seed=2, oracle=False, n_boot=50, coverage=False,
+              grids={"optscale0": {"target": (0.6, 0.8), "alpha": (0.1, 0.5)}})
+    calib = list(range(0, 40, 3))
+    rep = ev.evaluate(a, ["bon", "optscale0"], [12], calib_problems=calib, **kw)
+    assert rep.meta["calib_problems"] == calib and rep.meta["calib_frac"] is None
+    assert rep.meta["test_problems"] == [p for p in range(40) if p not in calib]
+    # tuning sees only the given calibration problems: scrambling the others keeps the tuned parameters
+    b = synthetic_arrays(P=40, M=12, seed=77)
+    t = np.asarray(rep.meta["test_problems"])
+    a2 = synthetic_arrays(P=40, M=12, seed=13)
+    for f in ("scores", "tokens", "answers", "correct", "n", "class_correct"):
+        getattr(a2, f)[t] = getattr(b, f)[t]
+    assert ev.evaluate(a2, ["bon", "optscale0"], [12], calib_problems=calib, **kw).meta["tuned"] == rep.meta["tuned"]
+    # nothing tuned: the given split still holds (learned models fit there, rows report the rest)
+    untuned = ev.evaluate(a, ["bon"], [12], calib_problems=calib, **kw)
+    assert {r.split for r in untuned.rows} == {"test"} and untuned.rows[0].n_problems == 40 - len(calib)
+    all_bon = ev.evaluate(a, ["bon"], [12], tune=False, **kw).get(method="bon", budget=12).accuracy
+    total = 0.0
+    for cal, test in ev.cross_fit_splits(40, 4, seed=1):
+        r = ev.evaluate(a, ["bon", "optscale0"], [12], calib_problems=cal.tolist(), **kw)
+        assert r.meta["test_problems"] == test.tolist()
+        total += r.get(method="bon", budget=12).accuracy * test.size
+    assert total / 40 == pytest.approx(all_bon, abs=1e-12)
+    with pytest.raises(ParameterError, match="'calib_problems'"):
+        ev.evaluate(a, ["bon"], [12], calib_problems=[3, 40], **kw)
+    with pytest.raises(ParameterError, match="'calib_problems'"):
+        ev.evaluate(a, ["bon"], [12], calib_problems=list(range(40)), **kw)
+
 # ------------------------------------------------------------------------------------------ safety margin
 @settings(max_examples=40, deadline=None)
 @given(st.integers(2, 40), st.floats(0.0, 3.0), st.integers(0, 2**31 - 1))
@@ -424,6 +476,8 @@ def test_real_addsub_pool_majority_and_single_sample(shared_data):
     ("token_penalty", -0.1), ("level", 0.0), ("select", "best"), ("ordering_mode", "sorted"), ("tune", "yes"),
     ("margin_z", -0.5), ("margin_z", float("inf")), ("margin_z", "1"), ("tune_folds", 0), ("tune_folds", 2.5),
     ("budgets", (8, 0)), ("budgets", ()), ("budgets", "8"), ("grids", {"optscale0": [0.1]}),
+    ("calib_problems", ()), ("calib_problems", (1, 1)), ("calib_problems", (-1,)), ("calib_problems", "12"),
+    ("calib_problems", (0.5,)),
 ])
 def test_eval_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ParameterError, match=f"'{field}'"):

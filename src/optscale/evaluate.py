@@ -16,7 +16,9 @@ Protocol
   prefix whose reference pick (BoN, or self-consistency on a pool without scores) has the same
   correctness as the reference at N_max (a correct pick when the reference at N_max is correct).
 * Hyper-parameters (target s*, alpha, warm-up k for OptScale; window/threshold for ESC/ASC) are tuned on a
-  seeded calibration split of problems (``calib_frac``) and reported on the rest (split ``"test"``).
+  seeded calibration split of problems (``calib_frac``), or the given one (``calib_problems``), and
+  reported on the rest (split ``"test"``); :func:`cross_fit_splits` gives K such splits that hold each
+  problem out once.
   Selection rule (``select="match"``, default): per budget, the grid point with the fewest calibration
   tokens that matches the method's fixed-budget counterpart (BoN for OptScale, self-consistency for the SC
   family) at that budget with a safety margin: with d_p = (point correct - counterpart correct) on
@@ -78,6 +80,7 @@ __all__ = [
     "build_batch",
     "bootstrap_ci",
     "split_problems",
+    "cross_fit_splits",
     "load_priors",
     "expand_priors",
     "difficulty_proxy",
@@ -185,7 +188,9 @@ class EvalConfig:
     ``budgets``: the N_max values (None = :func:`default_budgets` of the pool's sample count; checked
     against the pool when evaluating). ``orderings``/``ordering_mode``/``seed``: the replay protocol (see
     the module docstring). ``calib_frac``/``tune``/``grids``/``select``/``tolerance``/``token_penalty``:
-    hyper-parameter tuning on the calibration split; ``margin_z`` (>= 0): the safety margin of
+    hyper-parameter tuning on the calibration split (``calib_problems``: its problem indices, instead of the
+    seeded ``calib_frac`` split; it also makes evaluate fit learned models there when nothing is tuned);
+    ``margin_z`` (>= 0): the safety margin of
     ``select="match"`` in standard errors of the paired per-problem difference to the counterpart (0 = plain
     ``tolerance`` match; see the module docstring). ``tune_folds`` (>= 1): rules with a model learned on the
     calibration split are tuned on cross-fitted calibration metrics (1 = in-sample; module docstring).
@@ -200,6 +205,7 @@ class EvalConfig:
     orderings: int = 10
     seed: int = 0
     calib_frac: float = 0.3
+    calib_problems: tuple[int, ...] | None = None
     tune: bool = True
     grids: Mapping[str, Mapping[str, Iterable]] | None = None
     select: str = "match"
@@ -231,6 +237,14 @@ class EvalConfig:
         object.__setattr__(self, "tune_folds", _check_int("tune_folds", self.tune_folds, 1))
         # 0 = no calibration split: allowed while nothing is tuned (split_problems refuses it otherwise)
         _check_float("calib_frac", self.calib_frac, lo=0.0, hi=1.0, hi_open=True)
+        if self.calib_problems is not None:
+            cp = self.calib_problems
+            if isinstance(cp, (str, bytes)) or not isinstance(cp, Iterable):
+                raise ParameterError("calib_problems", f"must be a sequence of problem indices, got {cp!r}")
+            idx = tuple(_check_int("calib_problems", x, 0) for x in cp)
+            if not idx or len(set(idx)) != len(idx):
+                raise ParameterError("calib_problems", f"must be distinct problem indices, at least one, got {cp!r}")
+            object.__setattr__(self, "calib_problems", tuple(sorted(idx)))
         _check_float("tolerance", self.tolerance, lo=0.0)
         _check_float("margin_z", self.margin_z, lo=0.0)
         _check_float("token_penalty", self.token_penalty, lo=0.0)
@@ -705,6 +719,20 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
 
 
 # ================================================================================================ splits
+def cross_fit_splits(n_problems: int, folds: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K seeded (calib, test) splits whose test parts partition the problems (each sorted): run
+    :func:`evaluate` once per split (``calib_problems=calib``) and every problem is held out exactly once,
+    tuned on the other K - 1 folds; a mean over all problems is then the fold-size-weighted mean of the
+    folds' test means."""
+    K = _check_int("folds", folds, 2)
+    if n_problems < K:
+        raise ParameterError("folds", f"{K} folds need at least {K} problems, the pool has {n_problems}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xC5F1]))
+    perm = rng.permutation(n_problems)
+    parts = [np.sort(perm[f::K]) for f in range(K)]
+    return [(np.sort(np.concatenate([parts[g] for g in range(K) if g != f])), parts[f]) for f in range(K)]
+
+
 def split_problems(n_problems: int, calib_frac: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded disjoint (calib, test) problem indices, each sorted; ``round(calib_frac * P)`` calibration
     problems, at least one in each split."""
@@ -980,7 +1008,14 @@ def evaluate(
         return tune and name in grids and not set(params) & set(grids[name])
 
     tuned_any = any(tunable_spec(name, params) for name, params in specs)
-    if tuned_any:
+    if cfg.calib_problems is not None:
+        calib = np.asarray(cfg.calib_problems, dtype=np.int64)
+        if calib[-1] >= P or calib.size >= P:
+            raise ParameterError("calib_problems", f"must be indices below the pool's {P} problems and leave at "
+                                                   f"least one for the test split, got {calib.size} up to {calib[-1]}")
+        test = np.setdiff1d(np.arange(P), calib)
+        report_split, report_problems = SPLIT_TEST, test
+    elif tuned_any:
         calib, test = split_problems(P, calib_frac, seed)
         report_split, report_problems = SPLIT_TEST, test
     else:
@@ -1036,7 +1071,8 @@ def evaluate(
         "cost": cost_unit,
         "problems": int(P), "max_samples": int(M), "orderings": int(n_ord), "ordering_mode": ordering_mode,
         "seed": int(seed), "budgets": list(budgets), "methods": [str(m) for m in methods],
-        "split": report_split, "calib_frac": calib_frac if tuned_any else None,
+        "split": report_split,
+        "calib_frac": calib_frac if tuned_any and cfg.calib_problems is None else None,
         "calib_problems": calib.tolist() if calib is not None else None,
         "test_problems": test.tolist() if test is not None else None,
         "selection": (f"{select} (tolerance {tolerance}, margin_z {margin_z})" if select == "match" else
