@@ -459,11 +459,13 @@ def table(name: str, summary: list[dict], meta: dict, budget: int, unit: str) ->
     return "\n".join(lines)
 
 
-def grids_for(arrays, seed: int) -> dict:
+def grids_for(arrays, seed: int, calib: np.ndarray | None = None) -> dict:
     """Tuning grids with the targets s* on the pool's own score scale: the paper's grid plus quantiles of
     the CALIBRATION problems' scores (a self-certainty or PRM scale can sit far from [0.6, 0.95]); the
-    same targets for the paper's rules and ours."""
-    calib, _ = ev.split_problems(arrays.answers.shape[0], 0.3, seed)
+    same targets for the paper's rules and ours. ``calib``: the calibration problems (default: evaluate's
+    seeded 30% split)."""
+    if calib is None:
+        calib, _ = ev.split_problems(arrays.answers.shape[0], 0.3, seed)
     sc = np.asarray(arrays.scores, float)[calib]
     sc = sc[~np.isnan(sc)]
     qs = np.quantile(sc, (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995))
