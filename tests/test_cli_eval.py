@@ -77,6 +77,34 @@ def test_cli_eval_priors_file(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["rows"][0]["method"] == "optscalet"
 
 
+
+def test_cli_eval_calib_ids_file_is_the_calibration_split(tmp_path, capsys):
+    """--calib-ids: the named problems are the calibration split, every other one is reported; a bad file
+    fails before anything is written, naming the file and the element."""
+    pool = write_pool(tmp_path / "pool.jsonl", P=12, M=8)
+    ids = tmp_path / "calib.json"
+    ids.write_text(json.dumps(["q3", "q0", "q7", "q9"]))
+    out = tmp_path / "out"
+    assert run_cli(["eval", str(pool), "--methods", "bon,optscale0", "--budgets", "8", "--orderings", "1",
+                    "--calib-ids", str(ids), "--json", "--no-oracle", "--no-coverage", "--out", str(out)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["meta"]["calib_problems"] == [0, 3, 7, 9]
+    assert data["meta"]["test_problems"] == [1, 2, 4, 5, 6, 8, 10, 11]
+    assert all(r["split"] == "test" and r["n_problems"] == 8 for r in data["rows"])
+    for content, needle in ((["q1", "q99"], "[1]"), (["q1", "q1"], "given twice"), ([3], "[0]"),
+                            ({"q1": 1}, "list of problem ids"), ([f"q{i}" for i in range(12)], "none is left")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(content))
+        out2 = tmp_path / "out2"
+        assert run_cli(["eval", str(pool), "--methods", "bon", "--budgets", "8", "--calib-ids", str(bad),
+                        "--out", str(out2)]) == 2
+        err = capsys.readouterr().err
+        assert "bad.json" in err and needle in err and "Traceback" not in err
+        assert not out2.exists()
+    bad.write_bytes(b"\x00\xff\xfe garbage")
+    assert run_cli(["eval", str(pool), "--methods", "bon", "--budgets", "8", "--calib-ids", str(bad)]) == 2
+    assert "bad.json" in capsys.readouterr().err
+
 def test_cli_eval_clear_errors(tmp_path, capsys):
     pool = write_pool(tmp_path / "pool.jsonl", P=6, scores=False)
     assert run_cli(["eval", str(pool), "--methods", "sc,bon", "--budgets", "8"]) == 2

@@ -82,6 +82,7 @@ __all__ = [
     "split_problems",
     "cross_fit_splits",
     "load_priors",
+    "load_calib_ids",
     "expand_priors",
     "difficulty_proxy",
     "oracle_costs",
@@ -560,6 +561,32 @@ def expand_priors(priors, n_problems: int) -> np.ndarray:
         bad = int(np.flatnonzero((p[:, 1:] <= 0).any(axis=1))[0])
         raise ParameterError("priors", f"row {bad}: sigma0, sd_mu, sd_sigma must be > 0, got {p[bad].tolist()}")
     return p
+
+
+def load_calib_ids(path: str | Path, ids: Sequence[str]) -> list[int]:
+    """The calibration split from a JSON file: a list of problem ids (strings, each a problem of the pool,
+    none twice). Returns their problem indices (for ``EvalConfig.calib_problems``), sorted."""
+    from optscale.jsonio import read_json
+
+    path = Path(path)
+    data = read_json(path)  # the one reader: missing, directory, binary, gzip, syntax: one error with the line
+    if not isinstance(data, list) or not data:
+        raise InputError(str(path), None, None, "must be a non-empty JSON list of problem ids")
+    index = {str(i): k for k, i in enumerate(ids)}
+    seen: set[str] = set()
+    out = []
+    for j, x in enumerate(data):
+        if not isinstance(x, str):
+            raise InputError(str(path), None, f"[{j}]", f"a problem id must be a string, got {x!r}")
+        if x not in index:
+            raise InputError(str(path), None, f"[{j}]", f"no problem {x!r} in the pool")
+        if x in seen:
+            raise InputError(str(path), None, f"[{j}]", f"problem {x!r} given twice")
+        seen.add(x)
+        out.append(index[x])
+    if len(out) >= len(index):
+        raise InputError(str(path), None, None, f"names all {len(index)} problems: none is left to report on")
+    return sorted(out)
 
 
 def load_priors(path: str | Path, ids: Sequence[str]) -> np.ndarray:

@@ -49,6 +49,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of orderings, calibration split and bootstrap")
     p.add_argument("--calib-frac", type=float, default=0.3,
                    help="fraction of problems used to tune hyper-parameters (default 0.3)")
+    p.add_argument("--calib-ids", default=None, metavar="FILE",
+                   help="JSON list of problem ids: the calibration split (instead of a --calib-frac random one)")
     p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
                    help="tune hyper-parameters on the calibration split and report on the rest (default on)")
     p.add_argument("--select", choices=("match", "penalty"), default="match",
@@ -193,6 +195,10 @@ def run(args) -> int:
         arrays = to_arrays(pool, equiv=args.equiv)
     P, M = arrays.answers.shape
 
+    calib_problems = None
+    if args.calib_ids:
+        calib_problems = tuple(ev.load_calib_ids(args.calib_ids, arrays.ids or [p.id for p in pool.problems]))
+
     priors = None
     if args.priors and args.predictor:
         raise ParameterError("--predictor", "give either --priors or --predictor, not both")
@@ -241,6 +247,7 @@ def run(args) -> int:
 
         config = ev.EvalConfig(
             budgets=tuple(budgets), orderings=args.orderings, seed=args.seed, calib_frac=args.calib_frac,
+            calib_problems=calib_problems,
             tune=args.tune, select=args.select, tolerance=args.tolerance, margin_z=args.margin_z,
             tune_folds=args.tune_folds, token_penalty=args.token_penalty,
             oracle=args.oracle, ordering_mode=args.ordering_mode, coverage=args.coverage,
