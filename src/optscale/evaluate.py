@@ -754,10 +754,15 @@ def cross_fit_splits(n_problems: int, folds: int = 5, seed: int = 0) -> list[tup
     K = _check_int("folds", folds, 2)
     if n_problems < K:
         raise ParameterError("folds", f"{K} folds need at least {K} problems, the pool has {n_problems}")
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xC5F1]))
-    perm = rng.permutation(n_problems)
+    return _folds(n_problems, K, seed, 0xC5F1)
+
+
+def _folds(n: int, K: int, seed: int, salt: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(the other positions, fold f's positions)] for K seeded folds of range(n) (a permutation seeded by
+    ``seed`` and ``salt``, dealt round-robin), each sorted."""
+    perm = np.random.default_rng(np.random.SeedSequence([int(seed), salt])).permutation(n)
     parts = [np.sort(perm[f::K]) for f in range(K)]
-    return [(np.sort(np.concatenate([parts[g] for g in range(K) if g != f])), parts[f]) for f in range(K)]
+    return [(np.setdiff1d(np.arange(n), part), part) for part in parts]
 
 
 def split_problems(n_problems: int, calib_frac: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -956,11 +961,8 @@ def _out_of_fold_gain_models(prep: Prepared, calib: np.ndarray, folds: int, seed
     K = min(int(folds), Pc)
     if K < 2 or Pc - (-(-Pc // K)) < 2:
         return []
-    order = np.random.default_rng(np.random.SeedSequence([int(seed), 0xF01D])).permutation(Pc)
     out = []
-    for f in range(K):
-        pos = np.sort(order[f::K])
-        rest = np.setdiff1d(np.arange(Pc), pos)
+    for rest, pos in _folds(Pc, K, seed, 0xF01D):
         rows = prep.rows_of(calib[rest])
         out.append((pos, _policies().GainModel.fit(prep.sub(rows), prep.sample_correct[rows])))
     return out
