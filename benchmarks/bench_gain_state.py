@@ -44,14 +44,8 @@ VARIANTS = {  # name -> GainModel.fit keyword arguments
 FINE = tuple(np.geomspace(1, 1e7, 29))
 
 
-def load(name: str, seed: int, data: Path):
-    if name in ("beta", "tn"):
-        return br.semi_synthetic(data, name, 300, 64, seed)[0]
-    return br.load_real(REPO / "pools" / "smollm2-arith" / f"{name}.jsonl")[0]
-
-
 def run(name: str, seed: int, data: Path, variants: dict, out: dict) -> None:
-    arrays = load(name, seed, data)
+    arrays = br.named_pool(name, data, seed, semi_problems=300)
     P, M = arrays.answers.shape
     prep = ev.build_batch(arrays, orderings=3, seed=seed)
     calib, test = ev.split_problems(P, 0.3, seed)

@@ -159,6 +159,15 @@ def semi_synthetic(data: Path, law: str, P: int | None, M: int, seed: int,
     return semi_draw(laws, M, rng), laws.priors
 
 
+def named_pool(name: str, data: Path, seed: int, semi_problems: int | None = None) -> PoolArrays:
+    """The benchmarks' pools by name: "beta" / "tn" = :func:`semi_synthetic` (``semi_problems`` label
+    problems, None = all 500, 64 samples; drawn with ``seed``), else the committed SmolLM2 pool
+    ``pools/smollm2-arith/{name}.jsonl`` ("selfcert", "judge")."""
+    if name in ("beta", "tn"):
+        return semi_synthetic(data, name, semi_problems, 64, seed)[0]
+    return load_real(REPO / "pools" / "smollm2-arith" / f"{name}.jsonl")[0]
+
+
 def real_pools(data: Path, extra: list[str]) -> list[tuple[str, Path]]:
     files = sorted((REPO / "pools").glob("*/*.jsonl")) + [Path(p) for p in extra]
     prm = data / "pools/prm-bon-fragments"

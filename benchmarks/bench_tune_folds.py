@@ -31,12 +31,6 @@ import bench_rules as br  # noqa: E402
 ev = importlib.import_module("optscale.evaluate")
 
 
-def load(name: str, seed: int, data: Path):
-    if name in ("beta", "tn"):
-        return br.semi_synthetic(data, name, None, 64, seed)[0]
-    return br.load_real(REPO / "pools" / "smollm2-arith" / f"{name}.jsonl")[0]
-
-
 CV_METHODS = ("bon", br.PAPER, "costaware")
 
 
@@ -67,7 +61,7 @@ def main(argv=None) -> int:
     if args.cv:
         for name in args.pools.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                res = cross_fitted(load(name, seed, Path(args.data)), seed, args.cv)
+                res = cross_fitted(br.named_pool(name, Path(args.data), seed), seed, args.cv)
                 (ba, bt), (pa, pt), (ca, ct) = (res[m] for m in CV_METHODS)
                 print(f"{name} seed {seed}, every problem held out once ({args.cv} folds): BoN {100 * ba:.2f}%, "
                       f"{bt:,.0f} tokens | paper OptScale0 {100 * (pa - ba):+.2f} pt, {pt:,.0f} | costaware "
@@ -75,7 +69,7 @@ def main(argv=None) -> int:
         return 0
     for name in args.pools.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            arrays = load(name, seed, Path(args.data))
+            arrays = br.named_pool(name, Path(args.data), seed)
             M = arrays.answers.shape[1]
             cells = []
             for folds in (int(f) for f in args.folds.split(",")):

@@ -81,10 +81,7 @@ def cheapest(prep, rows, gm, goal: float, metrics: list | None = None) -> tuple[
 def setup(name: str, data: Path, seed: int):
     """(arrays, prep, calibration problems, test problems, their rows, BoN on the test rows, goal) as in
     bench_rules: pool order + 3 orderings, 30% calibration split."""
-    if name in ("beta", "tn"):
-        arrays = br.semi_synthetic(data, name, None, 64, seed)[0]
-    else:
-        arrays = br.load_real(REPO / "pools" / "smollm2-arith" / f"{name}.jsonl")[0]
+    arrays = br.named_pool(name, data, seed)
     P, M = arrays.answers.shape
     prep = ev.build_batch(arrays, orderings=3, seed=seed)
     calib, test = ev.split_problems(P, 0.3, seed)
@@ -113,9 +110,9 @@ def law_knowing(name: str, data: Path, seed: int, prep, test, rt, goal: float, d
     M = prep.max_samples
     grid = [{"tokens_per_point": t, "k": k} for t in RATES for k in (1, 2)]
     pos = {int(r): i for i, r in enumerate(rt)}
-    corr = np.zeros((len(grid), rt.size))
+    corr = np.zeros((len(grid), rt.size), dtype=bool)
     tok = np.zeros((len(grid), rt.size))
-    nd = np.zeros((len(grid), rt.size))
+    nd = np.zeros((len(grid), rt.size), dtype=np.int64)
     for p in test:
         fresh = ev.build_batch(br.semi_draw(laws, M, np.random.default_rng([seed, 0x1A3, draw_seed, int(p)]),
                                             rows=np.full(draws, p)), orderings=0, seed=0)
@@ -127,11 +124,8 @@ def law_knowing(name: str, data: Path, seed: int, prep, test, rt, goal: float, d
         for g in range(len(grid)):
             m = res[(g, M)]
             corr[g, idx], tok[g, idx], nd[g, idx] = m.correct, m.tokens, m.samples
-    ok = np.flatnonzero(corr.mean(axis=1) >= goal - 1e-12)
-    if ok.size == 0:
-        return np.inf, None
-    g = ok[np.argmin(tok[ok].mean(axis=1))]
-    return float(tok[g].mean()), nd[g]
+    return cheapest(prep, rt, None, goal, [ev.RowMetrics(correct=c, tokens=t, samples=n)
+                                           for c, t, n in zip(corr, tok, nd, strict=True)])
 
 
 def run(name: str, data: Path, seed: int = 0, law_draws: int = 512, law_seeds: tuple[int, ...] = (0,)) -> None:
